@@ -1,0 +1,622 @@
+//! Settings from a TOML file or a Bamboo JSON file, the environment (Bamboo's names too) and the command line.
+//! Precedence: command line, then environment, then file, then defaults. Every invalid value fails at start with
+//! one line naming the key.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use serde_json::Value;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "rattan", version, about = "Service-discovery load balancer for Marathon/Mesos")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub opts: Opts,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch Marathon and serve (the default).
+    Run,
+    /// Everything on embedded defaults: a Marathon simulator with demo apps, rules in a local file.
+    Dev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventMode {
+    /// Server-sent events from `/v2/events`.
+    Sse,
+    /// Marathon POSTs events to `/api/marathon/event_callback` (Marathon < 1.5).
+    Callback,
+    /// No events: poll `/v2/apps` every `--poll-interval`.
+    Poll,
+}
+
+/// Every flag also reads an environment variable; values given here beat the config file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Opts {
+    /// TOML config file, or a Bamboo JSON config file (`{"Marathon":…,"Bamboo":…,"HAProxy":…}`).
+    #[arg(long, global = true, env = "CONFIG_PATH")]
+    pub config: Option<PathBuf>,
+    /// Marathon base URLs, comma-separated, tried in order.
+    #[arg(long, global = true, env = "MARATHON_ENDPOINT", value_delimiter = ',')]
+    pub marathon: Option<Vec<String>>,
+    #[arg(long, global = true, env = "MARATHON_USER")]
+    pub marathon_user: Option<String>,
+    #[arg(long, global = true, env = "MARATHON_PASSWORD", hide_env_values = true)]
+    pub marathon_password: Option<String>,
+    /// How Marathon events arrive [default: sse].
+    #[arg(long, global = true, value_enum, env = "RATTAN_EVENTS")]
+    pub events: Option<EventMode>,
+    /// Bamboo's switch: true = sse, false = callback.
+    #[arg(long, global = true, env = "MARATHON_USE_EVENT_STREAM", hide = true)]
+    pub marathon_use_event_stream: Option<String>,
+    /// This instance's base URL as Marathon reaches it (callback mode).
+    #[arg(long, global = true, env = "BAMBOO_ENDPOINT")]
+    pub callback_url: Option<String>,
+    /// REST API, /api/state, /metrics and the UI [default: 0.0.0.0:8000].
+    #[arg(long, global = true, env = "BIND")]
+    pub api_bind: Option<String>,
+    /// HTTP proxy listener [default: 0.0.0.0:80].
+    #[arg(long, global = true, env = "RATTAN_HTTP_BIND")]
+    pub http_bind: Option<String>,
+    /// ZooKeeper hosts, comma-separated (rules store); without it rules live in --data-dir.
+    #[arg(long, global = true, env = "BAMBOO_ZK_HOST")]
+    pub zk: Option<String>,
+    /// Base znode of the rules [default: /marathon-haproxy/state].
+    #[arg(long, global = true, env = "BAMBOO_ZK_PATH")]
+    pub zk_path: Option<String>,
+    /// Directory of the embedded rule file when no --zk is given [default: ./rattan-data].
+    #[arg(long, global = true, env = "RATTAN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Full snapshot even when events flow, e.g. `5m` [default: 5m].
+    #[arg(long, global = true, env = "RATTAN_RESYNC_INTERVAL")]
+    pub resync_interval: Option<String>,
+    /// Poll period in `--events poll` mode [default: 5s].
+    #[arg(long, global = true, env = "RATTAN_POLL_INTERVAL")]
+    pub poll_interval: Option<String>,
+    /// Quiet time after an event before the reconciling fetch [default: 250ms].
+    #[arg(long, global = true, env = "RATTAN_RESYNC_DEBOUNCE")]
+    pub resync_debounce: Option<String>,
+    /// Longest an event waits for its reconciling fetch during a storm [default: 2s].
+    #[arg(long, global = true, env = "RATTAN_RESYNC_MAX_WAIT")]
+    pub resync_max_wait: Option<String>,
+    /// An event stream silent this long is dead (3× Marathon's 10 s keep-alive) [default: 30s].
+    #[arg(long, global = true, env = "RATTAN_SSE_IDLE_TIMEOUT")]
+    pub sse_idle_timeout: Option<String>,
+    /// First reconnect delay; doubles up to --reconnect-max [default: 500ms].
+    #[arg(long, global = true, env = "RATTAN_RECONNECT_MIN")]
+    pub reconnect_min: Option<String>,
+    #[arg(long, global = true, env = "RATTAN_RECONNECT_MAX")]
+    pub reconnect_max: Option<String>,
+    /// Timeout of one Marathon REST call [default: 10s].
+    #[arg(long, global = true, env = "RATTAN_MARATHON_TIMEOUT")]
+    pub marathon_timeout: Option<String>,
+    /// How often callback subscriptions are checked and re-registered [default: 30s].
+    #[arg(long, global = true, env = "RATTAN_CALLBACK_CHECK_INTERVAL")]
+    pub callback_check_interval: Option<String>,
+    /// Route tasks whatever Marathon's health checks say (like Traefik).
+    #[arg(long, global = true, env = "RATTAN_IGNORE_HEALTH")]
+    pub ignore_health: Option<bool>,
+    /// In container networking, reach tasks at the agent's host:hostPort where a host port exists.
+    #[arg(long, global = true, env = "RATTAN_PREFER_HOST_PORT")]
+    pub prefer_host_port: Option<bool>,
+}
+
+/// The config file, in rattan's TOML form (keys are the long flag names with `_`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub marathon: Option<StringOrList>,
+    pub marathon_user: Option<String>,
+    pub marathon_password: Option<String>,
+    pub events: Option<EventMode>,
+    pub callback_url: Option<String>,
+    pub api_bind: Option<String>,
+    pub http_bind: Option<String>,
+    pub zk: Option<String>,
+    pub zk_path: Option<String>,
+    pub zk_reporting_delay: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub resync_interval: Option<String>,
+    pub poll_interval: Option<String>,
+    pub resync_debounce: Option<String>,
+    pub resync_max_wait: Option<String>,
+    pub sse_idle_timeout: Option<String>,
+    pub reconnect_min: Option<String>,
+    pub reconnect_max: Option<String>,
+    pub marathon_timeout: Option<String>,
+    pub callback_check_interval: Option<String>,
+    pub ignore_health: Option<bool>,
+    pub prefer_host_port: Option<bool>,
+    #[serde(default)]
+    pub haproxy: HaproxyFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyFile {
+    pub template_path: Option<PathBuf>,
+    pub output_path: Option<PathBuf>,
+    pub reload_command: Option<String>,
+    pub reload_validation_command: Option<String>,
+    pub reload_cleanup_command: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            StringOrList::One(s) => s.split(',').map(str::to_string).collect(),
+            StringOrList::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub marathon: Vec<Url>,
+    pub marathon_auth: Option<(String, String)>,
+    pub events: EventMode,
+    pub callback_url: Option<Url>,
+    pub api_bind: SocketAddr,
+    pub http_bind: SocketAddr,
+    pub zk: Option<String>,
+    pub zk_path: String,
+    pub zk_reporting_delay: Duration,
+    pub data_dir: PathBuf,
+    pub resync_interval: Duration,
+    pub poll_interval: Duration,
+    pub resync_debounce: Duration,
+    pub resync_max_wait: Duration,
+    pub sse_idle_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub marathon_timeout: Duration,
+    pub callback_check_interval: Duration,
+    pub ignore_health: bool,
+    pub prefer_host_port: bool,
+    pub haproxy: HaproxySettings,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HaproxySettings {
+    pub template_path: Option<PathBuf>,
+    pub output_path: Option<PathBuf>,
+    pub reload_command: Option<String>,
+    pub reload_validation_command: Option<String>,
+    pub reload_cleanup_command: Option<String>,
+}
+
+/// Reads the config file: TOML, or Bamboo's JSON when it starts with `{` (keys matched case-insensitively).
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
+    if text.trim_start().starts_with('{') {
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| bad("config", format!("{} is not valid JSON: {e}", path.display())))?;
+        bamboo_json(&v)
+    } else {
+        toml::from_str(&text).map_err(|e| {
+            // toml's message names the key (`unknown field `x``) and the line; keep it on one line.
+            let msg = e.message().to_string();
+            let key = msg
+                .split('`')
+                .nth(1)
+                .filter(|_| msg.starts_with("unknown field"))
+                .unwrap_or("config")
+                .to_string();
+            let line = e
+                .span()
+                .map(|s| text[..s.start].lines().count().max(1))
+                .map(|l| format!(" (line {l})"))
+                .unwrap_or_default();
+            bad(&key, format!("{}{line}", msg.replace('\n', " ")))
+        })
+    }
+}
+
+fn lower_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), lower_keys(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Maps Bamboo's `{"Marathon":{…},"Bamboo":{…},"HAProxy":{…}}` onto the same settings. Unknown keys are ignored,
+/// as Bamboo ignores them; a value of the wrong type is an error naming the key.
+fn bamboo_json(v: &Value) -> Result<FileConfig, ConfigError> {
+    let v = lower_keys(v);
+    let get = |path: &[&str]| -> Option<&Value> {
+        let mut cur = &v;
+        for p in path {
+            cur = cur.get(p)?;
+        }
+        Some(cur)
+    };
+    let string = |path: &[&str]| -> Result<Option<String>, ConfigError> {
+        match get(path) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(bad(&path.join("."), format!("expected a string, got {other}"))),
+        }
+    };
+    let mut f = FileConfig {
+        marathon: string(&["marathon", "endpoint"])?.map(StringOrList::One),
+        marathon_user: string(&["marathon", "user"])?,
+        marathon_password: string(&["marathon", "password"])?,
+        callback_url: string(&["bamboo", "endpoint"])?,
+        zk: string(&["bamboo", "zookeeper", "host"])?,
+        zk_path: string(&["bamboo", "zookeeper", "path"])?,
+        ..FileConfig::default()
+    };
+    match get(&["marathon", "useeventstream"]) {
+        None | Some(Value::Null) => f.events = Some(EventMode::Callback),
+        Some(Value::Bool(true)) => f.events = Some(EventMode::Sse),
+        Some(Value::Bool(false)) => f.events = Some(EventMode::Callback),
+        Some(other) => {
+            return Err(bad(
+                "Marathon.UseEventStream",
+                format!("expected true or false, got {other}"),
+            ))
+        }
+    }
+    match get(&["bamboo", "zookeeper", "reportingdelay"]) {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_u64().is_some() => f.zk_reporting_delay = n.as_u64(),
+        Some(other) => {
+            return Err(bad(
+                "Bamboo.Zookeeper.ReportingDelay",
+                format!("expected whole seconds, got {other}"),
+            ))
+        }
+    }
+    f.haproxy = HaproxyFile {
+        template_path: string(&["haproxy", "templatepath"])?.map(PathBuf::from),
+        output_path: string(&["haproxy", "outputpath"])?.map(PathBuf::from),
+        reload_command: string(&["haproxy", "reloadcommand"])?,
+        reload_validation_command: string(&["haproxy", "reloadvalidationcommand"])?,
+        reload_cleanup_command: string(&["haproxy", "reloadcleanupcommand"])?,
+    };
+    Ok(f)
+}
+
+/// `500ms`, `5s`, `2m`, `1h 30m`; a bare number is seconds.
+pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| {
+        bad(
+            key,
+            format!("'{s}' is not a duration ({e}); use e.g. 500ms, 5s, 2m"),
+        )
+    })
+}
+
+/// Accepts `host:port`, `:port` (Bamboo's `BIND=:8000`) and `[v6]:port`.
+pub fn parse_bind(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    let s = s.trim();
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    if let Ok(a) = full.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    full.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| bad(key, format!("'{s}' is not an address like 0.0.0.0:8000 or :8000")))
+}
+
+fn parse_url(key: &str, s: &str) -> Result<Url, ConfigError> {
+    let u = Url::parse(s.trim()).map_err(|e| bad(key, format!("'{s}' is not a URL ({e})")))?;
+    match u.scheme() {
+        "http" | "https" if u.host_str().is_some() => Ok(u),
+        _ => Err(bad(key, format!("'{s}' is not an http(s) URL with a host"))),
+    }
+}
+
+/// Go's `strconv.ParseBool`, but an invalid value is an error (Bamboo silently took it as false).
+fn go_bool(key: &str, s: &str) -> Result<bool, ConfigError> {
+    match s {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        _ => Err(bad(key, format!("'{s}' is not true or false"))),
+    }
+}
+
+fn nonempty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+impl Settings {
+    /// Resolves the layers. `dev` relaxes what the dev command fills in itself (Marathon URL).
+    pub fn resolve(opts: &Opts, dev: bool) -> Result<Settings, ConfigError> {
+        let file = match &opts.config {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        let o = opts.clone();
+
+        // An empty environment value means "no override", as in Bamboo.
+        let marathon_raw: Vec<String> = match o.marathon.filter(|v| v.iter().any(|s| !s.trim().is_empty())) {
+            Some(v) => v,
+            None => file.marathon.map(StringOrList::into_list).unwrap_or_default(),
+        };
+        let mut marathon = Vec::new();
+        for s in marathon_raw.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            marathon.push(parse_url("marathon", s)?);
+        }
+        if marathon.is_empty() && !dev {
+            return Err(bad(
+                "marathon",
+                "no Marathon endpoint given (--marathon, MARATHON_ENDPOINT or Marathon.Endpoint)",
+            ));
+        }
+
+        let user = nonempty(o.marathon_user).or(file.marathon_user);
+        let password = nonempty(o.marathon_password).or(file.marathon_password);
+        let marathon_auth = match (user, password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (Some(_), None) => {
+                return Err(bad("marathon-password", "marathon-user is set but no password"))
+            }
+            (None, Some(_)) => {
+                return Err(bad("marathon-user", "marathon-password is set but no user"))
+            }
+            (None, None) => None,
+        };
+
+        let bamboo_switch = match nonempty(o.marathon_use_event_stream) {
+            Some(s) => Some(if go_bool("MARATHON_USE_EVENT_STREAM", s.trim())? {
+                EventMode::Sse
+            } else {
+                EventMode::Callback
+            }),
+            None => None,
+        };
+        let events = o
+            .events
+            .or(bamboo_switch)
+            .or(file.events)
+            .unwrap_or(EventMode::Sse);
+
+        let callback_url = match nonempty(o.callback_url).or(file.callback_url) {
+            Some(s) => Some(parse_url("callback-url", &s)?),
+            None => None,
+        };
+        if events == EventMode::Callback && callback_url.is_none() && !dev {
+            return Err(bad(
+                "callback-url",
+                "required with --events callback (BAMBOO_ENDPOINT: this instance's URL as Marathon reaches it)",
+            ));
+        }
+
+        let dur = |key: &str, cli: Option<String>, file: Option<String>, default: &str| {
+            let v = nonempty(cli).or(file).unwrap_or_else(|| default.to_string());
+            parse_duration(key, &v)
+        };
+        let resync_interval = dur("resync-interval", o.resync_interval, file.resync_interval, "5m")?;
+        let poll_interval = dur("poll-interval", o.poll_interval, file.poll_interval, "5s")?;
+        let resync_debounce = dur("resync-debounce", o.resync_debounce, file.resync_debounce, "250ms")?;
+        let resync_max_wait = dur("resync-max-wait", o.resync_max_wait, file.resync_max_wait, "2s")?;
+        let sse_idle_timeout = dur("sse-idle-timeout", o.sse_idle_timeout, file.sse_idle_timeout, "30s")?;
+        let reconnect_min = dur("reconnect-min", o.reconnect_min, file.reconnect_min, "500ms")?;
+        let reconnect_max = dur("reconnect-max", o.reconnect_max, file.reconnect_max, "30s")?;
+        let marathon_timeout = dur("marathon-timeout", o.marathon_timeout, file.marathon_timeout, "10s")?;
+        let callback_check_interval = dur(
+            "callback-check-interval",
+            o.callback_check_interval,
+            file.callback_check_interval,
+            "30s",
+        )?;
+        for (key, d) in [
+            ("resync-interval", resync_interval),
+            ("poll-interval", poll_interval),
+            ("sse-idle-timeout", sse_idle_timeout),
+            ("marathon-timeout", marathon_timeout),
+            ("callback-check-interval", callback_check_interval),
+            ("reconnect-min", reconnect_min),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be greater than zero"));
+            }
+        }
+        if resync_max_wait < resync_debounce {
+            return Err(bad("resync-max-wait", "must not be shorter than resync-debounce"));
+        }
+        if reconnect_max < reconnect_min {
+            return Err(bad("reconnect-max", "must not be shorter than reconnect-min"));
+        }
+
+        let api_bind = parse_bind(
+            "api-bind",
+            &nonempty(o.api_bind).or(file.api_bind).unwrap_or_else(|| "0.0.0.0:8000".into()),
+        )?;
+        let http_bind = parse_bind(
+            "http-bind",
+            &nonempty(o.http_bind).or(file.http_bind).unwrap_or_else(|| "0.0.0.0:80".into()),
+        )?;
+
+        let zk = nonempty(o.zk).or(file.zk);
+        let zk_path = nonempty(o.zk_path)
+            .or(file.zk_path)
+            .unwrap_or_else(|| "/marathon-haproxy/state".into());
+        if !zk_path.starts_with('/') || (zk_path.len() > 1 && zk_path.ends_with('/')) {
+            return Err(bad("zk-path", format!("'{zk_path}' must start with / and not end with /")));
+        }
+
+        let h = file.haproxy;
+        let env_or = |name: &str, file: Option<String>| nonempty(std::env::var(name).ok()).or(file);
+        let haproxy = HaproxySettings {
+            template_path: env_or("HAPROXY_TEMPLATE_PATH", h.template_path.map(|p| p.display().to_string()))
+                .map(PathBuf::from),
+            output_path: env_or("HAPROXY_OUTPUT_PATH", h.output_path.map(|p| p.display().to_string()))
+                .map(PathBuf::from),
+            reload_command: env_or("HAPROXY_RELOAD_CMD", h.reload_command),
+            reload_validation_command: env_or("HAPROXY_RELOAD_VALIDATION_CMD", h.reload_validation_command),
+            reload_cleanup_command: env_or("HAPROXY_RELOAD_CLEANUP_CMD", h.reload_cleanup_command),
+        };
+
+        Ok(Settings {
+            marathon,
+            marathon_auth,
+            events,
+            callback_url,
+            api_bind,
+            http_bind,
+            zk,
+            zk_path,
+            zk_reporting_delay: Duration::from_secs(file.zk_reporting_delay.unwrap_or(0)),
+            data_dir: o.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("rattan-data")),
+            resync_interval,
+            poll_interval,
+            resync_debounce,
+            resync_max_wait,
+            sse_idle_timeout,
+            reconnect_min,
+            reconnect_max,
+            marathon_timeout,
+            callback_check_interval,
+            ignore_health: o.ignore_health.or(file.ignore_health).unwrap_or(false),
+            prefer_host_port: o.prefer_host_port.or(file.prefer_host_port).unwrap_or(false),
+            haproxy,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn opts_with_file(body: &str, ext: &str) -> (Opts, tempfile::NamedTempFile) {
+        let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+        let opts = Opts {
+            config: Some(f.path().to_path_buf()),
+            ..Opts::default()
+        };
+        (opts, f)
+    }
+
+    #[test]
+    fn bamboo_json_file_is_accepted_case_insensitively() {
+        let (opts, _f) = opts_with_file(
+            r#"{"marathon":{"ENDPOINT":"http://m1:8080,http://m2:8080","UseEventStream":true,"user":"u","Password":"p"},
+               "Bamboo":{"Endpoint":"http://lb:8000","Zookeeper":{"Host":"zk1:2181","Path":"/bamboo","ReportingDelay":5}},
+               "HAProxy":{"TemplatePath":"config/haproxy_template.cfg","OutputPath":"/etc/haproxy/haproxy.cfg",
+                          "ReloadCommand":"true","ReloadValidationCommand":"haproxy -c -f {{.}}"},
+               "StatsD":{"Enabled":false}}"#,
+            ".json",
+        );
+        let s = Settings::resolve(&opts, false).unwrap();
+        assert_eq!(s.marathon.len(), 2);
+        assert_eq!(s.events, EventMode::Sse);
+        assert_eq!(s.marathon_auth, Some(("u".into(), "p".into())));
+        assert_eq!(s.zk.as_deref(), Some("zk1:2181"));
+        assert_eq!(s.zk_path, "/bamboo");
+        assert_eq!(s.zk_reporting_delay, Duration::from_secs(5));
+        assert_eq!(s.callback_url.unwrap().as_str(), "http://lb:8000/");
+        assert_eq!(s.haproxy.reload_validation_command.as_deref(), Some("haproxy -c -f {{.}}"));
+    }
+
+    #[test]
+    fn bamboo_json_without_use_event_stream_means_callbacks() {
+        let (opts, _f) = opts_with_file(
+            r#"{"Marathon":{"Endpoint":"http://m1:8080"},"Bamboo":{"Endpoint":"http://lb:8000"}}"#,
+            ".json",
+        );
+        assert_eq!(Settings::resolve(&opts, false).unwrap().events, EventMode::Callback);
+    }
+
+    #[test]
+    fn cli_beats_file() {
+        let (mut opts, _f) = opts_with_file(
+            "marathon = \"http://file:8080\"\napi_bind = \"127.0.0.1:9000\"\n",
+            ".toml",
+        );
+        opts.marathon = Some(vec!["http://cli:8080".into()]);
+        let s = Settings::resolve(&opts, false).unwrap();
+        assert_eq!(s.marathon[0].host_str(), Some("cli"));
+        assert_eq!(s.api_bind.port(), 9000);
+    }
+
+    #[test]
+    fn unknown_toml_key_is_named() {
+        let (opts, _f) = opts_with_file("marathon = \"http://m:8080\"\nmarathn_user = \"x\"\n", ".toml");
+        let e = Settings::resolve(&opts, false).unwrap_err();
+        assert_eq!(e.key, "marathn_user");
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let base = Opts {
+            marathon: Some(vec!["http://m:8080".into()]),
+            ..Opts::default()
+        };
+        let cases: Vec<(Opts, &str)> = vec![
+            (Opts { marathon: Some(vec!["m:8080".into()]), ..Opts::default() }, "marathon"),
+            (Opts { resync_interval: Some("soon".into()), ..base.clone() }, "resync-interval"),
+            (Opts { api_bind: Some("nowhere".into()), ..base.clone() }, "api-bind"),
+            (Opts { marathon_use_event_stream: Some("yes".into()), ..base.clone() }, "MARATHON_USE_EVENT_STREAM"),
+            (Opts { events: Some(EventMode::Callback), ..base.clone() }, "callback-url"),
+            (Opts { marathon_user: Some("u".into()), ..base.clone() }, "marathon-password"),
+            (Opts::default(), "marathon"),
+        ];
+        for (opts, key) in cases {
+            let e = Settings::resolve(&opts, false).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+        }
+    }
+
+    #[test]
+    fn bamboo_bind_and_switch() {
+        let opts = Opts {
+            marathon: Some(vec!["http://m:8080".into()]),
+            api_bind: Some(":8000".into()),
+            marathon_use_event_stream: Some("false".into()),
+            callback_url: Some("http://lb:8000".into()),
+            ..Opts::default()
+        };
+        let s = Settings::resolve(&opts, false).unwrap();
+        assert_eq!(s.api_bind, "0.0.0.0:8000".parse().unwrap());
+        assert_eq!(s.events, EventMode::Callback);
+    }
+}

@@ -1,0 +1,14 @@
+//! rattan: a service-discovery load balancer for Marathon/Mesos.
+//!
+//! Data flows one way: Marathon (`marathon::events`, `marathon::api`) and the rules → `discovery` →
+//! `snapshot::Publisher` (one immutable snapshot behind an `ArcSwap`) → the API, the proxy, the HAProxy renderer.
+
+pub mod api;
+pub mod config;
+pub mod dev;
+pub mod discovery;
+pub mod marathon;
+pub mod metrics;
+pub mod rules;
+pub mod server;
+pub mod snapshot;

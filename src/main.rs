@@ -1,0 +1,43 @@
+use clap::Parser;
+use rattan::config::{Cli, Command, Settings};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rattan: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Dev => rattan::dev::run(&cli.opts).await,
+            Command::Run => {
+                let settings = Settings::resolve(&cli.opts, false).map_err(|e| e.to_string())?;
+                rattan::server::start(&settings)
+                    .await
+                    .map_err(|e| format!("cannot bind the API on {}: {e}", settings.api_bind))?;
+                rattan::server::shutdown_signal().await;
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rattan: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

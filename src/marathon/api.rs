@@ -1,0 +1,177 @@
+//! Marathon REST calls: endpoints in order with failover, basic auth, the snapshot GET, callback subscriptions.
+
+use super::model::{parse_apps, ParsedApps};
+use crate::metrics::metrics;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use url::Url;
+
+pub const APPS_PATH: &str = "/v2/apps?embed=apps.tasks&embed=apps.readiness&embed=apps.deployments";
+
+/// Why one call to one endpoint failed. Every kind moves on to the next endpoint; none empties the routing table.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("{endpoint}: connect failed: {source}")]
+    Connect { endpoint: String, source: reqwest::Error },
+    #[error("{endpoint}: timed out")]
+    Timeout { endpoint: String },
+    #[error("{endpoint}: HTTP {status}: {body}")]
+    Status { endpoint: String, status: u16, body: String },
+    #[error("{endpoint}: unreadable response: {reason}")]
+    Body { endpoint: String, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("every Marathon endpoint failed: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct AllFailed(pub Vec<CallError>);
+
+pub struct MarathonClient {
+    endpoints: Vec<Url>,
+    auth: Option<(String, String)>,
+    http: reqwest::Client,
+    /// The endpoint that answered last; tried first next time.
+    preferred: AtomicUsize,
+}
+
+pub fn base(u: &Url) -> String {
+    u.as_str().trim_end_matches('/').to_string()
+}
+
+impl MarathonClient {
+    pub fn new(endpoints: Vec<Url>, auth: Option<(String, String)>, timeout: Duration) -> MarathonClient {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            // Non-2xx must stay visible; redirects on REST calls are not part of Marathon's API.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        MarathonClient {
+            endpoints,
+            auth,
+            http,
+            preferred: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn endpoints(&self) -> &[Url] {
+        &self.endpoints
+    }
+
+    pub fn auth(&self) -> Option<&(String, String)> {
+        self.auth.as_ref()
+    }
+
+    pub fn preferred(&self) -> usize {
+        self.preferred.load(Ordering::Relaxed)
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let mut rb = self
+            .http
+            .request(method, url)
+            .header("Accept", "application/json")
+            .header("Content-Type", "application/json");
+        if let Some((u, p)) = &self.auth {
+            rb = rb.basic_auth(u, Some(p));
+        }
+        rb
+    }
+
+    async fn call(&self, idx: usize, method: reqwest::Method, path_and_query: &str) -> Result<Vec<u8>, CallError> {
+        let endpoint = base(&self.endpoints[idx]);
+        let url = format!("{endpoint}{path_and_query}");
+        let resp = self.request(method, &url).send().await.map_err(|e| {
+            if e.is_timeout() {
+                CallError::Timeout { endpoint: endpoint.clone() }
+            } else {
+                CallError::Connect { endpoint: endpoint.clone(), source: e }
+            }
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                CallError::Timeout { endpoint: endpoint.clone() }
+            } else {
+                CallError::Body { endpoint: endpoint.clone(), reason: e.to_string() }
+            }
+        })?;
+        if !status.is_success() {
+            let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            return Err(CallError::Status {
+                endpoint,
+                status: status.as_u16(),
+                body: text.split_whitespace().collect::<Vec<_>>().join(" "),
+            });
+        }
+        Ok(body.to_vec())
+    }
+
+    /// The full snapshot, from the first endpoint that answers 2xx with a body that parses. A 503 or 401 body is
+    /// never taken for "zero apps".
+    pub async fn fetch_apps(&self) -> Result<ParsedApps, AllFailed> {
+        let n = self.endpoints.len();
+        let start = self.preferred();
+        let mut errors = Vec::new();
+        let m = metrics();
+        for k in 0..n {
+            let idx = (start + k) % n;
+            let began = Instant::now();
+            let result = self
+                .call(idx, reqwest::Method::GET, APPS_PATH)
+                .await
+                .and_then(|body| {
+                    parse_apps(&body).map_err(|reason| CallError::Body {
+                        endpoint: base(&self.endpoints[idx]),
+                        reason,
+                    })
+                });
+            match result {
+                Ok(parsed) => {
+                    m.fetch_duration.observe(began.elapsed().as_secs_f64());
+                    m.fetches.inc();
+                    if idx != start {
+                        tracing::warn!(from = %base(&self.endpoints[start]), to = %base(&self.endpoints[idx]), "marathon failover");
+                    }
+                    self.preferred.store(idx, Ordering::Relaxed);
+                    for r in &parsed.rejected {
+                        tracing::warn!(endpoint = %base(&self.endpoints[idx]), app = %r, "skipping app that does not parse");
+                    }
+                    m.apps_rejected.inc_by(parsed.rejected.len() as u64);
+                    return Ok(parsed);
+                }
+                Err(e) => {
+                    m.fetch_failures.with_label_values(&[&base(&self.endpoints[idx])]).inc();
+                    tracing::warn!(endpoint = %base(&self.endpoints[idx]), error = %e, "marathon fetch failed");
+                    errors.push(e);
+                }
+            }
+        }
+        Err(AllFailed(errors))
+    }
+
+    /// Callback URLs Marathon at endpoint `idx` currently delivers to.
+    pub async fn subscriptions(&self, idx: usize) -> Result<Vec<String>, CallError> {
+        let body = self.call(idx, reqwest::Method::GET, "/v2/eventSubscriptions").await?;
+        #[derive(serde::Deserialize)]
+        struct Subs {
+            #[serde(default, rename = "callbackUrls")]
+            callback_urls: Option<Vec<String>>,
+        }
+        let subs: Subs = serde_json::from_slice(&body).map_err(|e| CallError::Body {
+            endpoint: base(&self.endpoints[idx]),
+            reason: e.to_string(),
+        })?;
+        Ok(subs.callback_urls.unwrap_or_default())
+    }
+
+    /// Registers `callback` at endpoint `idx`; the URL is query-encoded (Bamboo concatenated it raw).
+    pub async fn subscribe(&self, idx: usize, callback: &str) -> Result<(), CallError> {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("callbackUrl", callback)
+            .finish();
+        self.call(idx, reqwest::Method::POST, &format!("/v2/eventSubscriptions?{q}"))
+            .await
+            .map(|_| ())
+    }
+}

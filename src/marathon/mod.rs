@@ -1,0 +1,7 @@
+//! Everything that talks to or about Marathon.
+
+pub mod address;
+pub mod api;
+pub mod events;
+pub mod model;
+pub mod simulator;

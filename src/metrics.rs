@@ -1,0 +1,103 @@
+//! The Prometheus registry and every metric name rattan exports.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub snapshot_version: IntGauge,
+    pub snapshot_built_unix: prometheus::Gauge,
+    pub snapshot_apps: IntGauge,
+    pub events: IntCounterVec,
+    pub sse_connects: IntCounter,
+    pub sse_reconnects: IntCounter,
+    pub fetches: IntCounter,
+    pub fetch_failures: IntCounterVec,
+    pub fetch_duration: Histogram,
+    pub apps_rejected: IntCounter,
+    pub callback_registrations: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("unique metric name");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone())).expect("unique metric name");
+    g
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let snapshot_built_unix = prometheus::Gauge::new(
+            "rattan_snapshot_built_timestamp_seconds",
+            "Unix time the current routing snapshot was built",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(snapshot_built_unix.clone())).expect("unique metric name");
+        let fetch_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "rattan_marathon_fetch_duration_seconds",
+                "Duration of a full /v2/apps snapshot fetch, parse included",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(fetch_duration.clone())).expect("unique metric name");
+        Metrics {
+            snapshot_version: gauge(&r, "rattan_snapshot_version", "Version of the current routing snapshot"),
+            snapshot_apps: gauge(&r, "rattan_snapshot_apps", "Apps in the current routing snapshot"),
+            events: counter_vec(&r, "rattan_marathon_events_total", "Marathon events received, by type", &["type"]),
+            sse_connects: counter(&r, "rattan_marathon_sse_connects_total", "Event stream connections established"),
+            sse_reconnects: counter(
+                &r,
+                "rattan_marathon_sse_reconnects_total",
+                "Event stream reconnect attempts after a failure or end of stream",
+            ),
+            fetches: counter(&r, "rattan_marathon_fetches_total", "Full /v2/apps snapshots fetched successfully"),
+            fetch_failures: counter_vec(
+                &r,
+                "rattan_marathon_fetch_failures_total",
+                "Failed /v2/apps fetches, by endpoint",
+                &["endpoint"],
+            ),
+            apps_rejected: counter(
+                &r,
+                "rattan_marathon_apps_rejected_total",
+                "Apps skipped because their JSON did not parse",
+            ),
+            callback_registrations: counter(
+                &r,
+                "rattan_marathon_callback_registrations_total",
+                "Event callback subscriptions registered with Marathon",
+            ),
+            snapshot_built_unix,
+            fetch_duration,
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        buf
+    }
+}
+
+pub fn metrics() -> &'static Metrics {
+    static M: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &M
+}

@@ -1,0 +1,106 @@
+//! Starts the pieces of a running rattan and connects the arrows between them.
+
+use crate::api::{self, ApiState};
+use crate::config::{EventMode, Settings};
+use crate::discovery::{self, Discovery, Policy, ResyncTiming};
+use crate::marathon::api::MarathonClient;
+use crate::marathon::events::{self, Backoff, SseOptions};
+use crate::snapshot::Publisher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+pub struct Running {
+    pub api_addr: SocketAddr,
+    pub publisher: Arc<Publisher>,
+}
+
+/// Starts every task in the background and returns once the API port is bound.
+pub async fn start(settings: &Settings) -> std::io::Result<Running> {
+    let publisher = Arc::new(Publisher::default());
+    let client = Arc::new(MarathonClient::new(
+        settings.marathon.clone(),
+        settings.marathon_auth.clone(),
+        settings.marathon_timeout,
+    ));
+    let (tx, rx) = mpsc::channel(4096);
+
+    let api_state = Arc::new(ApiState {
+        publisher: publisher.clone(),
+        events: Some(tx.clone()),
+    });
+    let api_addr = api::serve(settings.api_bind, api_state).await?;
+    println!("rattan: api listening on http://{api_addr}");
+    tracing::info!(addr = %api_addr, "api listening");
+
+    match settings.events {
+        EventMode::Sse => {
+            let opts = SseOptions {
+                idle_timeout: settings.sse_idle_timeout,
+                backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
+            };
+            tokio::spawn(events::run_sse(client.clone(), opts, tx.clone()));
+        }
+        EventMode::Callback => {
+            let mut base = settings
+                .callback_url
+                .clone()
+                .unwrap_or_else(|| url::Url::parse(&format!("http://{api_addr}")).expect("literal URL"));
+            // `--callback-url http://host:0` means "the port the API got".
+            if base.port() == Some(0) {
+                let _ = base.set_port(Some(api_addr.port()));
+            }
+            let callback = format!("{}/api/marathon/event_callback", base.as_str().trim_end_matches('/'));
+            tokio::spawn(events::run_callback_registration(
+                client.clone(),
+                callback,
+                settings.callback_check_interval,
+                tx.clone(),
+            ));
+        }
+        EventMode::Poll => {
+            tokio::spawn(events::run_poll(settings.poll_interval, tx.clone()));
+        }
+    }
+
+    let discovery = Discovery::new(
+        Policy {
+            ignore_health: settings.ignore_health,
+            prefer_host_port: settings.prefer_host_port,
+        },
+        publisher.clone(),
+    );
+    let timing = ResyncTiming {
+        debounce: settings.resync_debounce,
+        max_wait: settings.resync_max_wait,
+        interval: settings.resync_interval,
+        retry_min: settings.reconnect_min,
+        retry_max: settings.reconnect_max,
+    };
+    tokio::spawn(discovery::run(client, discovery, rx, timing));
+
+    Ok(Running { api_addr, publisher })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

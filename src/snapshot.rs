@@ -1,0 +1,150 @@
+//! The routing snapshot: one immutable value (apps, their routable backends, the rules), built in one function
+//! and swapped whole behind one `ArcSwap`. Readers never lock.
+
+use crate::marathon::address::Endpoint;
+use crate::metrics::metrics;
+use crate::rules::Rules;
+use arc_swap::{ArcSwap, Guard};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckView {
+    pub protocol: String,
+    pub path: String,
+    pub port_index: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskView {
+    pub id: String,
+    /// Bamboo's `Host`/`Port`: the address of port index 0.
+    pub host: String,
+    pub port: u32,
+    pub ports: Vec<u32>,
+    pub state: String,
+    /// All health results alive (true when the app has no checks).
+    pub alive: bool,
+    pub ready: bool,
+    /// Running, alive (unless health is ignored), ready: gets traffic.
+    pub routable: bool,
+    /// Reachable address per service-port index.
+    pub endpoints: Vec<Option<Endpoint>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppView {
+    pub id: String,
+    pub escaped_id: String,
+    pub mesos_dns_id: String,
+    pub split_id: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub health_checks: Vec<HealthCheckView>,
+    pub health_check_path: String,
+    pub health_check_protocol: String,
+    pub readiness_check_path: String,
+    pub service_ports: Vec<u32>,
+    pub port_names: Vec<String>,
+    pub discovery_ports: Vec<crate::marathon::model::DiscoveryPort>,
+    pub tasks: Vec<TaskView>,
+    /// Routable backends per service-port index.
+    pub backends: Vec<Vec<Endpoint>>,
+}
+
+impl AppView {
+    pub fn healthy_backends(&self, port_index: usize) -> &[Endpoint] {
+        self.backends.get(port_index).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+pub type Apps = BTreeMap<String, Arc<AppView>>;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub built_at: SystemTime,
+    pub apps: Arc<Apps>,
+    pub rules: Arc<Rules>,
+}
+
+impl Snapshot {
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            version: 0,
+            built_at: SystemTime::now(),
+            apps: Arc::default(),
+            rules: Arc::default(),
+        }
+    }
+}
+
+/// The one place a snapshot is made.
+pub fn build(version: u64, apps: Arc<Apps>, rules: Arc<Rules>) -> Snapshot {
+    Snapshot {
+        version,
+        built_at: SystemTime::now(),
+        apps,
+        rules,
+    }
+}
+
+/// Holds the current snapshot and the two inputs it is built from. Writers (discovery, the rule store) serialize
+/// on a mutex; readers only `load()`.
+pub struct Publisher {
+    current: ArcSwap<Snapshot>,
+    inputs: Mutex<(Arc<Apps>, Arc<Rules>)>,
+    version: AtomicU64,
+    /// Whether discovery has ever had a good Marathon snapshot (a process that never reached Marathon serves
+    /// an empty table; one that did never falls back to empty on an outage).
+    pub marathon_synced: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Publisher {
+    fn default() -> Self {
+        Publisher {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            inputs: Mutex::new((Arc::default(), Arc::default())),
+            version: AtomicU64::new(0),
+            marathon_synced: Default::default(),
+        }
+    }
+}
+
+impl Publisher {
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    pub fn set_apps(&self, apps: Arc<Apps>) {
+        self.publish(|inputs| inputs.0 = apps);
+    }
+
+    pub fn set_rules(&self, rules: Arc<Rules>) {
+        self.publish(|inputs| inputs.1 = rules);
+    }
+
+    fn publish(&self, change: impl FnOnce(&mut (Arc<Apps>, Arc<Rules>))) {
+        // A poisoned lock only means another writer panicked mid-update; the inputs are still whole Arcs.
+        let mut inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut inputs);
+        let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
+        let snap = build(version, inputs.0.clone(), inputs.1.clone());
+        let m = metrics();
+        m.snapshot_version.set(version as i64);
+        m.snapshot_apps.set(snap.apps.len() as i64);
+        m.snapshot_built_unix.set(
+            snap.built_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default(),
+        );
+        self.current.store(Arc::new(snap));
+    }
+}
