@@ -25,7 +25,11 @@ fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "rattan", version, about = "Service-discovery load balancer for Marathon/Mesos")]
+#[command(
+    name = "rattan",
+    version,
+    about = "Service-discovery load balancer for Marathon/Mesos"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -219,8 +223,12 @@ pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
     if text.trim_start().starts_with('{') {
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| bad("config", format!("{} is not valid JSON: {e}", path.display())))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| {
+            bad(
+                "config",
+                format!("{} is not valid JSON: {e}", path.display()),
+            )
+        })?;
         bamboo_json(&v)
     } else {
         toml::from_str(&text).map_err(|e| {
@@ -269,7 +277,10 @@ fn bamboo_json(v: &Value) -> Result<FileConfig, ConfigError> {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) if s.is_empty() => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(bad(&path.join("."), format!("expected a string, got {other}"))),
+            Some(other) => Err(bad(
+                &path.join("."),
+                format!("expected a string, got {other}"),
+            )),
         }
     };
     let mut f = FileConfig {
@@ -340,7 +351,12 @@ pub fn parse_bind(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     full.to_socket_addrs()
         .ok()
         .and_then(|mut it| it.next())
-        .ok_or_else(|| bad(key, format!("'{s}' is not an address like 0.0.0.0:8000 or :8000")))
+        .ok_or_else(|| {
+            bad(
+                key,
+                format!("'{s}' is not an address like 0.0.0.0:8000 or :8000"),
+            )
+        })
 }
 
 fn parse_url(key: &str, s: &str) -> Result<Url, ConfigError> {
@@ -374,12 +390,22 @@ impl Settings {
         let o = opts.clone();
 
         // An empty environment value means "no override", as in Bamboo.
-        let marathon_raw: Vec<String> = match o.marathon.filter(|v| v.iter().any(|s| !s.trim().is_empty())) {
+        let marathon_raw: Vec<String> = match o
+            .marathon
+            .filter(|v| v.iter().any(|s| !s.trim().is_empty()))
+        {
             Some(v) => v,
-            None => file.marathon.map(StringOrList::into_list).unwrap_or_default(),
+            None => file
+                .marathon
+                .map(StringOrList::into_list)
+                .unwrap_or_default(),
         };
         let mut marathon = Vec::new();
-        for s in marathon_raw.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        for s in marathon_raw
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
             marathon.push(parse_url("marathon", s)?);
         }
         if marathon.is_empty() && !dev {
@@ -394,7 +420,10 @@ impl Settings {
         let marathon_auth = match (user, password) {
             (Some(u), Some(p)) => Some((u, p)),
             (Some(_), None) => {
-                return Err(bad("marathon-password", "marathon-user is set but no password"))
+                return Err(bad(
+                    "marathon-password",
+                    "marathon-user is set but no password",
+                ))
             }
             (None, Some(_)) => {
                 return Err(bad("marathon-user", "marathon-password is set but no user"))
@@ -428,17 +457,49 @@ impl Settings {
         }
 
         let dur = |key: &str, cli: Option<String>, file: Option<String>, default: &str| {
-            let v = nonempty(cli).or(file).unwrap_or_else(|| default.to_string());
+            let v = nonempty(cli)
+                .or(file)
+                .unwrap_or_else(|| default.to_string());
             parse_duration(key, &v)
         };
-        let resync_interval = dur("resync-interval", o.resync_interval, file.resync_interval, "5m")?;
+        let resync_interval = dur(
+            "resync-interval",
+            o.resync_interval,
+            file.resync_interval,
+            "5m",
+        )?;
         let poll_interval = dur("poll-interval", o.poll_interval, file.poll_interval, "5s")?;
-        let resync_debounce = dur("resync-debounce", o.resync_debounce, file.resync_debounce, "250ms")?;
-        let resync_max_wait = dur("resync-max-wait", o.resync_max_wait, file.resync_max_wait, "2s")?;
-        let sse_idle_timeout = dur("sse-idle-timeout", o.sse_idle_timeout, file.sse_idle_timeout, "30s")?;
-        let reconnect_min = dur("reconnect-min", o.reconnect_min, file.reconnect_min, "500ms")?;
+        let resync_debounce = dur(
+            "resync-debounce",
+            o.resync_debounce,
+            file.resync_debounce,
+            "250ms",
+        )?;
+        let resync_max_wait = dur(
+            "resync-max-wait",
+            o.resync_max_wait,
+            file.resync_max_wait,
+            "2s",
+        )?;
+        let sse_idle_timeout = dur(
+            "sse-idle-timeout",
+            o.sse_idle_timeout,
+            file.sse_idle_timeout,
+            "30s",
+        )?;
+        let reconnect_min = dur(
+            "reconnect-min",
+            o.reconnect_min,
+            file.reconnect_min,
+            "500ms",
+        )?;
         let reconnect_max = dur("reconnect-max", o.reconnect_max, file.reconnect_max, "30s")?;
-        let marathon_timeout = dur("marathon-timeout", o.marathon_timeout, file.marathon_timeout, "10s")?;
+        let marathon_timeout = dur(
+            "marathon-timeout",
+            o.marathon_timeout,
+            file.marathon_timeout,
+            "10s",
+        )?;
         let callback_check_interval = dur(
             "callback-check-interval",
             o.callback_check_interval,
@@ -458,19 +519,29 @@ impl Settings {
             }
         }
         if resync_max_wait < resync_debounce {
-            return Err(bad("resync-max-wait", "must not be shorter than resync-debounce"));
+            return Err(bad(
+                "resync-max-wait",
+                "must not be shorter than resync-debounce",
+            ));
         }
         if reconnect_max < reconnect_min {
-            return Err(bad("reconnect-max", "must not be shorter than reconnect-min"));
+            return Err(bad(
+                "reconnect-max",
+                "must not be shorter than reconnect-min",
+            ));
         }
 
         let api_bind = parse_bind(
             "api-bind",
-            &nonempty(o.api_bind).or(file.api_bind).unwrap_or_else(|| "0.0.0.0:8000".into()),
+            &nonempty(o.api_bind)
+                .or(file.api_bind)
+                .unwrap_or_else(|| "0.0.0.0:8000".into()),
         )?;
         let http_bind = parse_bind(
             "http-bind",
-            &nonempty(o.http_bind).or(file.http_bind).unwrap_or_else(|| "0.0.0.0:80".into()),
+            &nonempty(o.http_bind)
+                .or(file.http_bind)
+                .unwrap_or_else(|| "0.0.0.0:80".into()),
         )?;
 
         let zk = nonempty(o.zk).or(file.zk);
@@ -478,18 +549,30 @@ impl Settings {
             .or(file.zk_path)
             .unwrap_or_else(|| "/marathon-haproxy/state".into());
         if !zk_path.starts_with('/') || (zk_path.len() > 1 && zk_path.ends_with('/')) {
-            return Err(bad("zk-path", format!("'{zk_path}' must start with / and not end with /")));
+            return Err(bad(
+                "zk-path",
+                format!("'{zk_path}' must start with / and not end with /"),
+            ));
         }
 
         let h = file.haproxy;
         let env_or = |name: &str, file: Option<String>| nonempty(std::env::var(name).ok()).or(file);
         let haproxy = HaproxySettings {
-            template_path: env_or("HAPROXY_TEMPLATE_PATH", h.template_path.map(|p| p.display().to_string()))
-                .map(PathBuf::from),
-            output_path: env_or("HAPROXY_OUTPUT_PATH", h.output_path.map(|p| p.display().to_string()))
-                .map(PathBuf::from),
+            template_path: env_or(
+                "HAPROXY_TEMPLATE_PATH",
+                h.template_path.map(|p| p.display().to_string()),
+            )
+            .map(PathBuf::from),
+            output_path: env_or(
+                "HAPROXY_OUTPUT_PATH",
+                h.output_path.map(|p| p.display().to_string()),
+            )
+            .map(PathBuf::from),
             reload_command: env_or("HAPROXY_RELOAD_CMD", h.reload_command),
-            reload_validation_command: env_or("HAPROXY_RELOAD_VALIDATION_CMD", h.reload_validation_command),
+            reload_validation_command: env_or(
+                "HAPROXY_RELOAD_VALIDATION_CMD",
+                h.reload_validation_command,
+            ),
             reload_cleanup_command: env_or("HAPROXY_RELOAD_CLEANUP_CMD", h.reload_cleanup_command),
         };
 
@@ -503,7 +586,10 @@ impl Settings {
             zk,
             zk_path,
             zk_reporting_delay: Duration::from_secs(file.zk_reporting_delay.unwrap_or(0)),
-            data_dir: o.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("rattan-data")),
+            data_dir: o
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("rattan-data")),
             resync_interval,
             poll_interval,
             resync_debounce,
@@ -514,7 +600,10 @@ impl Settings {
             marathon_timeout,
             callback_check_interval,
             ignore_health: o.ignore_health.or(file.ignore_health).unwrap_or(false),
-            prefer_host_port: o.prefer_host_port.or(file.prefer_host_port).unwrap_or(false),
+            prefer_host_port: o
+                .prefer_host_port
+                .or(file.prefer_host_port)
+                .unwrap_or(false),
             haproxy,
         })
     }
@@ -553,7 +642,10 @@ mod tests {
         assert_eq!(s.zk_path, "/bamboo");
         assert_eq!(s.zk_reporting_delay, Duration::from_secs(5));
         assert_eq!(s.callback_url.unwrap().as_str(), "http://lb:8000/");
-        assert_eq!(s.haproxy.reload_validation_command.as_deref(), Some("haproxy -c -f {{.}}"));
+        assert_eq!(
+            s.haproxy.reload_validation_command.as_deref(),
+            Some("haproxy -c -f {{.}}")
+        );
     }
 
     #[test]
@@ -562,7 +654,10 @@ mod tests {
             r#"{"Marathon":{"Endpoint":"http://m1:8080"},"Bamboo":{"Endpoint":"http://lb:8000"}}"#,
             ".json",
         );
-        assert_eq!(Settings::resolve(&opts, false).unwrap().events, EventMode::Callback);
+        assert_eq!(
+            Settings::resolve(&opts, false).unwrap().events,
+            EventMode::Callback
+        );
     }
 
     #[test]
@@ -579,7 +674,10 @@ mod tests {
 
     #[test]
     fn unknown_toml_key_is_named() {
-        let (opts, _f) = opts_with_file("marathon = \"http://m:8080\"\nmarathn_user = \"x\"\n", ".toml");
+        let (opts, _f) = opts_with_file(
+            "marathon = \"http://m:8080\"\nmarathn_user = \"x\"\n",
+            ".toml",
+        );
         let e = Settings::resolve(&opts, false).unwrap_err();
         assert_eq!(e.key, "marathn_user");
         assert!(!e.to_string().contains('\n'));
@@ -592,12 +690,48 @@ mod tests {
             ..Opts::default()
         };
         let cases: Vec<(Opts, &str)> = vec![
-            (Opts { marathon: Some(vec!["m:8080".into()]), ..Opts::default() }, "marathon"),
-            (Opts { resync_interval: Some("soon".into()), ..base.clone() }, "resync-interval"),
-            (Opts { api_bind: Some("nowhere".into()), ..base.clone() }, "api-bind"),
-            (Opts { marathon_use_event_stream: Some("yes".into()), ..base.clone() }, "MARATHON_USE_EVENT_STREAM"),
-            (Opts { events: Some(EventMode::Callback), ..base.clone() }, "callback-url"),
-            (Opts { marathon_user: Some("u".into()), ..base.clone() }, "marathon-password"),
+            (
+                Opts {
+                    marathon: Some(vec!["m:8080".into()]),
+                    ..Opts::default()
+                },
+                "marathon",
+            ),
+            (
+                Opts {
+                    resync_interval: Some("soon".into()),
+                    ..base.clone()
+                },
+                "resync-interval",
+            ),
+            (
+                Opts {
+                    api_bind: Some("nowhere".into()),
+                    ..base.clone()
+                },
+                "api-bind",
+            ),
+            (
+                Opts {
+                    marathon_use_event_stream: Some("yes".into()),
+                    ..base.clone()
+                },
+                "MARATHON_USE_EVENT_STREAM",
+            ),
+            (
+                Opts {
+                    events: Some(EventMode::Callback),
+                    ..base.clone()
+                },
+                "callback-url",
+            ),
+            (
+                Opts {
+                    marathon_user: Some("u".into()),
+                    ..base.clone()
+                },
+                "marathon-password",
+            ),
             (Opts::default(), "marathon"),
         ];
         for (opts, key) in cases {

@@ -42,7 +42,11 @@ fn bamboo_id(raw: &str) -> String {
 }
 
 fn mesos_dns_id(raw: &str) -> String {
-    raw.split('/').filter(|s| !s.is_empty()).rev().collect::<Vec<_>>().join("-")
+    raw.split('/')
+        .filter(|s| !s.is_empty())
+        .rev()
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 fn task_health(app: &App, task: &Task, known: &HashMap<String, bool>) -> bool {
@@ -85,7 +89,12 @@ fn task_ready(app: &App, task: &Task, now: time::OffsetDateTime) -> bool {
 }
 
 /// Derives the view of one app: Bamboo's fields plus routable backends per port index.
-pub fn build_view(app: &App, tasks: &[Task], known: &HashMap<String, bool>, policy: Policy) -> AppView {
+pub fn build_view(
+    app: &App,
+    tasks: &[Task],
+    known: &HashMap<String, bool>,
+    policy: Policy,
+) -> AppView {
     let now = time::OffsetDateTime::now_utc();
     let health_checks: Vec<HealthCheckView> = app
         .health_checks
@@ -101,9 +110,15 @@ pub fn build_view(app: &App, tasks: &[Task], known: &HashMap<String, bool>, poli
         .find(|h| h.protocol == "HTTP" || h.protocol == "HTTPS");
     let service_ports = address::service_ports(app);
     let port_names: Vec<String> = if !app.port_definitions.is_empty() {
-        app.port_definitions.iter().map(|p| p.name.clone().unwrap_or_default()).collect()
+        app.port_definitions
+            .iter()
+            .map(|p| p.name.clone().unwrap_or_default())
+            .collect()
     } else {
-        app.port_mappings().iter().map(|m| m.name.clone().unwrap_or_default()).collect()
+        app.port_mappings()
+            .iter()
+            .map(|m| m.name.clone().unwrap_or_default())
+            .collect()
     };
 
     let mut sorted: Vec<&Task> = tasks.iter().collect();
@@ -189,10 +204,12 @@ impl Discovery {
         if let Some(e) = self.entries.get_mut(id) {
             for t in &e.tasks {
                 if let Some(results) = t.health_check_results.as_ref().filter(|r| !r.is_empty()) {
-                    e.known_health.insert(t.id.clone(), results.iter().all(|r| r.alive));
+                    e.known_health
+                        .insert(t.id.clone(), results.iter().all(|r| r.alive));
                 }
             }
-            let live: std::collections::HashSet<&str> = e.tasks.iter().map(|t| t.id.as_str()).collect();
+            let live: std::collections::HashSet<&str> =
+                e.tasks.iter().map(|t| t.id.as_str()).collect();
             e.known_health.retain(|k, _| live.contains(k.as_str()));
             e.view = Arc::new(build_view(&e.app, &e.tasks, &e.known_health, policy));
         }
@@ -226,7 +243,9 @@ impl Discovery {
             );
             self.refresh_view(&id);
         }
-        self.publisher.marathon_synced.store(true, Ordering::Relaxed);
+        self.publisher
+            .marathon_synced
+            .store(true, Ordering::Relaxed);
         self.publish();
     }
 
@@ -285,7 +304,11 @@ impl Discovery {
                 self.publish();
                 true
             }
-            Change::Health { app_id, id: hid, alive } => {
+            Change::Health {
+                app_id,
+                id: hid,
+                alive,
+            } => {
                 let Some(alive) = alive else { return false };
                 let id = bamboo_id(app_id);
                 let Some(entry) = self.entries.get_mut(&id) else {
@@ -294,7 +317,8 @@ impl Discovery {
                 let checks = entry.app.health_checks.len().max(1);
                 let mut hit = false;
                 for t in entry.tasks.iter_mut() {
-                    if &t.id == hid || address::instance_id(&t.id).as_deref() == Some(hid.as_str()) {
+                    if &t.id == hid || address::instance_id(&t.id).as_deref() == Some(hid.as_str())
+                    {
                         t.health_check_results = Some(
                             (0..checks)
                                 .map(|_| crate::marathon::model::HealthResult { alive: *alive })
@@ -421,7 +445,10 @@ mod tests {
     use crate::marathon::model::parse_apps;
 
     fn fixture_apps(name: &str) -> Vec<App> {
-        let path = format!("{}/tests/fixtures/marathon/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/marathon/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         parse_apps(&std::fs::read(path).unwrap()).unwrap().apps
     }
 
@@ -433,7 +460,9 @@ mod tests {
     #[test]
     fn unhealthy_task_is_listed_but_not_routed() {
         let (mut d, p) = discovery();
-        d.apply_snapshot(fixture_apps("v2_apps.embed_tasks.1.5plus-host.code-derived.json"));
+        d.apply_snapshot(fixture_apps(
+            "v2_apps.embed_tasks.1.5plus-host.code-derived.json",
+        ));
         let snap = p.load();
         let app = snap.apps.get("/api").expect("app /api");
         assert_eq!(app.tasks.len(), 2);
@@ -445,13 +474,19 @@ mod tests {
     #[test]
     fn status_and_health_events_apply_at_once() {
         let (mut d, p) = discovery();
-        d.apply_snapshot(fixture_apps("v2_apps.embed_tasks.1.5plus-host.code-derived.json"));
+        d.apply_snapshot(fixture_apps(
+            "v2_apps.embed_tasks.1.5plus-host.code-derived.json",
+        ));
         let v0 = p.load().version;
         let app = p.load().apps.get("/api").unwrap().clone();
         let healthy = app.tasks.iter().find(|t| t.alive).unwrap().id.clone();
         let sick = app.tasks.iter().find(|t| !t.alive).unwrap().id.clone();
 
-        assert!(d.apply_event(&Change::Health { app_id: "/api".into(), id: sick.clone(), alive: Some(true) }));
+        assert!(d.apply_event(&Change::Health {
+            app_id: "/api".into(),
+            id: sick.clone(),
+            alive: Some(true)
+        }));
         assert_eq!(p.load().apps["/api"].healthy_backends(0).len(), 2);
 
         assert!(d.apply_event(&Change::TaskStatus {
@@ -468,7 +503,9 @@ mod tests {
         assert_eq!(snap.apps["/api"].healthy_backends(0).len(), 1);
         assert!(snap.version > v0);
 
-        assert!(d.apply_event(&Change::AppTerminated { app_id: "/api".into() }));
+        assert!(d.apply_event(&Change::AppTerminated {
+            app_id: "/api".into()
+        }));
         assert!(p.load().apps.is_empty());
     }
 

@@ -1,7 +1,8 @@
 //! The Prometheus registry and every metric name rattan exports.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -46,27 +47,52 @@ impl Metrics {
             "Unix time the current routing snapshot was built",
         )
         .expect("static metric definition");
-        r.register(Box::new(snapshot_built_unix.clone())).expect("unique metric name");
+        r.register(Box::new(snapshot_built_unix.clone()))
+            .expect("unique metric name");
         let fetch_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "rattan_marathon_fetch_duration_seconds",
                 "Duration of a full /v2/apps snapshot fetch, parse included",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         )
         .expect("static metric definition");
-        r.register(Box::new(fetch_duration.clone())).expect("unique metric name");
+        r.register(Box::new(fetch_duration.clone()))
+            .expect("unique metric name");
         Metrics {
-            snapshot_version: gauge(&r, "rattan_snapshot_version", "Version of the current routing snapshot"),
-            snapshot_apps: gauge(&r, "rattan_snapshot_apps", "Apps in the current routing snapshot"),
-            events: counter_vec(&r, "rattan_marathon_events_total", "Marathon events received, by type", &["type"]),
-            sse_connects: counter(&r, "rattan_marathon_sse_connects_total", "Event stream connections established"),
+            snapshot_version: gauge(
+                &r,
+                "rattan_snapshot_version",
+                "Version of the current routing snapshot",
+            ),
+            snapshot_apps: gauge(
+                &r,
+                "rattan_snapshot_apps",
+                "Apps in the current routing snapshot",
+            ),
+            events: counter_vec(
+                &r,
+                "rattan_marathon_events_total",
+                "Marathon events received, by type",
+                &["type"],
+            ),
+            sse_connects: counter(
+                &r,
+                "rattan_marathon_sse_connects_total",
+                "Event stream connections established",
+            ),
             sse_reconnects: counter(
                 &r,
                 "rattan_marathon_sse_reconnects_total",
                 "Event stream reconnect attempts after a failure or end of stream",
             ),
-            fetches: counter(&r, "rattan_marathon_fetches_total", "Full /v2/apps snapshots fetched successfully"),
+            fetches: counter(
+                &r,
+                "rattan_marathon_fetches_total",
+                "Full /v2/apps snapshots fetched successfully",
+            ),
             fetch_failures: counter_vec(
                 &r,
                 "rattan_marathon_fetch_failures_total",

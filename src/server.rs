@@ -42,15 +42,17 @@ pub async fn start(settings: &Settings) -> std::io::Result<Running> {
             tokio::spawn(events::run_sse(client.clone(), opts, tx.clone()));
         }
         EventMode::Callback => {
-            let mut base = settings
-                .callback_url
-                .clone()
-                .unwrap_or_else(|| url::Url::parse(&format!("http://{api_addr}")).expect("literal URL"));
+            let mut base = settings.callback_url.clone().unwrap_or_else(|| {
+                url::Url::parse(&format!("http://{api_addr}")).expect("literal URL")
+            });
             // `--callback-url http://host:0` means "the port the API got".
             if base.port() == Some(0) {
                 let _ = base.set_port(Some(api_addr.port()));
             }
-            let callback = format!("{}/api/marathon/event_callback", base.as_str().trim_end_matches('/'));
+            let callback = format!(
+                "{}/api/marathon/event_callback",
+                base.as_str().trim_end_matches('/')
+            );
             tokio::spawn(events::run_callback_registration(
                 client.clone(),
                 callback,
@@ -79,7 +81,10 @@ pub async fn start(settings: &Settings) -> std::io::Result<Running> {
     };
     tokio::spawn(discovery::run(client, discovery, rx, timing));
 
-    Ok(Running { api_addr, publisher })
+    Ok(Running {
+        api_addr,
+        publisher,
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

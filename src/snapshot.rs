@@ -56,7 +56,10 @@ pub struct AppView {
 
 impl AppView {
     pub fn healthy_backends(&self, port_index: usize) -> &[Endpoint] {
-        self.backends.get(port_index).map(Vec::as_slice).unwrap_or(&[])
+        self.backends
+            .get(port_index)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 }
 

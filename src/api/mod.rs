@@ -31,19 +31,26 @@ type Resp = Response<Full<Bytes>>;
 fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 /// Bamboo answers an unknown path or a wrong method with Go's plain 404.
 fn not_found() -> Resp {
-    respond(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "404 page not found\n")
+    respond(
+        StatusCode::NOT_FOUND,
+        "text/plain; charset=utf-8",
+        "404 page not found\n",
+    )
 }
 
 async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::GET | &Method::HEAD, "/status") => respond(StatusCode::OK, "text/plain; charset=utf-8", "OK"),
+        (&Method::GET | &Method::HEAD, "/status") => {
+            respond(StatusCode::OK, "text/plain; charset=utf-8", "OK")
+        }
         (&Method::GET | &Method::HEAD, "/api/state") => {
             let snap = state.publisher.load();
             respond(StatusCode::OK, "application/json", state::render(&snap))
@@ -65,7 +72,9 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
             respond(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         (&Method::POST, "/api/marathon/event_callback") => {
-            let body = Limited::new(req.into_body(), MAX_CALLBACK_BODY).collect().await;
+            let body = Limited::new(req.into_body(), MAX_CALLBACK_BODY)
+                .collect()
+                .await;
             if let (Ok(body), Some(tx)) = (body, &state.events) {
                 let bytes = body.to_bytes();
                 dispatch(&String::from_utf8_lossy(&bytes), tx);

@@ -65,7 +65,10 @@ pub fn service_ports(app: &App) -> Vec<u32> {
     }
     let mappings = app.port_mappings();
     if !mappings.is_empty() {
-        return mappings.iter().map(|m| m.service_port.unwrap_or(0)).collect();
+        return mappings
+            .iter()
+            .map(|m| m.service_port.unwrap_or(0))
+            .collect();
     }
     app.ports.clone()
 }
@@ -82,10 +85,12 @@ fn usable_host(host: &str) -> bool {
 /// `prefer_host_port`: in container mode use the agent's `host:hostPort` when a host port exists.
 pub fn endpoints(app: &App, task: &Task, prefer_host_port: bool) -> Vec<Option<Endpoint>> {
     let at_host = |p: u32| {
-        port16(p).filter(|_| usable_host(&task.host)).map(|port| Endpoint {
-            host: task.host.clone(),
-            port,
-        })
+        port16(p)
+            .filter(|_| usable_host(&task.host))
+            .map(|port| Endpoint {
+                host: task.host.clone(),
+                port,
+            })
     };
     match network_mode(app) {
         NetMode::Host | NetMode::Bridge => task.ports.iter().map(|p| at_host(*p)).collect(),
@@ -117,7 +122,11 @@ pub fn endpoints(app: &App, task: &Task, prefer_host_port: bool) -> Vec<Option<E
                         port,
                     })
                 });
-                out.push(if prefer_host_port { alt.or(primary) } else { primary.or(alt) });
+                out.push(if prefer_host_port {
+                    alt.or(primary)
+                } else {
+                    primary.or(alt)
+                });
             }
             if mappings.is_empty() {
                 // Legacy Mesos IP-per-task (0.14–1.3): discovery ports on the task IP.
@@ -185,7 +194,10 @@ mod tests {
     use crate::marathon::model::parse_apps;
 
     fn sample(name: &str) -> Vec<App> {
-        let path = format!("{}/tests/fixtures/marathon/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/marathon/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let body = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         parse_apps(&body).unwrap().apps
     }
@@ -206,7 +218,10 @@ mod tests {
         let tasks = app.parsed_tasks();
         let e = endpoints(app, &tasks[0], false);
         assert_eq!(e.len(), 2);
-        assert_eq!(e[0].as_ref().map(|e| e.host.as_str()), Some(tasks[0].host.as_str()));
+        assert_eq!(
+            e[0].as_ref().map(|e| e.host.as_str()),
+            Some(tasks[0].host.as_str())
+        );
         assert_eq!(service_ports(app).len(), 2);
         assert!(service_ports(app).iter().all(|p| *p != 0));
     }
@@ -239,7 +254,8 @@ mod tests {
 
     #[test]
     fn bridge_uses_host_ports_not_docker_ip() {
-        let body = br#"{"apps":[{"id":"/b","container":{"type":"DOCKER","docker":{"network":"BRIDGE",
+        let body =
+            br#"{"apps":[{"id":"/b","container":{"type":"DOCKER","docker":{"network":"BRIDGE",
           "portMappings":[{"containerPort":80,"hostPort":0,"servicePort":10001}]}},
           "tasks":[{"id":"b.1","host":"10.0.0.2","ports":[31001],"state":"TASK_RUNNING",
           "ipAddresses":[{"ipAddress":"172.17.0.3","protocol":"IPv4"}]}]}]}"#;
@@ -262,7 +278,8 @@ mod tests {
     #[test]
     fn instance_ids() {
         assert_eq!(
-            instance_id("myteam_web.instance-a5f2bd75-caaa-11e8-a129-70b3d5800001._app.1").as_deref(),
+            instance_id("myteam_web.instance-a5f2bd75-caaa-11e8-a129-70b3d5800001._app.1")
+                .as_deref(),
             Some("myteam_web.instance-a5f2bd75-caaa-11e8-a129-70b3d5800001")
         );
         assert_eq!(

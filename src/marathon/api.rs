@@ -12,11 +12,18 @@ pub const APPS_PATH: &str = "/v2/apps?embed=apps.tasks&embed=apps.readiness&embe
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     #[error("{endpoint}: connect failed: {source}")]
-    Connect { endpoint: String, source: reqwest::Error },
+    Connect {
+        endpoint: String,
+        source: reqwest::Error,
+    },
     #[error("{endpoint}: timed out")]
     Timeout { endpoint: String },
     #[error("{endpoint}: HTTP {status}: {body}")]
-    Status { endpoint: String, status: u16, body: String },
+    Status {
+        endpoint: String,
+        status: u16,
+        body: String,
+    },
     #[error("{endpoint}: unreadable response: {reason}")]
     Body { endpoint: String, reason: String },
 }
@@ -38,7 +45,11 @@ pub fn base(u: &Url) -> String {
 }
 
 impl MarathonClient {
-    pub fn new(endpoints: Vec<Url>, auth: Option<(String, String)>, timeout: Duration) -> MarathonClient {
+    pub fn new(
+        endpoints: Vec<Url>,
+        auth: Option<(String, String)>,
+        timeout: Duration,
+    ) -> MarathonClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -78,22 +89,37 @@ impl MarathonClient {
         rb
     }
 
-    async fn call(&self, idx: usize, method: reqwest::Method, path_and_query: &str) -> Result<Vec<u8>, CallError> {
+    async fn call(
+        &self,
+        idx: usize,
+        method: reqwest::Method,
+        path_and_query: &str,
+    ) -> Result<Vec<u8>, CallError> {
         let endpoint = base(&self.endpoints[idx]);
         let url = format!("{endpoint}{path_and_query}");
         let resp = self.request(method, &url).send().await.map_err(|e| {
             if e.is_timeout() {
-                CallError::Timeout { endpoint: endpoint.clone() }
+                CallError::Timeout {
+                    endpoint: endpoint.clone(),
+                }
             } else {
-                CallError::Connect { endpoint: endpoint.clone(), source: e }
+                CallError::Connect {
+                    endpoint: endpoint.clone(),
+                    source: e,
+                }
             }
         })?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| {
             if e.is_timeout() {
-                CallError::Timeout { endpoint: endpoint.clone() }
+                CallError::Timeout {
+                    endpoint: endpoint.clone(),
+                }
             } else {
-                CallError::Body { endpoint: endpoint.clone(), reason: e.to_string() }
+                CallError::Body {
+                    endpoint: endpoint.clone(),
+                    reason: e.to_string(),
+                }
             }
         })?;
         if !status.is_success() {
@@ -141,7 +167,9 @@ impl MarathonClient {
                     return Ok(parsed);
                 }
                 Err(e) => {
-                    m.fetch_failures.with_label_values(&[&base(&self.endpoints[idx])]).inc();
+                    m.fetch_failures
+                        .with_label_values(&[&base(&self.endpoints[idx])])
+                        .inc();
                     tracing::warn!(endpoint = %base(&self.endpoints[idx]), error = %e, "marathon fetch failed");
                     errors.push(e);
                 }
@@ -152,7 +180,9 @@ impl MarathonClient {
 
     /// Callback URLs Marathon at endpoint `idx` currently delivers to.
     pub async fn subscriptions(&self, idx: usize) -> Result<Vec<String>, CallError> {
-        let body = self.call(idx, reqwest::Method::GET, "/v2/eventSubscriptions").await?;
+        let body = self
+            .call(idx, reqwest::Method::GET, "/v2/eventSubscriptions")
+            .await?;
         #[derive(serde::Deserialize)]
         struct Subs {
             #[serde(default, rename = "callbackUrls")]
@@ -170,8 +200,12 @@ impl MarathonClient {
         let q: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("callbackUrl", callback)
             .finish();
-        self.call(idx, reqwest::Method::POST, &format!("/v2/eventSubscriptions?{q}"))
-            .await
-            .map(|_| ())
+        self.call(
+            idx,
+            reqwest::Method::POST,
+            &format!("/v2/eventSubscriptions?{q}"),
+        )
+        .await
+        .map(|_| ())
     }
 }

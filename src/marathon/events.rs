@@ -106,12 +106,22 @@ pub fn classify(data: &str) -> (Option<String>, Option<Change>) {
             _ => Some(Change::Invalidate { app_id: app }),
         },
         "health_status_changed_event" => match (app.clone(), ev.instance_id.or(ev.task_id)) {
-            (Some(app_id), Some(id)) => Some(Change::Health { app_id, id, alive: ev.alive }),
+            (Some(app_id), Some(id)) => Some(Change::Health {
+                app_id,
+                id,
+                alive: ev.alive,
+            }),
             _ => Some(Change::Invalidate { app_id: app }),
         },
         "instance_health_changed_event" => match (ev.run_spec_id.clone(), ev.instance_id) {
-            (Some(app_id), Some(id)) => Some(Change::Health { app_id, id, alive: ev.healthy }),
-            _ => Some(Change::Invalidate { app_id: ev.run_spec_id }),
+            (Some(app_id), Some(id)) => Some(Change::Health {
+                app_id,
+                id,
+                alive: ev.healthy,
+            }),
+            _ => Some(Change::Invalidate {
+                app_id: ev.run_spec_id,
+            }),
         },
         "app_terminated_event" => match app {
             Some(app_id) => Some(Change::AppTerminated { app_id }),
@@ -125,7 +135,9 @@ pub fn classify(data: &str) -> (Option<String>, Option<Change>) {
                 .and_then(Value::as_str)
                 .map(str::to_string),
         }),
-        "unhealthy_task_kill_event" | "unhealthy_instance_kill_event" => Some(Change::Invalidate { app_id: app }),
+        "unhealthy_task_kill_event" | "unhealthy_instance_kill_event" => {
+            Some(Change::Invalidate { app_id: app })
+        }
         "deployment_success" | "deployment_failed" | "group_change_success" => {
             Some(Change::Invalidate { app_id: None })
         }
@@ -158,7 +170,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { min, max, current: min }
+        Backoff {
+            min,
+            max,
+            current: min,
+        }
     }
 
     pub fn reset(&mut self) {
@@ -197,7 +213,12 @@ fn events_url(base_url: &str) -> String {
 /// One connection. `eventsource-client` sends `Accept: text/event-stream` exactly, frames CR/LF/CRLF and
 /// multi-line `data:`; its read timeout is our stall detector (keep-alives reset it). It follows only 301/307,
 /// so Marathon's 302 (1.7+) comes back to us as an unexpected response, and we follow it with the same headers.
-async fn stream_once(url: &str, client: &MarathonClient, opts: &SseOptions, tx: &mpsc::Sender<Change>) -> StreamEnd {
+async fn stream_once(
+    url: &str,
+    client: &MarathonClient,
+    opts: &SseOptions,
+    tx: &mpsc::Sender<Change>,
+) -> StreamEnd {
     let transport = match launchdarkly_sdk_transport::HyperTransport::builder()
         .connect_timeout(Duration::from_secs(5))
         .read_timeout(opts.idle_timeout)
@@ -248,10 +269,24 @@ async fn stream_once(url: &str, client: &MarathonClient, opts: &SseOptions, tx: 
     StreamEnd::Ended
 }
 
+const STALLED: &str = "no data within the idle timeout (stream stalled)";
+
 fn describe(e: &es::Error) -> String {
     match e {
-        es::Error::TimedOut => "no data within the idle timeout (stream stalled)".into(),
-        es::Error::Transport(t) => format!("transport: {t}"),
+        es::Error::TimedOut => STALLED.into(),
+        es::Error::Transport(t) => {
+            // The read timeout surfaces as an io::ErrorKind::TimedOut somewhere down the transport's error chain.
+            let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(t.inner());
+            while let Some(err) = cur {
+                if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                    if io.kind() == std::io::ErrorKind::TimedOut {
+                        return STALLED.into();
+                    }
+                }
+                cur = err.source();
+            }
+            format!("transport: {t}")
+        }
         other => format!("{other:?}"),
     }
 }
@@ -276,9 +311,15 @@ pub async fn run_sse(client: Arc<MarathonClient>, mut opts: SseOptions, tx: mpsc
             opts.backoff.reset();
         }
         match &end {
-            StreamEnd::Ended => tracing::warn!(url = %url, lived_ms = lived.as_millis() as u64, "marathon event stream closed"),
-            StreamEnd::Failed(e) => tracing::warn!(url = %url, error = %e, "marathon event stream failed"),
-            StreamEnd::Redirect(loc) => tracing::warn!(url = %url, to = %loc, "marathon event stream redirected twice; giving up on this endpoint"),
+            StreamEnd::Ended => {
+                tracing::warn!(url = %url, lived_ms = lived.as_millis() as u64, "marathon event stream closed")
+            }
+            StreamEnd::Failed(e) => {
+                tracing::warn!(url = %url, error = %e, "marathon event stream failed")
+            }
+            StreamEnd::Redirect(loc) => {
+                tracing::warn!(url = %url, to = %loc, "marathon event stream redirected twice; giving up on this endpoint")
+            }
         }
         metrics().sse_reconnects.inc();
         // Rotate only when this endpoint did not hold a stream: a leader that closes a long-lived stream is
@@ -317,7 +358,9 @@ pub async fn run_callback_registration(
                     tracing::info!(endpoint = %endpoint, callback = %callback, "registered event callback");
                     registered_any = true;
                 }
-                Err(e) => tracing::warn!(endpoint = %endpoint, error = %e, "event callback registration failed"),
+                Err(e) => {
+                    tracing::warn!(endpoint = %endpoint, error = %e, "event callback registration failed")
+                }
             }
         }
         if registered_any {
@@ -343,7 +386,10 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        let path = format!("{}/tests/fixtures/marathon/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/marathon/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
@@ -369,7 +415,12 @@ mod tests {
             "event.status_update_event.TASK_RUNNING.container-network-1.8plus.code-derived.json",
         ));
         match c {
-            Some(Change::TaskStatus { state, ip_addresses, ports, .. }) => {
+            Some(Change::TaskStatus {
+                state,
+                ip_addresses,
+                ports,
+                ..
+            }) => {
                 assert_eq!(state, "TASK_RUNNING");
                 assert!(ports.is_empty());
                 assert!(!ip_addresses.is_empty());
@@ -382,7 +433,9 @@ mod tests {
     fn health_events_both_eras() {
         let (_, old) = classify(&fixture("event.health_status_changed_event.docs-1.1.json"));
         assert!(matches!(old, Some(Change::Health { .. })));
-        let (_, new) = classify(&fixture("event.instance_health_changed_event.docs-head.json"));
+        let (_, new) = classify(&fixture(
+            "event.instance_health_changed_event.docs-head.json",
+        ));
         match new {
             Some(Change::Health { app_id, .. }) => assert!(app_id.starts_with('/')),
             other => panic!("{other:?}"),

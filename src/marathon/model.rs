@@ -27,7 +27,11 @@ fn as_u32(v: &Value) -> Option<u32> {
     match v {
         Value::Number(n) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
             .and_then(|n| u32::try_from(n).ok()),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
@@ -329,7 +333,11 @@ pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, String> {
 pub fn parse_app_values(values: Vec<Value>) -> ParsedApps {
     let mut out = ParsedApps::default();
     for v in values {
-        let hint = v.get("id").and_then(Value::as_str).unwrap_or("<no id>").to_string();
+        let hint = v
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or("<no id>")
+            .to_string();
         match serde_json::from_value::<App>(v) {
             Ok(app) if !app.id.is_empty() => out.apps.push(app),
             Ok(_) => out.rejected.push(format!("{hint}: empty id")),

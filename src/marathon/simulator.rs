@@ -104,7 +104,9 @@ fn now_ts() -> String {
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z",
     );
     match fmt {
-        Ok(f) => time::OffsetDateTime::now_utc().format(&f).unwrap_or_default(),
+        Ok(f) => time::OffsetDateTime::now_utc()
+            .format(&f)
+            .unwrap_or_default(),
         Err(_) => String::new(),
     }
 }
@@ -148,7 +150,9 @@ impl Simulator {
         let server = sim.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let sim = server.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -228,8 +232,17 @@ impl Simulator {
         let mut st = self.lock();
         st.apps.clear();
         st.tasks.clear();
-        for mut app in v.get("apps").and_then(Value::as_array).cloned().unwrap_or_default() {
-            let id = app.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        for mut app in v
+            .get("apps")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let id = app
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let tasks = app
                 .as_object_mut()
                 .and_then(|o| o.remove("tasks"))
@@ -245,7 +258,11 @@ impl Simulator {
 
     /// Adds or replaces one app definition (raw JSON, tasks included if present) and announces it.
     pub fn put_app_json(&self, mut app: Value) {
-        let id = app.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let id = app
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let tasks = app
             .as_object_mut()
             .and_then(|o| o.remove("tasks"))
@@ -257,8 +274,10 @@ impl Simulator {
             }
             st.apps.insert(id.clone(), app.clone());
         }
-        self.emit(json!({"clientIp":"127.0.0.1","uri":format!("/v2/apps{id}"),"appDefinition":app,
-            "eventType":"api_post_event","timestamp":now_ts()}));
+        self.emit(
+            json!({"clientIp":"127.0.0.1","uri":format!("/v2/apps{id}"),"appDefinition":app,
+            "eventType":"api_post_event","timestamp":now_ts()}),
+        );
     }
 
     pub async fn create_app(&self, spec: AppSpec) -> String {
@@ -286,8 +305,10 @@ impl Simulator {
             st.tasks.entry(spec.id.clone()).or_default();
             app
         };
-        self.emit(json!({"clientIp":"127.0.0.1","uri":"/v2/apps","appDefinition":app,
-            "eventType":"api_post_event","timestamp":now_ts()}));
+        self.emit(
+            json!({"clientIp":"127.0.0.1","uri":"/v2/apps","appDefinition":app,
+            "eventType":"api_post_event","timestamp":now_ts()}),
+        );
         self.scale(&spec.id, spec.instances).await;
         spec.id
     }
@@ -367,7 +388,11 @@ impl Simulator {
                     "firstSuccess": now_ts(), "lastSuccess": now_ts(), "lastFailure": null,
                     "lastFailureCause": null, "instanceId": instance_of(&task_id)}]);
             }
-            self.lock().tasks.entry(app_id.to_string()).or_default().push(task);
+            self.lock()
+                .tasks
+                .entry(app_id.to_string())
+                .or_default()
+                .push(task);
             self.emit(json!({"slaveId":"sim-S0","taskId":task_id,"taskStatus":"TASK_RUNNING","message":"",
                 "appId":app_id,"host":"127.0.0.1","ipAddresses":[{"ipAddress":"127.0.0.1","protocol":"IPv4"}],
                 "ports":ports,"version":version,"eventType":"status_update_event","timestamp":now_ts()}));
@@ -400,7 +425,10 @@ impl Simulator {
         {
             let mut st = self.lock();
             for (app, tasks) in st.tasks.iter_mut() {
-                if let Some(pos) = tasks.iter().position(|t| t.get("id").and_then(Value::as_str) == Some(task_id)) {
+                if let Some(pos) = tasks
+                    .iter()
+                    .position(|t| t.get("id").and_then(Value::as_str) == Some(task_id))
+                {
                     found = Some((app.clone(), tasks.remove(pos)));
                     break;
                 }
@@ -458,7 +486,11 @@ impl Simulator {
 
     /// Publishes an event to every stream and callback subscriber.
     pub fn emit(&self, event: Value) {
-        let kind = event.get("eventType").and_then(Value::as_str).unwrap_or("unknown").to_string();
+        let kind = event
+            .get("eventType")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string();
         let data = event.to_string();
         let _ = self.inner.events.send((kind, data.clone()));
         let subscribers: Vec<String> = {
@@ -504,14 +536,25 @@ impl Simulator {
             let mut st = self.lock();
             st.requests.push(RequestLog {
                 method: req.method().to_string(),
-                path_and_query: if query.is_empty() { path.clone() } else { format!("{path}?{query}") },
+                path_and_query: if query.is_empty() {
+                    path.clone()
+                } else {
+                    format!("{path}?{query}")
+                },
                 accept: accept.clone(),
                 authorization: authorization.clone(),
             });
-            (st.fail_status, st.credentials.clone(), st.redirect_events_to.clone())
+            (
+                st.fail_status,
+                st.credentials.clone(),
+                st.redirect_events_to.clone(),
+            )
         };
         if let Some((u, p)) = creds {
-            let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")));
+            let expected = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            );
             if authorization.as_deref() != Some(expected.as_str()) {
                 let mut r = full(
                     StatusCode::UNAUTHORIZED,
@@ -527,7 +570,10 @@ impl Simulator {
         }
         if let Some(code) = fail {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return json_resp(status, &json!({"message": "Could not determine the current leader"}));
+            return json_resp(
+                status,
+                &json!({"message": "Could not determine the current leader"}),
+            );
         }
         match (req.method(), path.as_str()) {
             (&Method::GET, "/ping") => full(StatusCode::OK, "text/plain", "pong"),
@@ -547,7 +593,11 @@ impl Simulator {
                 }
                 // Jetty's EventSourceServlet compares each Accept value for string equality.
                 if accept.is_empty() || accept.iter().any(|a| a != "text/event-stream") {
-                    return full(StatusCode::METHOD_NOT_ALLOWED, "text/html;charset=ISO-8859-1", JETTY_405);
+                    return full(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "text/html;charset=ISO-8859-1",
+                        JETTY_405,
+                    );
                 }
                 self.event_stream(&query)
             }
@@ -567,8 +617,14 @@ impl Simulator {
                 let id = &p["/v2/apps".len()..];
                 let st = self.lock();
                 match st.apps.get(id) {
-                    Some(a) => json_resp(StatusCode::OK, &json!({"app": with_tasks(a, st.tasks.get(id), true)})),
-                    None => json_resp(StatusCode::NOT_FOUND, &json!({"message": format!("App '{id}' does not exist")})),
+                    Some(a) => json_resp(
+                        StatusCode::OK,
+                        &json!({"app": with_tasks(a, st.tasks.get(id), true)}),
+                    ),
+                    None => json_resp(
+                        StatusCode::NOT_FOUND,
+                        &json!({"message": format!("App '{id}' does not exist")}),
+                    ),
                 }
             }
             (m, "/v2/eventSubscriptions") => self.subscriptions(m.clone(), &query),
@@ -609,7 +665,10 @@ impl Simulator {
                     &json!({"clientIp":"127.0.0.1","callbackUrl":cb,"eventType":"unsubscribe_event","timestamp":now_ts()}),
                 )
             }
-            _ => json_resp(StatusCode::BAD_REQUEST, &json!({"message": "callbackUrl is required"})),
+            _ => json_resp(
+                StatusCode::BAD_REQUEST,
+                &json!({"message": "callbackUrl is required"}),
+            ),
         }
     }
 
@@ -630,7 +689,9 @@ impl Simulator {
             let attach = json!({"remoteAddress":"127.0.0.1","eventType":"event_stream_attached","timestamp":now_ts()});
             if wanted("event_stream_attached")
                 && tx
-                    .send(frame(format!("event: event_stream_attached\r\ndata: {attach}\r\n\r\n")))
+                    .send(frame(format!(
+                        "event: event_stream_attached\r\ndata: {attach}\r\n\r\n"
+                    )))
                     .await
                     .is_err()
             {
@@ -662,7 +723,10 @@ impl Simulator {
         let stream = tokio_stream_from(body_rx);
         let mut r = Response::new(StreamBody::new(stream).boxed());
         let h = r.headers_mut();
-        h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/event-stream;charset=UTF-8"));
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream;charset=UTF-8"),
+        );
         h.insert(
             hyper::header::CACHE_CONTROL,
             hyper::header::HeaderValue::from_static("no-cache, no-store, must-revalidate"),
@@ -692,13 +756,18 @@ fn instance_of(task_id: &str) -> String {
 }
 
 /// A real HTTP server standing in for a task: answers every request with `<app id> <task id>\n`.
-async fn serve_task(app_id: String, task_id: String) -> std::io::Result<(u16, tokio::task::AbortHandle)> {
+async fn serve_task(
+    app_id: String,
+    task_id: String,
+) -> std::io::Result<(u16, tokio::task::AbortHandle)> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
     let port = listener.local_addr()?.port();
     let body = Bytes::from(format!("{app_id} {task_id}\n"));
     let handle = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let body = body.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
