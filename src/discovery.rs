@@ -142,7 +142,10 @@ pub fn build_view(
         }
         let (host, port) = match endpoints.first().cloned().flatten() {
             Some(e) => (e.host, u32::from(e.port)),
-            None => (task.host.clone(), task.ports.first().copied().unwrap_or(0)),
+            None => (
+                Arc::from(task.host.as_str()),
+                task.ports.first().copied().unwrap_or(0),
+            ),
         };
         views.push(TaskView {
             id: task.id.clone(),
@@ -228,8 +231,7 @@ impl Discovery {
     pub fn apply_snapshot(&mut self, apps: Vec<App>) {
         let mut old = std::mem::take(&mut self.entries);
         for mut app in apps {
-            let tasks = app.parsed_tasks();
-            app.tasks = Vec::new();
+            let tasks = std::mem::take(&mut app.tasks);
             let id = bamboo_id(&app.id);
             let known_health = old.remove(&id).map(|e| e.known_health).unwrap_or_default();
             self.entries.insert(
@@ -290,7 +292,6 @@ impl Discovery {
                         }
                         None => entry.tasks.push(Task {
                             id: task_id.clone(),
-                            app_id: app_id.clone(),
                             host: host.clone(),
                             ports: ports.clone(),
                             ip_addresses: ip_addresses.clone(),
@@ -516,7 +517,7 @@ mod tests {
         d.apply_snapshot(apps.clone());
         // After a Marathon leader failover every result is missing for a while.
         for t in apps[0].tasks.iter_mut() {
-            t.as_object_mut().unwrap().remove("healthCheckResults");
+            t.health_check_results = None;
         }
         d.apply_snapshot(apps);
         assert_eq!(p.load().apps["/api"].healthy_backends(0).len(), 1);

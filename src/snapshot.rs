@@ -21,7 +21,7 @@ pub struct HealthCheckView {
 pub struct TaskView {
     pub id: String,
     /// Bamboo's `Host`/`Port`: the address of port index 0.
-    pub host: String,
+    pub host: Arc<str>,
     pub port: u32,
     pub ports: Vec<u32>,
     pub state: String,
@@ -40,8 +40,8 @@ pub struct AppView {
     pub escaped_id: String,
     pub mesos_dns_id: String,
     pub split_id: Vec<String>,
-    pub labels: BTreeMap<String, String>,
-    pub env: BTreeMap<String, String>,
+    pub labels: Arc<BTreeMap<String, String>>,
+    pub env: Arc<BTreeMap<String, String>>,
     pub health_checks: Vec<HealthCheckView>,
     pub health_check_path: String,
     pub health_check_protocol: String,

@@ -2,11 +2,13 @@
 
 use super::model::{App, Task};
 use std::fmt;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Endpoint {
-    /// An IP or a hostname as Marathon reports it; resolved at connect time.
-    pub host: String,
+    /// An IP or a hostname as Marathon reports it; resolved at connect time. Shared: one task's host appears in
+    /// every port's endpoint and in every snapshot until the task changes.
+    pub host: Arc<str>,
     pub port: u16,
 }
 
@@ -84,22 +86,23 @@ fn usable_host(host: &str) -> bool {
 /// Endpoints of one task by service-port index (`None` where that index has no reachable address yet).
 /// `prefer_host_port`: in container mode use the agent's `host:hostPort` when a host port exists.
 pub fn endpoints(app: &App, task: &Task, prefer_host_port: bool) -> Vec<Option<Endpoint>> {
+    let host: Arc<str> = Arc::from(task.host.as_str());
     let at_host = |p: u32| {
         port16(p)
             .filter(|_| usable_host(&task.host))
             .map(|port| Endpoint {
-                host: task.host.clone(),
+                host: host.clone(),
                 port,
             })
     };
     match network_mode(app) {
         NetMode::Host | NetMode::Bridge => task.ports.iter().map(|p| at_host(*p)).collect(),
         NetMode::Container => {
-            let ip = task
+            let ip: Option<Arc<str>> = task
                 .ip_addresses
                 .first()
-                .map(|a| a.ip_address.clone())
-                .filter(|s| !s.is_empty());
+                .filter(|a| !a.ip_address.is_empty())
+                .map(|a| Arc::from(a.ip_address.as_str()));
             let mappings = app.port_mappings();
             let mut out = Vec::with_capacity(mappings.len());
             let mut j = 0;
@@ -205,7 +208,7 @@ mod tests {
     fn ep(s: &str) -> Option<Endpoint> {
         let (h, p) = s.rsplit_once(':').unwrap();
         Some(Endpoint {
-            host: h.to_string(),
+            host: h.into(),
             port: p.parse().unwrap(),
         })
     }
@@ -215,11 +218,11 @@ mod tests {
         let apps = sample("v2_apps.embed_tasks.1.5plus-host.code-derived.json");
         let app = &apps[0];
         assert_eq!(network_mode(app), NetMode::Host);
-        let tasks = app.parsed_tasks();
+        let tasks = &app.tasks;
         let e = endpoints(app, &tasks[0], false);
         assert_eq!(e.len(), 2);
         assert_eq!(
-            e[0].as_ref().map(|e| e.host.as_str()),
+            e[0].as_ref().map(|e| &*e.host),
             Some(tasks[0].host.as_str())
         );
         assert_eq!(service_ports(app).len(), 2);
@@ -231,7 +234,7 @@ mod tests {
         let apps = sample("v2_apps.embed_tasks.1.5plus-container-network.code-derived.json");
         let app = &apps[0];
         assert_eq!(network_mode(app), NetMode::Container);
-        let task = &app.parsed_tasks()[0];
+        let task = &app.tasks[0];
         assert_eq!(
             endpoints(app, task, false),
             vec![ep("9.0.1.3:80"), ep("9.0.1.3:9090")]
@@ -248,7 +251,7 @@ mod tests {
         let apps = sample("v2_apps.embed_tasks.1.4-ip-per-task-USER.code-derived.json");
         let app = &apps[0];
         assert_eq!(network_mode(app), NetMode::Container);
-        let task = &app.parsed_tasks()[0];
+        let task = &app.tasks[0];
         assert_eq!(endpoints(app, task, false)[0], ep("9.0.2.7:80"));
     }
 
@@ -261,7 +264,7 @@ mod tests {
           "ipAddresses":[{"ipAddress":"172.17.0.3","protocol":"IPv4"}]}]}]}"#;
         let app = &parse_apps(body).unwrap().apps[0];
         assert_eq!(network_mode(app), NetMode::Bridge);
-        let task = &app.parsed_tasks()[0];
+        let task = &app.tasks[0];
         assert_eq!(endpoints(app, task, false), vec![ep("10.0.0.2:31001")]);
         assert_eq!(service_ports(app), vec![10001]);
     }

@@ -6,17 +6,69 @@
 
 use serde::de::{DeserializeOwned, Deserializer};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// Deserialize anything; fall back to `T::default()` when the value is `null` or of another shape.
+/// Deserialize anything; fall back to `T::default()` when the value is `null` or of another shape. The value is
+/// borrowed as raw text and parsed again on its own, so no intermediate `Value` tree is built (apps and tasks are
+/// always parsed from a `&str`).
 fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
     T: DeserializeOwned + Default,
 {
-    let v = Value::deserialize(d)?;
-    Ok(serde_json::from_value(v).unwrap_or_default())
+    let raw = <&'de RawValue>::deserialize(d)?;
+    Ok(serde_json::from_str(raw.get()).unwrap_or_default())
+}
+
+/// Tasks parsed one by one from borrowed raw slices while the list is read: a malformed task is skipped, its
+/// siblings stay, no copy of the JSON text is kept, and the task text is scanned once for the list and once for
+/// the task. Anything but a list is no tasks.
+fn lenient_tasks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Task>, D::Error> {
+    use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct Tasks;
+    impl<'de> Visitor<'de> for Tasks {
+        type Value = Vec<Task>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of tasks")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Task>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+            while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+                if let Ok(t) = serde_json::from_str::<Task>(raw.get()) {
+                    if !t.id.is_empty() {
+                        out.push(t);
+                    }
+                }
+            }
+            Ok(out)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<Task>, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Vec::new())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Vec<Task>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Vec<Task>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Vec<Task>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Vec<Task>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Vec<Task>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_unit<E>(self) -> Result<Vec<Task>, E> {
+            Ok(Vec::new())
+        }
+    }
+    d.deserialize_any(Tasks)
 }
 
 fn lenient_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
@@ -69,37 +121,46 @@ fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String
     })
 }
 
+/// Shared with the app's views, which are rebuilt on every task change.
+fn shared_string_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Arc<BTreeMap<String, String>>, D::Error> {
+    string_map(d).map(Arc::new)
+}
+
 /// `env` values are strings or `{"secret": "<name>"}` (1.3+). Bamboo typed it string-only and one secret broke
 /// every fetch; here secrets are kept apart so templates never see a reference as if it were a value.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Env {
-    pub vars: BTreeMap<String, String>,
+    pub vars: Arc<BTreeMap<String, String>>,
     pub secrets: BTreeMap<String, String>,
 }
 
 impl<'de> Deserialize<'de> for Env {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let mut env = Env::default();
+        let mut vars = BTreeMap::new();
         if let Value::Object(m) = Value::deserialize(d)? {
             for (k, v) in m {
                 match v {
                     Value::String(s) => {
-                        env.vars.insert(k, s);
+                        vars.insert(k, s);
                     }
                     Value::Object(o) => {
                         let name = o.get("secret").and_then(Value::as_str).unwrap_or_default();
                         env.secrets.insert(k, name.to_string());
                     }
                     Value::Number(n) => {
-                        env.vars.insert(k, n.to_string());
+                        vars.insert(k, n.to_string());
                     }
                     Value::Bool(b) => {
-                        env.vars.insert(k, b.to_string());
+                        vars.insert(k, b.to_string());
                     }
                     _ => {}
                 }
             }
         }
+        env.vars = Arc::new(vars);
         Ok(env)
     }
 }
@@ -109,8 +170,8 @@ impl<'de> Deserialize<'de> for Env {
 pub struct App {
     #[serde(deserialize_with = "lenient")]
     pub id: String,
-    #[serde(deserialize_with = "string_map")]
-    pub labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "shared_string_map")]
+    pub labels: Arc<BTreeMap<String, String>>,
     pub env: Env,
     /// Legacy service ports (output ≤ 1.4).
     #[serde(deserialize_with = "lenient_u32_list")]
@@ -133,8 +194,8 @@ pub struct App {
     pub readiness_check_results: Vec<ReadinessCheckResult>,
     #[serde(deserialize_with = "lenient")]
     pub deployments: Vec<Value>,
-    #[serde(deserialize_with = "lenient")]
-    pub tasks: Vec<Value>,
+    #[serde(deserialize_with = "lenient_tasks")]
+    pub tasks: Vec<Task>,
     #[serde(deserialize_with = "lenient_u32")]
     pub instances: Option<u32>,
     #[serde(deserialize_with = "lenient_string")]
@@ -273,8 +334,6 @@ pub struct Task {
     #[serde(deserialize_with = "lenient")]
     pub id: String,
     #[serde(deserialize_with = "lenient")]
-    pub app_id: String,
-    #[serde(deserialize_with = "lenient")]
     pub host: String,
     #[serde(deserialize_with = "lenient_u32_list")]
     pub ports: Vec<u32>,
@@ -284,8 +343,6 @@ pub struct Task {
     pub state: Option<String>,
     #[serde(deserialize_with = "lenient_string")]
     pub started_at: Option<String>,
-    #[serde(deserialize_with = "lenient_string")]
-    pub version: Option<String>,
     /// `None` = absent (no results yet), which is not the same as healthy.
     #[serde(deserialize_with = "lenient")]
     pub health_check_results: Option<Vec<HealthResult>>,
@@ -318,45 +375,37 @@ pub struct ParsedApps {
 /// never "zero apps"); each app inside stands alone.
 pub fn parse_apps(body: &[u8]) -> Result<ParsedApps, String> {
     #[derive(Deserialize)]
-    struct Outer {
-        apps: Option<Vec<Value>>,
-        app: Option<Value>,
+    struct Outer<'a> {
+        #[serde(borrow)]
+        apps: Option<Vec<&'a RawValue>>,
+        #[serde(borrow)]
+        app: Option<&'a RawValue>,
     }
     let outer: Outer = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
     match (outer.apps, outer.app) {
-        (Some(apps), _) => Ok(parse_app_values(apps)),
-        (None, Some(app)) => Ok(parse_app_values(vec![app])),
+        (Some(apps), _) => Ok(parse_raw_apps(&apps)),
+        (None, Some(app)) => Ok(parse_raw_apps(&[app])),
         (None, None) => Err("response has no \"apps\" list".into()),
     }
 }
 
-pub fn parse_app_values(values: Vec<Value>) -> ParsedApps {
+fn parse_raw_apps(raws: &[&RawValue]) -> ParsedApps {
     let mut out = ParsedApps::default();
-    for v in values {
-        let hint = v
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or("<no id>")
-            .to_string();
-        match serde_json::from_value::<App>(v) {
+    for raw in raws {
+        match serde_json::from_str::<App>(raw.get()) {
             Ok(app) if !app.id.is_empty() => out.apps.push(app),
-            Ok(_) => out.rejected.push(format!("{hint}: empty id")),
-            Err(e) => out.rejected.push(format!("{hint}: {e}")),
+            Ok(_) => out.rejected.push(format!("{}: empty id", snippet(raw))),
+            Err(e) => out.rejected.push(format!("{}: {e}", snippet(raw))),
         }
     }
     out
 }
 
-impl App {
-    /// Tasks parse one by one too: a malformed task is skipped, its siblings stay.
-    pub fn parsed_tasks(&self) -> Vec<Task> {
-        self.tasks
-            .iter()
-            .filter_map(|t| serde_json::from_value::<Task>(t.clone()).ok())
-            .filter(|t| !t.id.is_empty())
-            .collect()
-    }
+fn snippet(raw: &RawValue) -> String {
+    raw.get().chars().take(80).collect()
+}
 
+impl App {
     pub fn port_mappings(&self) -> &[PortMapping] {
         let c = match &self.container {
             Some(c) => c,
@@ -418,8 +467,12 @@ mod tests {
         assert_eq!(a.env.vars.get("N").map(String::as_str), Some("3"));
         assert_eq!(a.env.secrets.get("DB").map(String::as_str), Some("db-pass"));
         assert!(a.labels.is_empty());
-        let tasks = a.parsed_tasks();
-        assert_eq!(tasks.len(), 1);
+        let tasks = &a.tasks;
+        assert_eq!(
+            tasks.len(),
+            1,
+            "the malformed task is skipped, its sibling stays"
+        );
         assert_eq!(tasks[0].ports, vec![31000]);
         assert!(tasks[0].health_check_results.is_none());
         assert!(parsed.apps[1].health_checks.is_empty());
