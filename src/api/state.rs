@@ -103,7 +103,7 @@ pub fn bamboo_app(a: &AppView) -> BambooApp<'_> {
             .filter(|t| !t.host.is_empty() && t.port != 0)
             .map(|t| BambooTask {
                 id: &t.id,
-                host: &*t.host,
+                host: &t.host,
                 port: t.port,
                 ports: &t.ports,
                 alive: t.alive,
