@@ -649,6 +649,20 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_configs_load() {
+        for name in ["rattan.example.toml", "bamboo.example.json"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
+            let opts = Opts {
+                config: Some(path),
+                ..Opts::default()
+            };
+            let s = Settings::resolve(&opts, false).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(s.marathon.len(), 2, "{name}");
+            assert_eq!(s.events, EventMode::Sse, "{name}");
+        }
+    }
+
+    #[test]
     fn bamboo_json_without_use_event_stream_means_callbacks() {
         let (opts, _f) = opts_with_file(
             r#"{"Marathon":{"Endpoint":"http://m1:8080"},"Bamboo":{"Endpoint":"http://lb:8000"}}"#,
