@@ -651,7 +651,9 @@ mod tests {
     #[test]
     fn shipped_example_configs_load() {
         for name in ["rattan.example.toml", "bamboo.example.json"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("config")
+                .join(name);
             let opts = Opts {
                 config: Some(path),
                 ..Opts::default()
