@@ -3,6 +3,7 @@
 
 use crate::marathon::address::Endpoint;
 use crate::metrics::metrics;
+use crate::rules::table::{RouteOptions, RouteTable};
 use crate::rules::Rules;
 use arc_swap::{ArcSwap, Guard};
 use std::collections::BTreeMap;
@@ -71,6 +72,8 @@ pub struct Snapshot {
     pub built_at: SystemTime,
     pub apps: Arc<Apps>,
     pub rules: Arc<Rules>,
+    /// The compiled routes, in precedence order.
+    pub routes: Arc<RouteTable>,
 }
 
 impl Snapshot {
@@ -80,17 +83,43 @@ impl Snapshot {
             built_at: SystemTime::now(),
             apps: Arc::default(),
             rules: Arc::default(),
+            routes: Arc::default(),
         }
     }
 }
 
-/// The one place a snapshot is made.
-pub fn build(version: u64, apps: Arc<Apps>, rules: Arc<Rules>) -> Snapshot {
+/// Whether two app sets route identically: same ids, labels and port counts (tasks do not matter).
+fn same_routing_inputs(a: &Apps, b: &Apps) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| {
+            ka == kb
+                && va.mesos_dns_id == vb.mesos_dns_id
+                && va.service_ports.len() == vb.service_ports.len()
+                && va.backends.len() == vb.backends.len()
+                && (Arc::ptr_eq(&va.labels, &vb.labels) || va.labels == vb.labels)
+        })
+}
+
+/// The one place a snapshot is made. The route table is carried over from `prev` when nothing it depends on
+/// changed, so a task event costs a map of Arcs, not a recompilation of every rule.
+pub fn build(
+    version: u64,
+    apps: Arc<Apps>,
+    rules: Arc<Rules>,
+    opts: &RouteOptions,
+    prev: &Snapshot,
+) -> Snapshot {
+    let routes = if Arc::ptr_eq(&rules, &prev.rules) && same_routing_inputs(&apps, &prev.apps) {
+        prev.routes.clone()
+    } else {
+        Arc::new(RouteTable::build(&apps, &rules.services, opts))
+    };
     Snapshot {
         version,
         built_at: SystemTime::now(),
         apps,
         rules,
+        routes,
     }
 }
 
@@ -100,6 +129,7 @@ pub struct Publisher {
     current: ArcSwap<Snapshot>,
     inputs: Mutex<(Arc<Apps>, Arc<Rules>)>,
     version: AtomicU64,
+    route_opts: RouteOptions,
     /// Whether discovery has ever had a good Marathon snapshot (a process that never reached Marathon serves
     /// an empty table; one that did never falls back to empty on an outage).
     pub marathon_synced: std::sync::atomic::AtomicBool,
@@ -107,16 +137,21 @@ pub struct Publisher {
 
 impl Default for Publisher {
     fn default() -> Self {
-        Publisher {
-            current: ArcSwap::from_pointee(Snapshot::empty()),
-            inputs: Mutex::new((Arc::default(), Arc::default())),
-            version: AtomicU64::new(0),
-            marathon_synced: Default::default(),
-        }
+        Publisher::new(RouteOptions::default())
     }
 }
 
 impl Publisher {
+    pub fn new(route_opts: RouteOptions) -> Publisher {
+        Publisher {
+            current: ArcSwap::from_pointee(Snapshot::empty()),
+            inputs: Mutex::new((Arc::default(), Arc::default())),
+            version: AtomicU64::new(0),
+            route_opts,
+            marathon_synced: Default::default(),
+        }
+    }
+
     pub fn load(&self) -> Guard<Arc<Snapshot>> {
         self.current.load()
     }
@@ -138,7 +173,19 @@ impl Publisher {
         let mut inputs = self.inputs.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut inputs);
         let version = self.version.fetch_add(1, Ordering::Relaxed) + 1;
-        let snap = build(version, inputs.0.clone(), inputs.1.clone());
+        let prev = self.current.load();
+        let snap = build(
+            version,
+            inputs.0.clone(),
+            inputs.1.clone(),
+            &self.route_opts,
+            &prev,
+        );
+        if !Arc::ptr_eq(&snap.routes, &prev.routes) {
+            for e in &snap.routes.errors {
+                tracing::warn!(app = %e.app_id, error = %e.error, "rule does not compile; the app gets no route");
+            }
+        }
         let m = metrics();
         m.snapshot_version.set(version as i64);
         m.snapshot_apps.set(snap.apps.len() as i64);

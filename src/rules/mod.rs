@@ -1,4 +1,9 @@
-//! Routing rules: Bamboo's "services" (ACL text plus a free-form config map) keyed by app id.
+//! Routing rules: Bamboo's "services" (ACL text plus a free-form config map) keyed by app id, the HAProxy ACL
+//! language they are written in, marathon-lb labels, and the compiled route table.
+
+pub mod acl;
+pub mod labels;
+pub mod table;
 
 use std::collections::BTreeMap;
 

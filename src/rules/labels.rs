@@ -1,0 +1,94 @@
+//! marathon-lb labels → routes: `HAPROXY_GROUP`, `HAPROXY_{n}_VHOST`, `_PATH`, `_BALANCE`, `_MODE`, `_ENABLED`,
+//! `_STICKY`, `_REDIRECT_TO_HTTPS`, `_GROUP`.
+
+use crate::snapshot::AppView;
+use std::collections::BTreeMap;
+
+pub struct LabelRoute {
+    pub port_index: usize,
+    pub acl: Vec<String>,
+    pub config: BTreeMap<String, String>,
+}
+
+fn label<'a>(app: &'a AppView, n: usize, key: &str) -> Option<&'a str> {
+    app.labels
+        .get(&format!("HAPROXY_{n}_{key}"))
+        .map(String::as_str)
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+fn falsy(v: &str) -> bool {
+    matches!(
+        v.to_ascii_lowercase().as_str(),
+        "false" | "0" | "no" | "off"
+    )
+}
+
+pub fn has_routing_labels(app: &AppView) -> bool {
+    app.labels.keys().any(|k| k.starts_with("HAPROXY_"))
+}
+
+fn ports(app: &AppView) -> usize {
+    app.service_ports.len().max(app.backends.len()).max(1)
+}
+
+/// Whether port `n` is TCP-mode by label (`HAPROXY_{n}_MODE=tcp`).
+pub fn is_tcp(app: &AppView, n: usize) -> bool {
+    label(app, n, "MODE").is_some_and(|m| m.eq_ignore_ascii_case("tcp"))
+}
+
+fn in_groups(app: &AppView, n: usize, groups: &[String]) -> bool {
+    if groups.is_empty() || groups.iter().any(|g| g == "*") {
+        return true;
+    }
+    let group =
+        label(app, n, "GROUP").or_else(|| app.labels.get("HAPROXY_GROUP").map(String::as_str));
+    group.is_some_and(|g| g.split(',').any(|g| groups.iter().any(|x| x == g.trim())))
+}
+
+/// HTTP routes the labels ask for, one per port index that has a vhost or a path.
+pub fn routes(app: &AppView, groups: &[String]) -> Vec<LabelRoute> {
+    let mut out = Vec::new();
+    for n in 0..ports(app) {
+        if label(app, n, "ENABLED").is_some_and(falsy)
+            || !in_groups(app, n, groups)
+            || is_tcp(app, n)
+        {
+            continue;
+        }
+        let mut acl = Vec::new();
+        if let Some(vhosts) = label(app, n, "VHOST") {
+            let hosts: Vec<&str> = vhosts
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .collect();
+            if !hosts.is_empty() {
+                acl.push(format!("hdr(host) -i {}", hosts.join(" ")));
+            }
+        }
+        if let Some(path) = label(app, n, "PATH") {
+            acl.push(format!("path_beg {path}"));
+        }
+        if acl.is_empty() {
+            continue;
+        }
+        let mut config = BTreeMap::new();
+        if let Some(b) = label(app, n, "BALANCE") {
+            config.insert("balance".to_string(), b.to_string());
+        }
+        if let Some(s) = label(app, n, "STICKY") {
+            config.insert("sticky".to_string(), s.to_string());
+        }
+        if let Some(r) = label(app, n, "REDIRECT_TO_HTTPS") {
+            config.insert("redirect_https".to_string(), r.to_string());
+        }
+        out.push(LabelRoute {
+            port_index: n,
+            acl,
+            config,
+        });
+    }
+    out
+}
