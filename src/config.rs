@@ -90,6 +90,27 @@ pub struct Opts {
     /// Base znode of the rules [default: /marathon-haproxy/state].
     #[arg(long, global = true, env = "BAMBOO_ZK_PATH")]
     pub zk_path: Option<String>,
+    /// ZooKeeper digest credentials `user:password`; nodes rattan creates are then readable by that user only.
+    #[arg(long, global = true, env = "RATTAN_ZK_AUTH", hide_env_values = true)]
+    pub zk_auth: Option<String>,
+    /// Require `Authorization: Bearer <token>` for rule changes.
+    #[arg(long, global = true, env = "RATTAN_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Require basic auth `user:password` for rule changes.
+    #[arg(long, global = true, env = "RATTAN_API_BASIC", hide_env_values = true)]
+    pub api_basic: Option<String>,
+    /// Protect reads (the UI, /api/state, /api/services) too.
+    #[arg(long, global = true, env = "RATTAN_API_AUTH_READS")]
+    pub api_auth_reads: Option<bool>,
+    /// Route for apps without a rule or labels: path (`path_beg -i <app id>`, Bamboo's), vhost, none [default: path].
+    #[arg(long, global = true, env = "RATTAN_DEFAULT_RULE")]
+    pub default_rule: Option<String>,
+    /// Domain of `--default-rule vhost`: `<app>.<domain>`.
+    #[arg(long, global = true, env = "RATTAN_DEFAULT_DOMAIN")]
+    pub default_domain: Option<String>,
+    /// marathon-lb groups to expose by labels (`HAPROXY_GROUP`), comma-separated; `*` for all [default: all].
+    #[arg(long, global = true, env = "RATTAN_GROUP", value_delimiter = ',')]
+    pub group: Option<Vec<String>>,
     /// Directory of the embedded rule file when no --zk is given [default: ./rattan-data].
     #[arg(long, global = true, env = "RATTAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -141,6 +162,13 @@ pub struct FileConfig {
     pub zk: Option<String>,
     pub zk_path: Option<String>,
     pub zk_reporting_delay: Option<u64>,
+    pub zk_auth: Option<String>,
+    pub api_token: Option<String>,
+    pub api_basic: Option<String>,
+    pub api_auth_reads: Option<bool>,
+    pub default_rule: Option<String>,
+    pub default_domain: Option<String>,
+    pub group: Option<Vec<String>>,
     pub data_dir: Option<PathBuf>,
     pub resync_interval: Option<String>,
     pub poll_interval: Option<String>,
@@ -194,6 +222,9 @@ pub struct Settings {
     pub zk: Option<String>,
     pub zk_path: String,
     pub zk_reporting_delay: Duration,
+    pub zk_auth: Option<(String, String)>,
+    pub api_auth: crate::api::ApiAuth,
+    pub route_options: crate::rules::table::RouteOptions,
     pub data_dir: PathBuf,
     pub resync_interval: Duration,
     pub poll_interval: Duration,
@@ -555,6 +586,58 @@ impl Settings {
             ));
         }
 
+        let pair =
+            |key: &str, v: Option<String>| -> Result<Option<(String, String)>, ConfigError> {
+                match v {
+                    None => Ok(None),
+                    Some(s) => match s.split_once(':') {
+                        Some((u, p)) if !u.is_empty() && !p.is_empty() => {
+                            Ok(Some((u.to_string(), p.to_string())))
+                        }
+                        _ => Err(bad(key, "expected user:password")),
+                    },
+                }
+            };
+        let zk_auth = pair("zk-auth", nonempty(o.zk_auth).or(file.zk_auth))?;
+        let api_auth = crate::api::ApiAuth {
+            token: nonempty(o.api_token).or(file.api_token),
+            basic: pair("api-basic", nonempty(o.api_basic).or(file.api_basic))?,
+            reads: o.api_auth_reads.or(file.api_auth_reads).unwrap_or(false),
+        };
+        if api_auth.reads && !api_auth.enabled() {
+            return Err(bad("api-auth-reads", "needs --api-token or --api-basic"));
+        }
+        use crate::rules::table::{DefaultRule, RouteOptions};
+        let default_rule = match nonempty(o.default_rule).or(file.default_rule).as_deref() {
+            None | Some("path") => DefaultRule::Path,
+            Some("vhost") => DefaultRule::Vhost,
+            Some("none") => DefaultRule::None,
+            Some(other) => {
+                return Err(bad(
+                    "default-rule",
+                    format!("'{other}' is not path, vhost or none"),
+                ))
+            }
+        };
+        let domain = nonempty(o.default_domain)
+            .or(file.default_domain)
+            .unwrap_or_default();
+        if default_rule == DefaultRule::Vhost && domain.is_empty() {
+            return Err(bad("default-domain", "required with --default-rule vhost"));
+        }
+        let route_options = RouteOptions {
+            default_rule,
+            domain,
+            groups: o
+                .group
+                .or(file.group)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| g.trim().to_string())
+                .filter(|g| !g.is_empty())
+                .collect(),
+        };
+
         let h = file.haproxy;
         let env_or = |name: &str, file: Option<String>| nonempty(std::env::var(name).ok()).or(file);
         let haproxy = HaproxySettings {
@@ -586,6 +669,9 @@ impl Settings {
             zk,
             zk_path,
             zk_reporting_delay: Duration::from_secs(file.zk_reporting_delay.unwrap_or(0)),
+            zk_auth,
+            api_auth,
+            route_options,
             data_dir: o
                 .data_dir
                 .or(file.data_dir)

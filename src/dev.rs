@@ -39,14 +39,14 @@ pub async fn run(opts: &Opts) -> Result<(), String> {
     o.http_bind.get_or_insert_with(|| "127.0.0.1:8080".into());
     o.data_dir.get_or_insert_with(|| ".rattan".into());
     let settings = Settings::resolve(&o, true).map_err(|e| e.to_string())?;
-    let running = crate::server::start(&settings)
-        .await
-        .map_err(|e| format!("cannot bind {}: {e}", settings.api_bind))?;
+    let running = crate::server::start(&settings).await?;
     let api = format!("http://{}", running.api_addr);
     println!(
         "\nrattan dev is up: a simulated Marathon at {} with 3 demo apps (6 tasks, real HTTP servers).\n\
          Try:\n  curl {api}/api/state          # apps and tasks as Bamboo's /api/state\n  \
-         curl {api}/metrics            # Prometheus metrics\n  curl {api}/status\n\
+         curl {api}/metrics            # Prometheus metrics\n  \
+         curl -X POST {api}/api/services -d '{{\"id\":\"/demo/web\",\"acl\":\"hdr(host) -i web.localhost\"}}'\n  \
+         open {api}/                   # the web UI: routes, rules, health\n\
          Rules are kept in {}. Ctrl-C stops everything.\n",
         sim.url(),
         settings.data_dir.display()

@@ -28,9 +28,7 @@ fn main() -> ExitCode {
             Command::Dev => rattan::dev::run(&cli.opts).await,
             Command::Run => {
                 let settings = Settings::resolve(&cli.opts, false).map_err(|e| e.to_string())?;
-                rattan::server::start(&settings)
-                    .await
-                    .map_err(|e| format!("cannot bind the API on {}: {e}", settings.api_bind))?;
+                rattan::server::start(&settings).await?;
                 rattan::server::shutdown_signal().await;
                 Ok(())
             }

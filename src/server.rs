@@ -5,6 +5,7 @@ use crate::config::{EventMode, Settings};
 use crate::discovery::{self, Discovery, Policy, ResyncTiming};
 use crate::marathon::api::MarathonClient;
 use crate::marathon::events::{self, Backoff, SseOptions};
+use crate::rules::store::{FileStore, RuleStore, ZkStore};
 use crate::snapshot::Publisher;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +17,20 @@ pub struct Running {
 }
 
 /// Starts every task in the background and returns once the API port is bound.
-pub async fn start(settings: &Settings) -> std::io::Result<Running> {
-    let publisher = Arc::new(Publisher::default());
+pub async fn start(settings: &Settings) -> Result<Running, String> {
+    let publisher = Arc::new(Publisher::new(settings.route_options.clone()));
+    let store = match &settings.zk {
+        Some(hosts) => RuleStore::Zk(ZkStore::start(
+            hosts,
+            &settings.zk_path,
+            settings.zk_auth.clone(),
+            publisher.clone(),
+        )),
+        None => RuleStore::File(FileStore::open(&settings.data_dir, publisher.clone())?),
+    };
+    if !settings.api_auth.enabled() {
+        tracing::warn!("the rules API is open to anyone who reaches the API port (as Bamboo's); set --api-token or --api-basic to protect it");
+    }
     let client = Arc::new(MarathonClient::new(
         settings.marathon.clone(),
         settings.marathon_auth.clone(),
@@ -28,8 +41,12 @@ pub async fn start(settings: &Settings) -> std::io::Result<Running> {
     let api_state = Arc::new(ApiState {
         publisher: publisher.clone(),
         events: Some(tx.clone()),
+        store: Some(Arc::new(store)),
+        auth: settings.api_auth.clone(),
     });
-    let api_addr = api::serve(settings.api_bind, api_state).await?;
+    let api_addr = api::serve(settings.api_bind, api_state)
+        .await
+        .map_err(|e| format!("cannot bind the API on {}: {e}", settings.api_bind))?;
     println!("rattan: api listening on http://{api_addr}");
     tracing::info!(addr = %api_addr, "api listening");
 

@@ -1,10 +1,13 @@
 //! The API port: `/status`, `/api/state`, `/metrics`, the Marathon event callback receiver.
 
 pub mod gojson;
+pub mod services;
 pub mod state;
+pub mod ui;
 
 use crate::marathon::events::{dispatch, Change};
 use crate::metrics::metrics;
+use crate::rules::store::RuleStore;
 use crate::snapshot::Publisher;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -24,11 +27,56 @@ const MAX_CALLBACK_BODY: usize = 16 << 20;
 pub struct ApiState {
     pub publisher: Arc<Publisher>,
     pub events: Option<mpsc::Sender<Change>>,
+    pub store: Option<Arc<RuleStore>>,
+    pub auth: ApiAuth,
 }
 
-type Resp = Response<Full<Bytes>>;
+/// Optional protection of the API. Without a token or basic credentials everything is open, as in Bamboo.
+#[derive(Debug, Clone, Default)]
+pub struct ApiAuth {
+    pub token: Option<String>,
+    pub basic: Option<(String, String)>,
+    /// Protect reads (`GET /api/…`, the UI) too, not only writes.
+    pub reads: bool,
+}
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+impl ApiAuth {
+    pub fn enabled(&self) -> bool {
+        self.token.is_some() || self.basic.is_some()
+    }
+
+    fn allows(&self, header: Option<&str>) -> bool {
+        if !self.enabled() {
+            return true;
+        }
+        let Some(h) = header else { return false };
+        if let (Some(token), Some(given)) = (&self.token, h.strip_prefix("Bearer ")) {
+            if constant_time_eq(token.as_bytes(), given.trim().as_bytes()) {
+                return true;
+            }
+        }
+        if let (Some((u, p)), Some(given)) = (&self.basic, h.strip_prefix("Basic ")) {
+            use base64::Engine;
+            let expected = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            if constant_time_eq(expected.as_bytes(), given.trim().as_bytes()) {
+                return true;
+            }
+        }
+        false
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub(crate) type Resp = Response<Full<Bytes>>;
+
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -37,7 +85,7 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
 }
 
 /// Bamboo answers an unknown path or a wrong method with Go's plain 404.
-fn not_found() -> Resp {
+pub(crate) fn not_found() -> Resp {
     respond(
         StatusCode::NOT_FOUND,
         "text/plain; charset=utf-8",
@@ -45,9 +93,50 @@ fn not_found() -> Resp {
     )
 }
 
+fn unauthorized(auth: &ApiAuth) -> Resp {
+    let mut r = services::text_error(StatusCode::UNAUTHORIZED, "authentication required");
+    let challenge = if auth.basic.is_some() {
+        "Basic realm=\"rattan\""
+    } else {
+        "Bearer"
+    };
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    r
+}
+
 async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
+    let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
+    let guarded = (path.starts_with("/api/services") && (!is_read || state.auth.reads))
+        || (state.auth.reads
+            && is_read
+            && (path == "/" || path == "/index.html" || path.starts_with("/api/")));
+    if guarded {
+        let header = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !state.auth.allows(header) {
+            return unauthorized(&state.auth);
+        }
+    }
+    if path.starts_with("/api/services") {
+        if let Some(r) = services::route(&state, req).await {
+            return r;
+        }
+        return not_found();
+    }
     match (req.method(), path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/" | "/index.html") => {
+            respond(StatusCode::OK, "text/html; charset=utf-8", ui::INDEX_HTML)
+        }
+        (&Method::GET, "/api/routes") => {
+            let snap = state.publisher.load();
+            respond(StatusCode::OK, "application/json", ui::routes_json(&snap))
+        }
         (&Method::GET | &Method::HEAD, "/status") => {
             respond(StatusCode::OK, "text/plain; charset=utf-8", "OK")
         }

@@ -3,15 +3,19 @@
 
 pub mod acl;
 pub mod labels;
+pub mod store;
 pub mod table;
 
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Service {
+    #[serde(default)]
     pub id: String,
+    #[serde(default)]
     pub acl: String,
+    #[serde(default)]
     pub config: Option<BTreeMap<String, String>>,
 }
 

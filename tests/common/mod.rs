@@ -201,3 +201,125 @@ pub fn fixture(name: &str) -> String {
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
+
+/// A real ZooKeeper server (Debian's package) on a free loopback port, with its own data directory.
+pub struct Zk {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Zk {
+    pub fn start() -> Zk {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let cfg = format!(
+            "tickTime=500\ninitLimit=10\nsyncLimit=5\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             admin.enableServer=false\nmaxSessionTimeout=20000\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("zoo.cfg"), cfg).unwrap();
+        let mut zk = Zk {
+            child: None,
+            port,
+            dir,
+        };
+        zk.spawn();
+        zk
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("java")
+            .args([
+                "-Xmx128m",
+                "-cp",
+                "/usr/share/java/*:/usr/share/zookeeper/*",
+            ])
+            .arg("-Dzookeeper.log.dir=".to_string() + &self.dir.path().display().to_string())
+            .arg("org.apache.zookeeper.server.ZooKeeperServerMain")
+            .arg(self.dir.path().join("zoo.cfg"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("java (install the zookeeper package: bash tests/run.sh does)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"srvr");
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                if out.contains("Mode") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ZooKeeper did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn hosts(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Same port, same data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Zk {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// CPU seconds (user + system) the process has used so far.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+pub async fn send(
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+    auth: Option<&str>,
+) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut rb = client.request(method.parse().unwrap(), url);
+    if let Some(b) = body {
+        rb = rb.body(b.to_string());
+    }
+    if let Some(a) = auth {
+        rb = rb.header("Authorization", a);
+    }
+    let r = rb.send().await.expect("request");
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}

@@ -1,0 +1,464 @@
+//! Rules end to end: the real binary, a real ZooKeeper, the Marathon simulator.
+
+mod common;
+
+use common::{cpu_seconds, send, Rattan, Zk, FAST};
+use rattan::marathon::simulator::{AppSpec, SimOptions, Simulator};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use zookeeper_client as zkc;
+
+const BASE: &str = "/bamboo/services";
+
+async fn sim_with(apps: &[&str]) -> Simulator {
+    let m = Simulator::start(SimOptions::default()).await.unwrap();
+    for id in apps {
+        m.create_app(AppSpec {
+            id: id.to_string(),
+            instances: 1,
+            ..AppSpec::default()
+        })
+        .await;
+    }
+    m
+}
+
+fn start(marathon: &str, extra: &[&str]) -> Rattan {
+    let mut args = vec!["--marathon", marathon];
+    args.extend_from_slice(FAST);
+    args.extend_from_slice(extra);
+    Rattan::start(&args)
+}
+
+async fn routes(r: &Rattan) -> Value {
+    serde_json::from_str(&r.get("/api/routes").await.1).unwrap()
+}
+
+fn route_of<'a>(routes: &'a Value, app: &str) -> Option<&'a Value> {
+    routes["routes"]
+        .as_array()?
+        .iter()
+        .find(|x| x["app"] == app)
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl AsyncFnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f().await {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    t.elapsed()
+}
+
+async fn children(zk: &zkc::Client) -> Vec<String> {
+    let mut c = zk.list_children(BASE).await.unwrap_or_default();
+    c.sort();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_share_rules_through_zookeeper() {
+    let zk = Zk::start();
+    let m = sim_with(&["/grp/web", "/other"]).await;
+    let url = m.url();
+    let hosts = zk.hosts();
+    let zk_args = ["--zk", hosts.as_str(), "--zk-path", BASE];
+    let a = start(&url, &zk_args);
+    let b = start(&url, &zk_args);
+    let client = zkc::Client::connect(&hosts).await.unwrap();
+    wait_for("base path created", 10, async || {
+        client.check_stat(BASE).await.ok().flatten().is_some()
+    })
+    .await;
+    wait_for("both see the apps", 10, async || {
+        route_of(&routes(&a).await, "/grp/web").is_some()
+            && route_of(&routes(&b).await, "/grp/web").is_some()
+    })
+    .await;
+
+    // Written on A (the UI's body shape), routed on B.
+    let (status, body) = send(
+        "POST",
+        &format!("{}/api/services", a.api),
+        Some(r#"{"id":"/grp/web","config":{"Acl":"hdr(host) -i web.example.com"}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        r#"{"Id":"/grp/web","Acl":"","Config":{"Acl":"hdr(host) -i web.example.com"}}"#
+    );
+    let took = wait_for("rule routes on B", 5, async || {
+        route_of(&routes(&b).await, "/grp/web").is_some_and(|r| r["source"] == "api")
+    })
+    .await;
+    assert!(
+        took < Duration::from_secs(1),
+        "B converged in {took:?}; Bamboo waits ReportingDelay (5 s)"
+    );
+    eprintln!("convergence A -> B: {took:?}");
+
+    // Exactly Bamboo's child name and body bytes.
+    assert_eq!(children(&client).await, vec!["%2Fgrp%2Fweb".to_string()]);
+    let (data, _) = client
+        .get_data(&format!("{BASE}/%2Fgrp%2Fweb"))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(data).unwrap(),
+        r#"{"version":"2","config":{"Acl":"hdr(host) -i web.example.com"}}"#
+    );
+
+    // An update touches the parent so Bamboo instances (parent data watch only) notice.
+    let (_, parent_before) = client.get_data(BASE).await.unwrap();
+    let (status, _) = send(
+        "PUT",
+        &format!("{}/api/services/%2Fgrp%2Fweb", b.api),
+        Some(r#"{"id":"/grp/web","acl":"hdr(host) -i www.example.com","config":{"balance":"roundrobin"}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, parent_after) = client.get_data(BASE).await.unwrap();
+    assert!(parent_after.mzxid > parent_before.mzxid, "parent touched");
+    let (data, _) = client
+        .get_data(&format!("{BASE}/%2Fgrp%2Fweb"))
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(data).unwrap(),
+        r#"{"version":"2","config":{"Acl":"hdr(host) -i www.example.com","balance":"roundrobin"}}"#
+    );
+    wait_for("update on A", 5, async || {
+        route_of(&routes(&a).await, "/grp/web").is_some_and(|r| r["balance"] == "roundrobin")
+    })
+    .await;
+
+    // A V1 node written by hand (a raw ACL string), created after start: read by both.
+    client
+        .create(
+            &format!("{BASE}/%2Fother"),
+            b"path_beg /legacy",
+            &zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+    for r in [&a, &b] {
+        wait_for("V1 node", 5, async || {
+            route_of(&routes(r).await, "/other").is_some_and(|x| x["acl"][0] == "path_beg /legacy")
+        })
+        .await;
+    }
+    let (_, services) = r_get(&b, "/api/services").await;
+    let services: Value = serde_json::from_str(&services).unwrap();
+    assert_eq!(services["/other"]["Acl"], "path_beg /legacy");
+    assert_eq!(services["/other"]["Config"]["Acl"], "path_beg /legacy");
+
+    // Bad input changes nothing in ZooKeeper.
+    let before = children(&client).await;
+    let (before_data, _) = client
+        .get_data(&format!("{BASE}/%2Fgrp%2Fweb"))
+        .await
+        .unwrap();
+    for (body, expect) in [
+        (
+            r#"{"id":"/grp/web","acl":"path_beg"}"#,
+            "invalid ACL for /grp/web: ACL error at column 9: 'path_beg' has no value to match\n",
+        ),
+        (
+            r#"{"id":"/new","acl":"host(x) -i a"}"#,
+            "unknown fetch 'host(x)'",
+        ),
+        (
+            r#"{"id":"/grp/web","acl":"path /x","config":{"balance":"random"}}"#,
+            "balance 'random' is not supported",
+        ),
+        (
+            r#"{"id": "/grp/web", "acl": "path /x""#,
+            "Unable to decode JSON request\n",
+        ),
+        (r#"{"acl":"path /x"}"#, "can not use empty ID\n"),
+    ] {
+        let (status, text) =
+            send("POST", &format!("{}/api/services", a.api), Some(body), None).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            text.contains(expect) && text.ends_with('\n'),
+            "{body}: {text}"
+        );
+    }
+    assert_eq!(children(&client).await, before);
+    assert_eq!(
+        client
+            .get_data(&format!("{BASE}/%2Fgrp%2Fweb"))
+            .await
+            .unwrap()
+            .0,
+        before_data
+    );
+
+    // Delete on B, gone on A; unknown ids answer as Bamboo.
+    assert_eq!(
+        send(
+            "DELETE",
+            &format!("{}/api/services//other", b.api),
+            None,
+            None
+        )
+        .await,
+        (200, "null".into())
+    );
+    wait_for("delete seen on A", 5, async || {
+        route_of(&routes(&a).await, "/other").is_some_and(|x| x["source"] == "default")
+    })
+    .await;
+    assert_eq!(
+        send(
+            "DELETE",
+            &format!("{}/api/services/nope", a.api),
+            None,
+            None
+        )
+        .await,
+        (400, "zk: node does not exist\n".into())
+    );
+}
+
+async fn r_get(r: &Rattan, path: &str) -> (u16, String) {
+    r.get(path).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zookeeper_outage_keeps_rules_and_idles() {
+    let mut zk = Zk::start();
+    let m = sim_with(&["/svc"]).await;
+    let url = m.url();
+    let hosts = zk.hosts();
+    let a = start(&url, &["--zk", hosts.as_str(), "--zk-path", BASE]);
+    let b = start(&url, &["--zk", hosts.as_str(), "--zk-path", BASE]);
+    wait_for("connected", 15, async || {
+        send(
+            "POST",
+            &format!("{}/api/services", a.api),
+            Some(r#"{"id":"/svc","acl":"path_beg /svc-rule"}"#),
+            None,
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+
+    zk.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Writes are refused with a clear error; the last rules keep routing.
+    let (status, text) = send(
+        "POST",
+        &format!("{}/api/services", a.api),
+        Some(r#"{"id":"/svc","acl":"path_beg /x"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.contains("ZooKeeper") && text.contains("unavailable"),
+        "{text}"
+    );
+    assert_eq!(
+        route_of(&routes(&a).await, "/svc").unwrap()["acl"][0],
+        "path_beg /svc-rule"
+    );
+
+    // Near-idle while ZooKeeper is gone (zookeeper-async spun both cores here).
+    let before = cpu_seconds(a.pid());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let used = cpu_seconds(a.pid()) - before;
+    eprintln!(
+        "CPU while ZooKeeper is down: {used:.2} s over 4 s ({:.1}%)",
+        used / 4.0 * 100.0
+    );
+    assert!(
+        used < 0.4,
+        "{used} CPU-seconds in 4 s while ZooKeeper is down"
+    );
+    assert_eq!(
+        route_of(&routes(&a).await, "/svc").unwrap()["acl"][0],
+        "path_beg /svc-rule"
+    );
+
+    zk.restart();
+    wait_for("writes work again", 30, async || {
+        send(
+            "POST",
+            &format!("{}/api/services", a.api),
+            Some(r#"{"id":"/svc","acl":"path_beg /after"}"#),
+            None,
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    wait_for("B sees writes after the restart", 10, async || {
+        route_of(&routes(&b).await, "/svc").is_some_and(|x| x["acl"][0] == "path_beg /after")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn digest_auth_protects_created_nodes() {
+    let zk = Zk::start();
+    let m = sim_with(&["/private"]).await;
+    let url = m.url();
+    let hosts = zk.hosts();
+    let a = start(
+        &url,
+        &[
+            "--zk",
+            hosts.as_str(),
+            "--zk-path",
+            "/secure",
+            "--zk-auth",
+            "ops:s3cret",
+        ],
+    );
+    wait_for("write with auth", 15, async || {
+        send(
+            "POST",
+            &format!("{}/api/services", a.api),
+            Some(r#"{"id":"/private","acl":"path_beg /p"}"#),
+            None,
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    let anonymous = zkc::Client::connect(&hosts).await.unwrap();
+    assert!(matches!(
+        anonymous.get_data("/secure/%2Fprivate").await,
+        Err(zkc::Error::NoAuth)
+    ));
+    let mut c = zkc::Client::connector();
+    c.auth("digest".into(), b"ops:s3cret".to_vec());
+    let authed = c.connect(&hosts).await.unwrap();
+    assert!(authed.get_data("/secure/%2Fprivate").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_store_api_like_bamboo_with_optional_auth() {
+    let m = sim_with(&["/app"]).await;
+    let url = m.url();
+    let open = start(&url, &[]);
+    let api = open.api.clone();
+    assert_eq!(
+        send("GET", &format!("{api}/api/services"), None, None).await,
+        (200, "{}".into())
+    );
+    let (s, body) = send(
+        "POST",
+        &format!("{api}/api/services"),
+        Some(r#"{"id":"app","acl":"path_beg /a&b"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, body.as_str()),
+        (
+            200,
+            r#"{"Id":"/app","Acl":"path_beg /a\u0026b","Config":null}"#
+        )
+    );
+    let (s, one) = send("GET", &format!("{api}/api/services/%2Fapp"), None, None).await;
+    assert_eq!(s, 200);
+    assert!(one.contains(r#""Acl":"path_beg /a\u0026b""#));
+    assert_eq!(
+        send("GET", &format!("{api}/api/services/%2Fmissing"), None, None)
+            .await
+            .0,
+        404
+    );
+    let big = format!(r#"{{"id":"/app","acl":"{}"}}"#, "a".repeat(70 * 1024));
+    assert_eq!(
+        send("POST", &format!("{api}/api/services"), Some(&big), None)
+            .await
+            .0,
+        413
+    );
+    assert_eq!(
+        send("PATCH", &format!("{api}/api/services/app"), None, None).await,
+        (404, "404 page not found\n".into())
+    );
+    assert!(open.log().contains("rules API is open"));
+    drop(open);
+
+    let guarded = start(&url, &["--api-token", "t0k"]);
+    let api = guarded.api.clone();
+    let body = Some(r#"{"id":"/app","acl":"path_beg /x"}"#);
+    assert_eq!(
+        send("POST", &format!("{api}/api/services"), body, None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        send(
+            "POST",
+            &format!("{api}/api/services"),
+            body,
+            Some("Bearer nope")
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        send(
+            "POST",
+            &format!("{api}/api/services"),
+            body,
+            Some("Bearer t0k")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        send("GET", &format!("{api}/api/services"), None, None)
+            .await
+            .0,
+        200,
+        "reads stay open"
+    );
+    drop(guarded);
+
+    let all = start(&url, &["--api-basic", "ops:pw", "--api-auth-reads", "true"]);
+    assert_eq!(
+        send("GET", &format!("{}/api/services", all.api), None, None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        send("GET", &format!("{}/", all.api), None, None).await.0,
+        401
+    );
+    assert_eq!(
+        send(
+            "GET",
+            &format!("{}/api/services", all.api),
+            None,
+            Some("Basic b3BzOnB3")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        send("GET", &format!("{}/status", all.api), None, None)
+            .await
+            .0,
+        200
+    );
+}
