@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what the tests run for real (ZooKeeper, HAProxy) when missing, then checks
+# The whole test suite: installs what the tests run for real (ZooKeeper, HAProxy, Chromium for the UI) when
+# missing, then checks
 # formatting and lints and runs every test. `.ci/run` calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,7 @@ command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
 [ -e /usr/share/zookeeper/zookeeper.jar ] || ls /usr/share/java/zookeeper*.jar >/dev/null 2>&1 || need+=(zookeeper)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=""

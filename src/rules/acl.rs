@@ -578,6 +578,67 @@ mod tests {
         assert_eq!(parse("path_end /abcd").unwrap().path_prefix_len(), 0);
     }
 
+    /// A cheap stand-in for the fuzz target (`fuzz/`), run in CI: random token soup never panics.
+    #[test]
+    fn random_input_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let parts = [
+            "path",
+            "path_beg",
+            "path_reg",
+            "path_dir",
+            "hdr(",
+            "hdr(host)",
+            "hdr_dom(host)",
+            "src",
+            "method",
+            "-i",
+            "-m",
+            "reg",
+            "dom",
+            "--",
+            "\"",
+            "'",
+            "\\",
+            "/",
+            "(",
+            ")",
+            "[",
+            "*",
+            "ü",
+            ".",
+            "10.0.0.0/8",
+            "::1",
+            " ",
+            "",
+            "a",
+            "-",
+            "$",
+            "^",
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let h = http::HeaderMap::new();
+        for _ in 0..20_000 {
+            let n = rng.gen_range(0..8);
+            let text: String = (0..n)
+                .map(|_| parts[rng.gen_range(0..parts.len())])
+                .collect::<Vec<_>>()
+                .join(" ");
+            if let Ok(c) = parse(&text) {
+                let path: String = (0..rng.gen_range(0..4))
+                    .map(|_| parts[rng.gen_range(0..parts.len())])
+                    .collect();
+                let _ = c.matches(&Request {
+                    path: &path,
+                    method: "GET",
+                    host: Some(&path),
+                    headers: &h,
+                    src: None,
+                });
+            }
+        }
+    }
+
     #[test]
     fn ipv4_mapped_source() {
         let h = http::HeaderMap::new();
