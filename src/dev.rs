@@ -41,11 +41,14 @@ pub async fn run(opts: &Opts) -> Result<(), String> {
     let settings = Settings::resolve(&o, true).map_err(|e| e.to_string())?;
     let running = crate::server::start(&settings).await?;
     let api = format!("http://{}", running.api_addr);
+    let proxy = format!("http://{}", running.proxy_addr);
     println!(
         "\nrattan dev is up: a simulated Marathon at {} with 3 demo apps (6 tasks, real HTTP servers).\n\
-         Try:\n  curl {api}/api/state          # apps and tasks as Bamboo's /api/state\n  \
+         Try:\n  curl {proxy}/demo/api          # through the proxy: Bamboo's default rule path_beg -i /demo/api\n  \
+         curl {api}/api/state          # apps and tasks as Bamboo's /api/state\n  \
          curl {api}/metrics            # Prometheus metrics\n  \
          curl -X POST {api}/api/services -d '{{\"id\":\"/demo/web\",\"acl\":\"hdr(host) -i web.localhost\"}}'\n  \
+         curl -H 'Host: web.localhost' {proxy}/    # routed by the rule you just wrote\n  \
          open {api}/                   # the web UI: routes, rules, health\n\
          Rules are kept in {}. Ctrl-C stops everything.\n",
         sim.url(),

@@ -9,6 +9,7 @@ pub mod dev;
 pub mod discovery;
 pub mod marathon;
 pub mod metrics;
+pub mod proxy;
 pub mod rules;
 pub mod server;
 pub mod snapshot;

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 pub struct Running {
     pub api_addr: SocketAddr,
+    pub proxy_addr: SocketAddr,
     pub publisher: Arc<Publisher>,
 }
 
@@ -49,6 +50,11 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         .map_err(|e| format!("cannot bind the API on {}: {e}", settings.api_bind))?;
     println!("rattan: api listening on http://{api_addr}");
     tracing::info!(addr = %api_addr, "api listening");
+    let proxy_addr = crate::proxy::serve(settings.http_bind, publisher.clone(), Default::default())
+        .await
+        .map_err(|e| format!("cannot bind the proxy on {}: {e}", settings.http_bind))?;
+    println!("rattan: proxy listening on http://{proxy_addr}");
+    tracing::info!(addr = %proxy_addr, "proxy listening");
 
     match settings.events {
         EventMode::Sse => {
@@ -100,6 +106,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
 
     Ok(Running {
         api_addr,
+        proxy_addr,
         publisher,
     })
 }

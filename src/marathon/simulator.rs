@@ -445,6 +445,13 @@ impl Simulator {
         }
     }
 
+    /// The task's server dies but Marathon has not noticed yet (no event, still listed as running).
+    pub fn crash_task_server(&self, task_id: &str) {
+        if let Some(h) = self.lock().task_servers.remove(task_id) {
+            h.abort();
+        }
+    }
+
     /// Sets every health result of a task and sends the 1.4+ health event.
     pub fn set_health(&self, task_id: &str, alive: bool) {
         let mut app_id = None;
@@ -755,7 +762,8 @@ fn instance_of(task_id: &str) -> String {
     crate::marathon::address::instance_id(task_id).unwrap_or_else(|| task_id.to_string())
 }
 
-/// A real HTTP server standing in for a task: answers every request with `<app id> <task id>\n`.
+/// A real HTTP server standing in for a task: answers every request with `<app id> <task id>\n`, and echoes
+/// each request header back as `x-req-<name>` so tests can see what reached the backend.
 async fn serve_task(
     app_id: String,
     task_id: String,
@@ -770,9 +778,16 @@ async fn serve_task(
             };
             let body = body.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                    let body = body.clone();
-                    async move { Ok::<_, Infallible>(full(StatusCode::OK, "text/plain", body)) }
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let mut r = full(StatusCode::OK, "text/plain", body.clone());
+                    for (name, value) in req.headers() {
+                        if let Ok(n) = hyper::header::HeaderName::from_bytes(
+                            format!("x-req-{name}").as_bytes(),
+                        ) {
+                            r.headers_mut().append(n, value.clone());
+                        }
+                    }
+                    async move { Ok::<_, Infallible>(r) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)

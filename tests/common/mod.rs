@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 pub struct Rattan {
     child: Child,
     pub api: String,
+    pub proxy: String,
     pub log: Arc<Mutex<String>>,
     _data: tempfile::TempDir,
 }
@@ -73,21 +74,29 @@ impl Rattan {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("rattan: api listening on ") {
-                    let _ = tx.send(addr.to_string());
+                for what in ["api", "proxy"] {
+                    if let Some(addr) = line.strip_prefix(&format!("rattan: {what} listening on "))
+                    {
+                        let _ = tx.send((what, addr.to_string()));
+                    }
                 }
             }
         });
-        let api = match rx.recv_timeout(Duration::from_secs(15)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("rattan did not start; log:\n{}", log.lock().unwrap());
+        let (mut api, mut proxy) = (String::new(), String::new());
+        while api.is_empty() || proxy.is_empty() {
+            match rx.recv_timeout(Duration::from_secs(15)) {
+                Ok(("api", a)) => api = a,
+                Ok((_, p)) => proxy = p,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("rattan did not start; log:\n{}", log.lock().unwrap());
+                }
             }
-        };
+        }
         Rattan {
             child,
             api,
+            proxy,
             log,
             _data: data,
         }

@@ -1,0 +1,173 @@
+//! Backend choice. Counters live here, keyed by backend address, outside any snapshot: they survive swaps, and a
+//! backend that leaves keeps its count until its last request finishes.
+
+use crate::marathon::address::Endpoint;
+use crate::rules::table::Balance;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug, Default)]
+pub struct Slot {
+    pub in_flight: AtomicUsize,
+}
+
+/// Decrements the backend's in-flight count when the request (or its response body) is done, however it ends.
+pub struct InFlight(Arc<Slot>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+pub struct Balancer {
+    slots: RwLock<HashMap<Endpoint, Arc<Slot>>>,
+    cursors: RwLock<HashMap<(String, usize), Arc<AtomicUsize>>>,
+}
+
+impl Balancer {
+    fn slot(&self, e: &Endpoint) -> Arc<Slot> {
+        if let Some(s) = self.slots.read().unwrap_or_else(|p| p.into_inner()).get(e) {
+            return s.clone();
+        }
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(e.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn cursor(&self, app: &str, port: usize) -> Arc<AtomicUsize> {
+        let key = (app.to_string(), port);
+        if let Some(c) = self
+            .cursors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return c.clone();
+        }
+        self.cursors
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// Picks a backend not in `avoid` (the one that just failed), counting it in flight.
+    pub fn pick<'a>(
+        &self,
+        app: &str,
+        port: usize,
+        policy: Balance,
+        backends: &'a [Endpoint],
+        avoid: Option<&Endpoint>,
+    ) -> Option<(&'a Endpoint, InFlight)> {
+        let candidates: Vec<&Endpoint> = backends.iter().filter(|b| Some(*b) != avoid).collect();
+        let chosen = match candidates.len() {
+            0 => return None,
+            1 => candidates[0],
+            n => match policy {
+                Balance::Roundrobin => {
+                    let i = self.cursor(app, port).fetch_add(1, Ordering::Relaxed);
+                    candidates[i % n]
+                }
+                Balance::Leastconn => {
+                    // Power of two choices over in-flight counts: O(1), and robust to many threads seeing the same
+                    // "least loaded" backend at once.
+                    let a = rand::random::<usize>() % n;
+                    let mut b = rand::random::<usize>() % (n - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    let load = |e: &Endpoint| self.slot(e).in_flight.load(Ordering::Relaxed);
+                    if load(candidates[b]) < load(candidates[a]) {
+                        candidates[b]
+                    } else {
+                        candidates[a]
+                    }
+                }
+            },
+        };
+        let slot = self.slot(chosen);
+        slot.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some((chosen, InFlight(slot)))
+    }
+
+    /// Forgets idle backends that no longer appear anywhere (called after a snapshot swap).
+    pub fn retain(&self, live: impl Fn(&Endpoint) -> bool) {
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|e, s| live(e) || s.in_flight.load(Ordering::Relaxed) > 0);
+    }
+
+    pub fn in_flight(&self, e: &Endpoint) -> usize {
+        self.slot(e).in_flight.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(n: u16) -> Vec<Endpoint> {
+        (0..n)
+            .map(|i| Endpoint {
+                host: "10.0.0.1".into(),
+                port: 1000 + i,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_is_even() {
+        let b = Balancer::default();
+        let e = eps(3);
+        let mut counts = HashMap::new();
+        for _ in 0..300 {
+            let (x, _g) = b.pick("/a", 0, Balance::Roundrobin, &e, None).unwrap();
+            *counts.entry(x.port).or_insert(0) += 1;
+        }
+        assert!(counts.values().all(|c| *c == 100), "{counts:?}");
+    }
+
+    #[test]
+    fn least_conn_prefers_the_idle_backend() {
+        let b = Balancer::default();
+        let e = eps(2);
+        // Hold 5 requests on the first backend.
+        let busy: Vec<InFlight> = (0..5)
+            .map(|_| {
+                b.pick("/a", 0, Balance::Leastconn, &e[..1], None)
+                    .unwrap()
+                    .1
+            })
+            .collect();
+        for _ in 0..50 {
+            let (x, _g) = b.pick("/a", 0, Balance::Leastconn, &e, None).unwrap();
+            assert_eq!(x.port, 1001);
+        }
+        drop(busy);
+        assert_eq!(b.in_flight(&e[0]), 0, "guards release their count");
+    }
+
+    #[test]
+    fn avoid_the_failed_backend() {
+        let b = Balancer::default();
+        let e = eps(2);
+        for _ in 0..20 {
+            let (x, _g) = b
+                .pick("/a", 0, Balance::Roundrobin, &e, Some(&e[0]))
+                .unwrap();
+            assert_eq!(x, &e[1]);
+        }
+        assert!(b
+            .pick("/a", 0, Balance::Roundrobin, &e[..1], Some(&e[0]))
+            .is_none());
+    }
+}

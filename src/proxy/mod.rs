@@ -1,0 +1,345 @@
+//! The data plane: reads only the current snapshot (one `load` per request, no lock), matches the route, picks a
+//! backend, forwards over pooled keep-alive connections.
+
+pub mod balance;
+
+use crate::marathon::address::Endpoint;
+use crate::rules::acl::Request as AclRequest;
+use crate::snapshot::Publisher;
+use balance::{Balancer, InFlight};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub connect_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            connect_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+pub struct Proxy {
+    publisher: Arc<Publisher>,
+    balancer: Balancer,
+    client: Client<HttpConnector, ProxyBody>,
+    port: u16,
+}
+
+/// Response body that keeps the backend counted in flight until the client has it all (or goes away).
+struct Guarded {
+    inner: Incoming,
+    _guard: InFlight,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn plain(status: StatusCode, msg: String) -> Response<ProxyBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// RFC 9110 §7.6.1: connection-specific fields, and every field named in `Connection`, never cross a proxy.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
+fn bodyless(req: &Request<Incoming>) -> bool {
+    req.body().is_end_stream()
+        || (matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+        ) && !req.headers().contains_key(header::CONTENT_LENGTH)
+            && !req.headers().contains_key(header::TRANSFER_ENCODING))
+}
+
+impl Proxy {
+    pub fn new(publisher: Arc<Publisher>, port: u16, opts: &ProxyOptions) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(opts.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(opts.idle_timeout)
+            .pool_max_idle_per_host(256)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Proxy {
+            publisher,
+            balancer: Balancer::default(),
+            client,
+            port,
+        }
+    }
+
+    fn outgoing(
+        &self,
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        backend: &Endpoint,
+        body: ProxyBody,
+    ) -> Result<Request<ProxyBody>, http::Error> {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{backend}{path_and_query}"))
+            .version(Version::HTTP_11)
+            .body(body)?;
+        *req.headers_mut() = headers.clone();
+        Ok(req)
+    }
+
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client_addr: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let snap = self.publisher.load_full();
+        // HTTP/2 carries the host in :authority; HTTP/1 in Host.
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let path = req.uri().path().to_string();
+        let route = {
+            let acl_req = AclRequest {
+                path: &path,
+                method: req.method().as_str(),
+                host: host.as_deref(),
+                headers: req.headers(),
+                src: Some(client_addr.ip()),
+            };
+            snap.routes.find(&acl_req).cloned()
+        };
+        let Some(route) = route else {
+            return plain(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "rattan: no route for {}{path}\n",
+                    host.as_deref().unwrap_or("")
+                ),
+            );
+        };
+        let backends: Vec<Endpoint> = snap
+            .apps
+            .get(&route.app_id)
+            .map(|a| a.healthy_backends(route.port_index).to_vec())
+            .unwrap_or_default();
+        drop(snap);
+        if backends.is_empty() {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("rattan: {} has no healthy backend\n", route.app_id),
+            );
+        }
+
+        let retryable = bodyless(&req);
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(h) = &host {
+            if !parts.headers.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(h) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(h) {
+                parts.headers.insert("x-forwarded-host", v);
+            }
+        }
+        let ip = client_addr.ip().to_string();
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        parts
+            .headers
+            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        parts
+            .headers
+            .insert("x-forwarded-port", HeaderValue::from(self.port));
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+
+        let mut body = Some(body.boxed());
+        let mut failed: Option<Endpoint> = None;
+        loop {
+            let Some((backend, guard)) = self.balancer.pick(
+                &route.app_id,
+                route.port_index,
+                route.balance,
+                &backends,
+                failed.as_ref(),
+            ) else {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!("rattan: no backend of {} answered\n", route.app_id),
+                );
+            };
+            let b = match body.take() {
+                Some(b) => b,
+                None => Empty::new().map_err(|never| match never {}).boxed(),
+            };
+            let out = match self.outgoing(&parts.method, &pq, &parts.headers, backend, b) {
+                Ok(r) => r,
+                Err(e) => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        format!("rattan: bad request: {e}\n"),
+                    )
+                }
+            };
+            match self.client.request(out).await {
+                Ok(resp) => {
+                    let (mut rparts, rbody) = resp.into_parts();
+                    strip_hop_by_hop(&mut rparts.headers);
+                    let body = Guarded {
+                        inner: rbody,
+                        _guard: guard,
+                    };
+                    return Response::from_parts(rparts, body.boxed());
+                }
+                // Nothing was sent on a connect failure: safe to try another backend, once.
+                Err(e) if e.is_connect() && retryable && failed.is_none() && backends.len() > 1 => {
+                    tracing::warn!(backend = %backend, app = %route.app_id, error = %e, "backend connect failed; retrying on another");
+                    failed = Some(backend.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(backend = %backend, app = %route.app_id, error = %e, "backend request failed");
+                    return plain(
+                        StatusCode::BAD_GATEWAY,
+                        format!("rattan: backend {backend} failed: {e}\n"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Binds the HTTP listener and serves it in the background. Returns the bound address.
+pub async fn serve(
+    bind: SocketAddr,
+    publisher: Arc<Publisher>,
+    opts: ProxyOptions,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    let proxy = Arc::new(Proxy::new(publisher, addr.port(), &opts));
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = proxy.clone();
+            let opts = opts.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
+                });
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(opts.header_read_timeout)
+                    .max_buf_size(opts.max_header_bytes.max(8192));
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    Ok(addr)
+}
