@@ -90,6 +90,9 @@ pub struct Opts {
     /// Base znode of the rules [default: /marathon-haproxy/state].
     #[arg(long, global = true, env = "BAMBOO_ZK_PATH")]
     pub zk_path: Option<String>,
+    /// ZooKeeper session timeout (Bamboo's is 10 s) [default: 10s].
+    #[arg(long, global = true, env = "RATTAN_ZK_SESSION_TIMEOUT")]
+    pub zk_session_timeout: Option<String>,
     /// ZooKeeper digest credentials `user:password`; nodes rattan creates are then readable by that user only.
     #[arg(long, global = true, env = "RATTAN_ZK_AUTH", hide_env_values = true)]
     pub zk_auth: Option<String>,
@@ -163,6 +166,7 @@ pub struct FileConfig {
     pub zk_path: Option<String>,
     pub zk_reporting_delay: Option<u64>,
     pub zk_auth: Option<String>,
+    pub zk_session_timeout: Option<String>,
     pub api_token: Option<String>,
     pub api_basic: Option<String>,
     pub api_auth_reads: Option<bool>,
@@ -223,6 +227,7 @@ pub struct Settings {
     pub zk_path: String,
     pub zk_reporting_delay: Duration,
     pub zk_auth: Option<(String, String)>,
+    pub zk_session_timeout: Duration,
     pub api_auth: crate::api::ApiAuth,
     pub route_options: crate::rules::table::RouteOptions,
     pub data_dir: PathBuf,
@@ -599,6 +604,15 @@ impl Settings {
                 }
             };
         let zk_auth = pair("zk-auth", nonempty(o.zk_auth).or(file.zk_auth))?;
+        let zk_session_timeout = dur(
+            "zk-session-timeout",
+            o.zk_session_timeout,
+            file.zk_session_timeout,
+            "10s",
+        )?;
+        if zk_session_timeout < Duration::from_secs(1) {
+            return Err(bad("zk-session-timeout", "must be at least 1s"));
+        }
         let api_auth = crate::api::ApiAuth {
             token: nonempty(o.api_token).or(file.api_token),
             basic: pair("api-basic", nonempty(o.api_basic).or(file.api_basic))?,
@@ -670,6 +684,7 @@ impl Settings {
             zk_path,
             zk_reporting_delay: Duration::from_secs(file.zk_reporting_delay.unwrap_or(0)),
             zk_auth,
+            zk_session_timeout,
             api_auth,
             route_options,
             data_dir: o

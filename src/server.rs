@@ -25,6 +25,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
             hosts,
             &settings.zk_path,
             settings.zk_auth.clone(),
+            settings.zk_session_timeout,
             publisher.clone(),
         )),
         None => RuleStore::File(FileStore::open(&settings.data_dir, publisher.clone())?),

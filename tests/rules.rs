@@ -238,7 +238,17 @@ async fn zookeeper_outage_keeps_rules_and_idles() {
     let m = sim_with(&["/svc"]).await;
     let url = m.url();
     let hosts = zk.hosts();
-    let a = start(&url, &["--zk", hosts.as_str(), "--zk-path", BASE]);
+    let a = start(
+        &url,
+        &[
+            "--zk",
+            hosts.as_str(),
+            "--zk-path",
+            BASE,
+            "--zk-session-timeout",
+            "2s",
+        ],
+    );
     let b = start(&url, &["--zk", hosts.as_str(), "--zk-path", BASE]);
     wait_for("connected", 15, async || {
         send(
@@ -303,6 +313,26 @@ async fn zookeeper_outage_keeps_rules_and_idles() {
     .await;
     wait_for("B sees writes after the restart", 10, async || {
         route_of(&routes(&b).await, "/svc").is_some_and(|x| x["acl"][0] == "path_beg /after")
+    })
+    .await;
+    // A's 2 s session expired during the outage: a new session, everything re-read. B's 10 s session survived the
+    // restart: its watch was re-armed. Both paths then carry writes either way.
+    assert!(
+        a.log().contains("session ended; starting a new one"),
+        "{}",
+        a.log()
+    );
+    assert!(b.log().contains("re-arming the watch"), "{}", b.log());
+    let (s, _) = send(
+        "POST",
+        &format!("{}/api/services", b.api),
+        Some(r#"{"id":"/svc","acl":"path_beg /from-b"}"#),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    wait_for("A (new session) sees B's write", 10, async || {
+        route_of(&routes(&a).await, "/svc").is_some_and(|x| x["acl"][0] == "path_beg /from-b")
     })
     .await;
 }

@@ -252,6 +252,7 @@ impl ZkStore {
         hosts: &str,
         base: &str,
         auth: Option<(String, String)>,
+        session_timeout: Duration,
         publisher: Arc<Publisher>,
     ) -> Arc<ZkStore> {
         let store = Arc::new(ZkStore {
@@ -261,7 +262,7 @@ impl ZkStore {
             client: Mutex::new(None),
             publisher,
             op_timeout: Duration::from_secs(3),
-            session_timeout: Duration::from_secs(10),
+            session_timeout,
         });
         tokio::spawn(store.clone().run());
         store
@@ -333,6 +334,17 @@ impl ZkStore {
         Ok(())
     }
 
+    /// Registers the recursive watch and reads every rule. Run on every new session and after every reconnect:
+    /// a session that survives a server restart does not reliably keep its watches, so they are set again.
+    async fn arm(&self, client: &zk::Client) -> Result<zk::PersistentWatcher, zk::Error> {
+        self.ensure_base(client).await?;
+        let watcher = client
+            .watch(&self.base, zk::AddWatchMode::PersistentRecursive)
+            .await?;
+        self.refresh(client).await?;
+        Ok(watcher)
+    }
+
     async fn run(self: Arc<Self>) {
         let mut backoff = crate::marathon::events::Backoff::new(
             Duration::from_millis(200),
@@ -351,50 +363,53 @@ impl ZkStore {
                     continue;
                 }
             };
-            let setup = async {
-                self.ensure_base(&client).await?;
-                let watcher = client
-                    .watch(&self.base, zk::AddWatchMode::PersistentRecursive)
-                    .await?;
-                self.refresh(&client).await?;
-                Ok::<_, zk::Error>(watcher)
-            };
-            let mut watcher = match setup.await {
-                Ok(w) => w,
-                Err(e) => {
-                    tracing::warn!(hosts = %self.hosts, path = %self.base, error = %e, "ZooKeeper session setup failed");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                    continue;
-                }
-            };
-            tracing::info!(hosts = %self.hosts, path = %self.base, "ZooKeeper connected; rules loaded");
-            reported_down = false;
-            backoff.reset();
-            self.set_current(Some(client.clone()));
-            loop {
-                let ev = watcher.changed().await;
-                match ev.event_type {
-                    zk::EventType::Session => match ev.session_state {
-                        zk::SessionState::SyncConnected => {
-                            tracing::info!("ZooKeeper reconnected; re-reading rules");
-                            let _ = self.refresh(&client).await;
+            let mut states = client.state_watcher();
+            // One session: (re)arm the watch, then follow node events and session states.
+            'session: loop {
+                let mut watcher = match self.arm(&client).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!(hosts = %self.hosts, path = %self.base, error = %e, "ZooKeeper setup failed");
+                        if states.peek_state().is_terminated() {
+                            break 'session;
                         }
-                        zk::SessionState::Disconnected => {
-                            tracing::warn!(
-                                "ZooKeeper disconnected; routing with the last known rules"
-                            );
-                        }
-                        s if s.is_terminated() => {
-                            tracing::warn!(state = ?s, "ZooKeeper session ended; reconnecting");
-                            break;
-                        }
-                        _ => {}
-                    },
-                    _ => {
-                        // Coalesce a burst (a write touches the child and the parent).
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        if let Err(e) = self.refresh(&client).await {
-                            tracing::warn!(error = %e, "re-reading rules after a change failed");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                        continue 'session;
+                    }
+                };
+                tracing::info!(hosts = %self.hosts, path = %self.base, "ZooKeeper connected; rules loaded");
+                reported_down = false;
+                backoff.reset();
+                self.set_current(Some(client.clone()));
+                loop {
+                    tokio::select! {
+                        state = states.changed() => match state {
+                            zk::SessionState::SyncConnected => {
+                                tracing::info!("ZooKeeper reconnected; re-arming the watch and re-reading rules");
+                                continue 'session;
+                            }
+                            zk::SessionState::Disconnected => {
+                                tracing::warn!("ZooKeeper disconnected; routing with the last known rules");
+                            }
+                            s if s.is_terminated() => {
+                                tracing::warn!(state = ?s, "ZooKeeper session ended; starting a new one");
+                                break 'session;
+                            }
+                            _ => {}
+                        },
+                        ev = watcher.changed() => {
+                            if ev.event_type == zk::EventType::Session {
+                                if ev.session_state.is_terminated() {
+                                    tracing::warn!(state = ?ev.session_state, "ZooKeeper session ended; starting a new one");
+                                    break 'session;
+                                }
+                                continue;
+                            }
+                            // Coalesce a burst (a write touches the child and the parent).
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            if let Err(e) = self.refresh(&client).await {
+                                tracing::warn!(error = %e, "re-reading rules after a change failed");
+                            }
                         }
                     }
                 }
