@@ -228,6 +228,19 @@ async fn two_instances_share_rules_through_zookeeper() {
     );
 }
 
+/// POSTs a rule `{"id":…,"acl":…}` to an instance; returns the status.
+async fn post_rule(r: &Rattan, id: &str, acl: &str) -> u16 {
+    let body = serde_json::json!({ "id": id, "acl": acl }).to_string();
+    send(
+        "POST",
+        &format!("{}/api/services", r.api),
+        Some(&body),
+        None,
+    )
+    .await
+    .0
+}
+
 async fn r_get(r: &Rattan, path: &str) -> (u16, String) {
     r.get(path).await
 }
@@ -251,14 +264,7 @@ async fn zookeeper_outage_keeps_rules_and_idles() {
     );
     let b = start(&url, &["--zk", hosts.as_str(), "--zk-path", BASE]);
     wait_for("connected", 15, async || {
-        send(
-            "POST",
-            &format!("{}/api/services", a.api),
-            Some(r#"{"id":"/svc","acl":"path_beg /svc-rule"}"#),
-            None,
-        )
-        .await
-        .0 == 200
+        post_rule(&a, "/svc", "path_beg /svc-rule").await == 200
     })
     .await;
 
@@ -301,14 +307,7 @@ async fn zookeeper_outage_keeps_rules_and_idles() {
 
     zk.restart();
     wait_for("writes work again", 30, async || {
-        send(
-            "POST",
-            &format!("{}/api/services", a.api),
-            Some(r#"{"id":"/svc","acl":"path_beg /after"}"#),
-            None,
-        )
-        .await
-        .0 == 200
+        post_rule(&a, "/svc", "path_beg /after").await == 200
     })
     .await;
     wait_for("B sees writes after the restart", 10, async || {
@@ -323,14 +322,7 @@ async fn zookeeper_outage_keeps_rules_and_idles() {
         a.log()
     );
     assert!(b.log().contains("re-arming the watch"), "{}", b.log());
-    let (s, _) = send(
-        "POST",
-        &format!("{}/api/services", b.api),
-        Some(r#"{"id":"/svc","acl":"path_beg /from-b"}"#),
-        None,
-    )
-    .await;
-    assert_eq!(s, 200);
+    assert_eq!(post_rule(&b, "/svc", "path_beg /from-b").await, 200);
     wait_for("A (new session) sees B's write", 10, async || {
         route_of(&routes(&a).await, "/svc").is_some_and(|x| x["acl"][0] == "path_beg /from-b")
     })
@@ -355,14 +347,7 @@ async fn digest_auth_protects_created_nodes() {
         ],
     );
     wait_for("write with auth", 15, async || {
-        send(
-            "POST",
-            &format!("{}/api/services", a.api),
-            Some(r#"{"id":"/private","acl":"path_beg /p"}"#),
-            None,
-        )
-        .await
-        .0 == 200
+        post_rule(&a, "/private", "path_beg /p").await == 200
     })
     .await;
     let anonymous = zkc::Client::connect(&hosts).await.unwrap();

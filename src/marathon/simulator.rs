@@ -232,23 +232,14 @@ impl Simulator {
         let mut st = self.lock();
         st.apps.clear();
         st.tasks.clear();
-        for mut app in v
+        for app in v
             .get("apps")
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default()
         {
-            let id = app
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let tasks = app
-                .as_object_mut()
-                .and_then(|o| o.remove("tasks"))
-                .and_then(|t| t.as_array().cloned())
-                .unwrap_or_default();
-            st.tasks.insert(id.clone(), tasks);
+            let (id, app, tasks) = split_tasks(app);
+            st.tasks.insert(id.clone(), tasks.unwrap_or_default());
             st.apps.insert(id, app);
         }
         drop(st);
@@ -257,16 +248,8 @@ impl Simulator {
     }
 
     /// Adds or replaces one app definition (raw JSON, tasks included if present) and announces it.
-    pub fn put_app_json(&self, mut app: Value) {
-        let id = app
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let tasks = app
-            .as_object_mut()
-            .and_then(|o| o.remove("tasks"))
-            .and_then(|t| t.as_array().cloned());
+    pub fn put_app_json(&self, app: Value) {
+        let (id, app, tasks) = split_tasks(app);
         {
             let mut st = self.lock();
             if let Some(tasks) = tasks {
@@ -756,6 +739,20 @@ fn with_tasks(app: &Value, tasks: Option<&Vec<Value>>, embed: bool) -> Value {
     let running = tasks.map(Vec::len).unwrap_or(0);
     a["tasksRunning"] = json!(running);
     a
+}
+
+/// An app's JSON as (id, definition without tasks, tasks if it listed any).
+fn split_tasks(mut app: Value) -> (String, Value, Option<Vec<Value>>) {
+    let id = app
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let tasks = app
+        .as_object_mut()
+        .and_then(|o| o.remove("tasks"))
+        .and_then(|t| t.as_array().cloned());
+    (id, app, tasks)
 }
 
 fn instance_of(task_id: &str) -> String {
