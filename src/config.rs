@@ -143,6 +143,12 @@ pub struct Opts {
     /// How often callback subscriptions are checked and re-registered [default: 30s].
     #[arg(long, global = true, env = "RATTAN_CALLBACK_CHECK_INTERVAL")]
     pub callback_check_interval: Option<String>,
+    /// Slowloris guard: a client must send its request headers within this time [default: 10s].
+    #[arg(long, global = true, env = "RATTAN_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// On SIGTERM, how long in-flight requests may take before the process exits anyway [default: 30s].
+    #[arg(long, global = true, env = "RATTAN_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<String>,
     /// Route tasks whatever Marathon's health checks say (like Traefik).
     #[arg(long, global = true, env = "RATTAN_IGNORE_HEALTH")]
     pub ignore_health: Option<bool>,
@@ -183,6 +189,8 @@ pub struct FileConfig {
     pub reconnect_max: Option<String>,
     pub marathon_timeout: Option<String>,
     pub callback_check_interval: Option<String>,
+    pub drain_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
     pub ignore_health: Option<bool>,
     pub prefer_host_port: Option<bool>,
     #[serde(default)]
@@ -240,6 +248,8 @@ pub struct Settings {
     pub reconnect_max: Duration,
     pub marathon_timeout: Duration,
     pub callback_check_interval: Duration,
+    pub drain_timeout: Duration,
+    pub header_read_timeout: Duration,
     pub ignore_health: bool,
     pub prefer_host_port: bool,
     pub haproxy: HaproxySettings,
@@ -542,6 +552,13 @@ impl Settings {
             file.callback_check_interval,
             "30s",
         )?;
+        let drain_timeout = dur("drain-timeout", o.drain_timeout, file.drain_timeout, "30s")?;
+        let header_read_timeout = dur(
+            "header-read-timeout",
+            o.header_read_timeout,
+            file.header_read_timeout,
+            "10s",
+        )?;
         for (key, d) in [
             ("resync-interval", resync_interval),
             ("poll-interval", poll_interval),
@@ -700,6 +717,8 @@ impl Settings {
             reconnect_max,
             marathon_timeout,
             callback_check_interval,
+            drain_timeout,
+            header_read_timeout,
             ignore_health: o.ignore_health.or(file.ignore_health).unwrap_or(false),
             prefer_host_port: o
                 .prefer_host_port

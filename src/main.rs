@@ -28,8 +28,9 @@ fn main() -> ExitCode {
             Command::Dev => rattan::dev::run(&cli.opts).await,
             Command::Run => {
                 let settings = Settings::resolve(&cli.opts, false).map_err(|e| e.to_string())?;
-                rattan::server::start(&settings).await?;
+                let running = rattan::server::start(&settings).await?;
                 rattan::server::shutdown_signal().await;
+                running.drain().await;
                 Ok(())
             }
         }

@@ -14,6 +14,9 @@ use tokio::sync::mpsc;
 pub struct Running {
     pub api_addr: SocketAddr,
     pub proxy_addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    proxy_done: tokio::task::JoinHandle<()>,
+    drain_timeout: std::time::Duration,
     pub publisher: Arc<Publisher>,
 }
 
@@ -51,9 +54,18 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         .map_err(|e| format!("cannot bind the API on {}: {e}", settings.api_bind))?;
     println!("rattan: api listening on http://{api_addr}");
     tracing::info!(addr = %api_addr, "api listening");
-    let proxy_addr = crate::proxy::serve(settings.http_bind, publisher.clone(), Default::default())
-        .await
-        .map_err(|e| format!("cannot bind the proxy on {}: {e}", settings.http_bind))?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (proxy_addr, proxy_done) = crate::proxy::serve(
+        settings.http_bind,
+        publisher.clone(),
+        crate::proxy::ProxyOptions {
+            header_read_timeout: settings.header_read_timeout,
+            ..Default::default()
+        },
+        stop_rx,
+    )
+    .await
+    .map_err(|e| format!("cannot bind the proxy on {}: {e}", settings.http_bind))?;
     println!("rattan: proxy listening on http://{proxy_addr}");
     tracing::info!(addr = %proxy_addr, "proxy listening");
 
@@ -108,8 +120,24 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     Ok(Running {
         api_addr,
         proxy_addr,
+        stop,
+        proxy_done,
+        drain_timeout: settings.drain_timeout,
         publisher,
     })
+}
+
+impl Running {
+    /// Stops accepting and waits for in-flight requests, at most the drain timeout.
+    pub async fn drain(self) {
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(self.drain_timeout, self.proxy_done).await {
+            Ok(_) => tracing::info!("drained; exiting"),
+            Err(_) => {
+                tracing::warn!(timeout = ?self.drain_timeout, "drain timeout reached; closing remaining connections")
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

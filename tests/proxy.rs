@@ -203,3 +203,263 @@ async fn scaling_and_failures() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---- raw-socket cases ---------------------------------------------------------------------------------------
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Registers `port` on loopback as the one running task of app `id`.
+fn app_on(m: &Simulator, id: &str, port: u16) {
+    m.put_app_json(serde_json::json!({
+        "id": id, "portDefinitions": [{"port": 10999}],
+        "tasks": [{"id": format!("{}.1", id.trim_start_matches('/')), "host": "127.0.0.1", "ports": [port],
+                   "state": "TASK_RUNNING", "startedAt": "2019-05-02T10:11:20.001Z"}]
+    }));
+}
+
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => buf.push(byte[0]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrade_is_tunnelled_both_ways() {
+    // A backend that accepts an `Upgrade: echo` and then echoes bytes.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await.to_ascii_lowercase();
+                assert!(
+                    head.contains("upgrade: echo") && head.contains("connection: upgrade"),
+                    "{head}"
+                );
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+                    .await
+                    .unwrap();
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let m = cluster().await;
+    app_on(&m, "/ws", port);
+    let r = start(&m);
+    let c = reqwest::Client::new();
+    let t = Instant::now();
+    while get(&c, &r, "h", "/ws").await.0 == 404 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut s = TcpStream::connect(r.proxy.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in ["ping\n", "pong and more\n"] {
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_smuggling_and_slow_headers_time_out() {
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let head = read_head(&mut s).await;
+                    if head.is_empty() {
+                        return;
+                    }
+                    let chunked = head
+                        .to_ascii_lowercase()
+                        .contains("transfer-encoding: chunked");
+                    seen.lock().unwrap().push(head);
+                    if chunked {
+                        // Drain the (empty) chunked body.
+                        let mut end = [0u8; 5];
+                        let _ = s.read_exact(&mut end).await;
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let m = cluster().await;
+    app_on(&m, "/x", port);
+    let url = m.url();
+    let mut args = vec!["--marathon", url.as_str(), "--header-read-timeout", "1s"];
+    args.extend_from_slice(FAST);
+    let r = Rattan::start(&args);
+    let c = reqwest::Client::new();
+    let t = Instant::now();
+    while get(&c, &r, "h", "/x").await.0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    heads.lock().unwrap().clear();
+
+    // CL + TE with a request hidden behind it: the hidden request never reaches the backend, and what does reach
+    // it carries one framing only.
+    let addr = r.proxy.trim_start_matches("http://").to_string();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x/smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+    let all = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert_eq!(
+        all.matches("http/1.1 ").count(),
+        1,
+        "one response, then the connection closes: {all}"
+    );
+    assert!(all.contains("connection: close"), "{all}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = heads.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|h| !h.contains("/x/smuggled")),
+        "smuggled request forwarded: {seen:?}"
+    );
+    for h in &seen {
+        let h = h.to_ascii_lowercase();
+        assert!(
+            !(h.contains("content-length") && h.contains("transfer-encoding")),
+            "{h}"
+        );
+    }
+
+    // Slowloris: headers never finished, the connection is closed after the header timeout.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\nX-Slow: 1\r\n")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "connection still open after 5 s");
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "closed after {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_prior_knowledge() {
+    let m = cluster().await;
+    m.create_app(AppSpec {
+        id: "/h2".into(),
+        instances: 1,
+        ..AppSpec::default()
+    })
+    .await;
+    let r = start(&m);
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let resp = c.get(format!("{}/h2/x", r.proxy)).send().await.unwrap();
+        if resp.status() == 200 {
+            assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+            assert!(resp.text().await.unwrap().starts_with("/h2 "));
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_in_flight_requests() {
+    // A backend that takes 1.5 s to answer.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let head = read_head(&mut s).await;
+                    if head.is_empty() {
+                        return;
+                    }
+                    let slow = head.contains("/slow");
+                    if slow {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let m = cluster().await;
+    app_on(&m, "/slow", port);
+    let mut r = start(&m);
+    let c = reqwest::Client::new();
+    let t = Instant::now();
+    while get(&c, &r, "h", "/slow/ready").await.0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let proxy = r.proxy.clone();
+    let in_flight = tokio::spawn(async move {
+        let resp = reqwest::get(format!("{proxy}/slow")).await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    r.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No new connections while draining.
+    assert!(TcpStream::connect(r.proxy.trim_start_matches("http://"))
+        .await
+        .is_err());
+    assert_eq!(
+        in_flight.await.unwrap(),
+        (200, "done".to_string()),
+        "in-flight request completed"
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let s = r.wait_exit(10);
+        (s, r.log())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.and_then(|s| s.code()), Some(0), "{}", status.1);
+}

@@ -166,7 +166,7 @@ impl Proxy {
 
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         client_addr: SocketAddr,
     ) -> Response<ProxyBody> {
         let snap = self.publisher.load_full();
@@ -211,8 +211,17 @@ impl Proxy {
         }
 
         let retryable = bodyless(&req);
+        // WebSocket and other upgrades: keep `Upgrade` and say `Connection: upgrade` to the backend, then splice the
+        // two upgraded connections together if it answers 101.
+        let upgrade = upgrade_protocol(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        if let Some((proto, _)) = &upgrade {
+            parts.headers.insert(header::UPGRADE, proto.clone());
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         if let Some(h) = &host {
             if !parts.headers.contains_key(header::HOST) {
                 if let Ok(v) = HeaderValue::from_str(h) {
@@ -278,6 +287,11 @@ impl Proxy {
             };
             match self.client.request(out).await {
                 Ok(resp) => {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some((_, client_side)) = upgrade {
+                            return tunnel(resp, client_side, guard, backend.clone());
+                        }
+                    }
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
                     let body = Guarded {
@@ -303,43 +317,94 @@ impl Proxy {
     }
 }
 
-/// Binds the HTTP listener and serves it in the background. Returns the bound address.
+/// The protocol a request asks to upgrade to, when it is a real HTTP/1.1 upgrade request.
+fn upgrade_protocol(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if req.version() != Version::HTTP_11 || !asks {
+        return None;
+    }
+    req.headers().get(header::UPGRADE).cloned()
+}
+
+/// Answers the client's upgrade with the backend's 101, then copies bytes both ways until either side closes.
+/// The tunnel counts as one request in flight on the backend for its whole life.
+fn tunnel(
+    mut resp: Response<Incoming>,
+    client_side: hyper::upgrade::OnUpgrade,
+    guard: InFlight,
+    backend: Endpoint,
+) -> Response<ProxyBody> {
+    let backend_side = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let _guard = guard;
+        match tokio::try_join!(client_side, backend_side) {
+            Ok((c, b)) => {
+                let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+            }
+            Err(e) => tracing::warn!(backend = %backend, error = %e, "upgrade failed"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
+}
+
+/// Binds the HTTP listener and serves it in the background until `shutdown` turns true; then it stops accepting
+/// and the returned task ends once every open connection has finished its requests (idle keep-alive connections
+/// close at once, HTTP/2 gets a GOAWAY).
 pub async fn serve(
     bind: SocketAddr,
     publisher: Arc<Publisher>,
     opts: ProxyOptions,
-) -> std::io::Result<SocketAddr> {
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
     let proxy = Arc::new(Proxy::new(publisher, addr.port(), &opts));
-    tokio::spawn(async move {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(opts.max_header_bytes.max(8192));
+    let builder = Arc::new(builder);
+    let task = tokio::spawn(async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "proxy accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+                _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
             };
             let _ = stream.set_nodelay(true);
             let proxy = proxy.clone();
-            let opts = opts.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
+            });
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            let conn = graceful.watch(conn);
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
-                });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(opts.header_read_timeout)
-                    .max_buf_size(opts.max_header_bytes.max(8192));
-                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                let _ = conn.await;
             });
         }
+        drop(listener);
+        tracing::info!("proxy draining: no new connections, finishing in-flight requests");
+        graceful.shutdown().await;
     });
-    Ok(addr)
+    Ok((addr, task))
 }
