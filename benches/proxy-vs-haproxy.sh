@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Side-by-side HTTP benchmark: wrk -> {HAProxy 2.6, rattan} -> nginx `return 200`, on one machine, interleaved.
+# Metric: requests per proxy CPU-second (from /proc/<pid>/stat) and p50/p99 latency, per round and as median
+# ratios rattan/HAProxy. Usage: benches/proxy-vs-haproxy.sh [seconds-per-round] [rounds]
+# Needs: nginx, haproxy, wrk (Debian packages), a release build (built here if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+ROUNDS=${2:-3}
+for t in nginx haproxy wrk taskset; do command -v $t >/dev/null || { echo "missing $t (apt-get install nginx haproxy wrk)"; exit 1; }; done
+[ -x target/release/rattan ] || cargo build --release --bin rattan >/dev/null
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND=$(free_port); MARATHON=$(free_port); HAP=$(free_port); RAT=$(free_port); API=$(free_port)
+NCPU=$(nproc)
+LOAD_CPU=$(( NCPU > 1 ? 1 : 0 ))
+
+cat > "$TMP/nginx.conf" <<NGX
+worker_processes 1;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
+  server { listen 127.0.0.1:$BACKEND; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$MARATHON; location = /v2/apps { default_type application/json;
+    return 200 '{"apps":[{"id":"/bench","tasks":[{"id":"bench.1","host":"127.0.0.1","ports":[$BACKEND],"state":"TASK_RUNNING"}]}]}'; } }
+}
+NGX
+taskset -c "$LOAD_CPU" nginx -c "$TMP/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+
+cat > "$TMP/haproxy.cfg" <<HAP
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 50s
+  timeout server 50s
+  option forwardfor
+  http-reuse always
+frontend f
+  bind 127.0.0.1:$HAP
+  default_backend b
+backend b
+  balance leastconn
+  server s1 127.0.0.1:$BACKEND
+HAP
+haproxy -c -q -f "$TMP/haproxy.cfg"
+taskset -c 0 haproxy -f "$TMP/haproxy.cfg" -db & HAP_PID=$!; PIDS+=($HAP_PID)
+
+TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 target/release/rattan --marathon "http://127.0.0.1:$MARATHON" \
+  --events poll --poll-interval 1h --http-bind "127.0.0.1:$RAT" --api-bind "127.0.0.1:$API" --data-dir "$TMP/data" \
+  >/dev/null 2>"$TMP/rattan.err" & RAT_PID=$!; PIDS+=($RAT_PID)
+
+for i in $(seq 1 100); do
+  curl -fs "http://127.0.0.1:$RAT/bench" >/dev/null 2>&1 && curl -fs "http://127.0.0.1:$HAP/bench" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$RAT/bench" >/dev/null || { echo "rattan does not route /bench"; cat "$TMP/rattan.err"; exit 1; }
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TCK=$(getconf CLK_TCK)
+# run NAME PID PORT -> prints "name rps req/cpu-s p50 p99"
+run() {
+  local name=$1 pid=$2 port=$3 before after out
+  before=$(cpu_ticks "$pid")
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c20 -d"${DUR}s" --latency "http://127.0.0.1:$port/bench")
+  after=$(cpu_ticks "$pid")
+  echo "$out" | awk -v name="$name" -v ticks=$((after - before)) -v tck="$TCK" '
+    /requests in/ {reqs=$1}
+    /Requests\/sec/ {rps=$2}
+    /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
+    /Non-2xx|Socket errors/ {err=err $0}
+    END { cpu=ticks/tck; printf "%-8s %10.0f %12.0f %8s %8s %s\n", name, rps, (cpu>0? reqs/cpu : 0), p50, p99, err }'
+}
+echo "wrk -t1 -c20 -d${DUR}s, nginx backend; proxies pinned to CPU 0, wrk and nginx to CPU $LOAD_CPU ($NCPU CPUs)"
+run warmup "$HAP_PID" "$HAP" >/dev/null; run warmup "$RAT_PID" "$RAT" >/dev/null
+printf "%-8s %10s %12s %8s %8s\n" proxy req/s req/cpu-s p50 p99
+RESULTS=()
+for r in $(seq 1 "$ROUNDS"); do
+  h=$(run haproxy "$HAP_PID" "$HAP"); echo "$h"; RESULTS+=("$h")
+  t=$(run rattan "$RAT_PID" "$RAT"); echo "$t"; RESULTS+=("$t")
+done
+# Per-round ratios, then their medians (plain awk: Debian's mawk has no asort).
+RATIOS=$(printf '%s\n' "${RESULTS[@]}" | awk '
+  function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+  $1=="haproxy" {h[++nh]=$3; hp[nh]=ms($4)} $1=="rattan" {t[++nt]=$3; tp[nt]=ms($4)}
+  END { for (i=1;i<=nh;i++) printf "%f %f\n", t[i]/h[i], tp[i]/hp[i] }')
+median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+CPU_RATIO=$(echo "$RATIOS" | awk '{print $1}' | median)
+P50_RATIO=$(echo "$RATIOS" | awk '{print $2}' | median)
+printf "median ratio rattan/haproxy: req per CPU-second %.2fx, p50 %.2fx (lower is better)\n" "$CPU_RATIO" "$P50_RATIO"
