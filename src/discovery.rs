@@ -205,16 +205,7 @@ impl Discovery {
     fn refresh_view(&mut self, id: &str) {
         let policy = self.policy;
         if let Some(e) = self.entries.get_mut(id) {
-            for t in &e.tasks {
-                if let Some(results) = t.health_check_results.as_ref().filter(|r| !r.is_empty()) {
-                    e.known_health
-                        .insert(t.id.clone(), results.iter().all(|r| r.alive));
-                }
-            }
-            let live: std::collections::HashSet<&str> =
-                e.tasks.iter().map(|t| t.id.as_str()).collect();
-            e.known_health.retain(|k, _| live.contains(k.as_str()));
-            e.view = Arc::new(build_view(&e.app, &e.tasks, &e.known_health, policy));
+            e.view = derive_view(&e.app, &e.tasks, &mut e.known_health, policy);
         }
     }
 
@@ -233,17 +224,17 @@ impl Discovery {
         for mut app in apps {
             let tasks = std::mem::take(&mut app.tasks);
             let id = bamboo_id(&app.id);
-            let known_health = old.remove(&id).map(|e| e.known_health).unwrap_or_default();
+            let mut known_health = old.remove(&id).map(|e| e.known_health).unwrap_or_default();
+            let view = derive_view(&app, &tasks, &mut known_health, self.policy);
             self.entries.insert(
-                id.clone(),
+                id,
                 Entry {
                     app,
                     tasks,
                     known_health,
-                    view: Arc::new(AppView::placeholder()),
+                    view,
                 },
             );
-            self.refresh_view(&id);
         }
         self.publisher
             .marathon_synced
@@ -347,10 +338,21 @@ impl Discovery {
     }
 }
 
-impl AppView {
-    fn placeholder() -> AppView {
-        build_view(&App::default(), &[], &HashMap::new(), Policy::default())
+/// Remembers the health of tasks that report results (and forgets tasks that are gone), then builds the view.
+fn derive_view(
+    app: &App,
+    tasks: &[Task],
+    known_health: &mut HashMap<String, bool>,
+    policy: Policy,
+) -> Arc<AppView> {
+    for t in tasks {
+        if let Some(results) = t.health_check_results.as_ref().filter(|r| !r.is_empty()) {
+            known_health.insert(t.id.clone(), results.iter().all(|r| r.alive));
+        }
     }
+    let live: std::collections::HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+    known_health.retain(|k, _| live.contains(k.as_str()));
+    Arc::new(build_view(app, tasks, known_health, policy))
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -138,22 +138,9 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Option<Resp> {
     let snap = state.publisher.load();
     Some(match (method, is_item) {
         (Method::GET, false) => {
-            // Reads come from the snapshot: what is routing now, even while the store is unreachable.
-            let services: BTreeMap<&String, Service> = snap
-                .rules
-                .services
-                .iter()
-                .map(|(k, s)| {
-                    let mut s = s.clone();
-                    s.acl = s
-                        .config
-                        .as_ref()
-                        .and_then(|c| c.get("Acl").cloned())
-                        .unwrap_or_default();
-                    (k, s)
-                })
-                .collect();
-            json(gojson::to_vec(&services))
+            // Reads come from the snapshot: what is routing now, even while the store is unreachable. Both stores
+            // keep `Acl` equal to `Config["Acl"]`, as Bamboo's read does.
+            json(gojson::to_vec(&snap.rules.services))
         }
         (Method::GET, true) => match snap.rules.services.get(&path_id(&path)) {
             Some(s) => json(gojson::to_vec(s)),

@@ -186,7 +186,7 @@ impl Proxy {
                 headers: req.headers(),
                 src: Some(client_addr.ip()),
             };
-            snap.routes.find(&acl_req).cloned()
+            snap.routes.find(&acl_req)
         };
         let Some(route) = route else {
             return plain(
@@ -197,12 +197,12 @@ impl Proxy {
                 ),
             );
         };
-        let backends: Vec<Endpoint> = snap
+        // Borrowed from the snapshot this request holds: a swap meanwhile does not change its backends.
+        let backends: &[Endpoint] = snap
             .apps
             .get(&route.app_id)
-            .map(|a| a.healthy_backends(route.port_index).to_vec())
-            .unwrap_or_default();
-        drop(snap);
+            .map(|a| a.healthy_backends(route.port_index))
+            .unwrap_or(&[]);
         if backends.is_empty() {
             return plain(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -264,7 +264,7 @@ impl Proxy {
                 &route.app_id,
                 route.port_index,
                 route.balance,
-                &backends,
+                backends,
                 failed.as_ref(),
             ) else {
                 return plain(
