@@ -55,7 +55,7 @@ HAP
 haproxy -c -q -f "$TMP/haproxy.cfg"
 taskset -c 0 haproxy -f "$TMP/haproxy.cfg" -db & HAP_PID=$!; PIDS+=($HAP_PID)
 
-TOKIO_WORKER_THREADS=1 RUST_LOG=warn taskset -c 0 target/release/rattan --marathon "http://127.0.0.1:$MARATHON" \
+RATTAN_WORKERS=${RATTAN_WORKERS:-1} RUST_LOG=warn taskset -c 0 target/release/rattan --marathon "http://127.0.0.1:$MARATHON" \
   --events poll --poll-interval 1h --http-bind "127.0.0.1:$RAT" --api-bind "127.0.0.1:$API" --data-dir "$TMP/data" \
   >/dev/null 2>"$TMP/rattan.err" & RAT_PID=$!; PIDS+=($RAT_PID)
 

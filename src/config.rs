@@ -143,6 +143,10 @@ pub struct Opts {
     /// How often callback subscriptions are checked and re-registered [default: 30s].
     #[arg(long, global = true, env = "RATTAN_CALLBACK_CHECK_INTERVAL")]
     pub callback_check_interval: Option<String>,
+    /// Runtime threads: 1 runs everything on one current-thread runtime (least cross-thread wake-ups); more
+    /// uses a multi-thread runtime with that many workers [default: one per CPU].
+    #[arg(long, global = true, env = "RATTAN_WORKERS")]
+    pub workers: Option<usize>,
     /// Slowloris guard: a client must send its request headers within this time [default: 10s].
     #[arg(long, global = true, env = "RATTAN_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
