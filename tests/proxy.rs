@@ -384,7 +384,11 @@ async fn http2_prior_knowledge() {
         ..AppSpec::default()
     })
     .await;
-    let r = start(&m);
+    // On the current-thread runtime (`--workers 1`), which the benchmark uses.
+    let url = m.url();
+    let mut args = vec!["--marathon", url.as_str(), "--workers", "1"];
+    args.extend_from_slice(FAST);
+    let r = Rattan::start(&args);
     let c = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
