@@ -19,6 +19,10 @@ pub struct Metrics {
     pub fetch_duration: Histogram,
     pub apps_rejected: IntCounter,
     pub callback_registrations: IntCounter,
+    pub http_requests: IntCounterVec,
+    pub http_duration: prometheus::HistogramVec,
+    pub http_in_flight: IntGauge,
+    pub http_connections: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -61,7 +65,37 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(fetch_duration.clone()))
             .expect("unique metric name");
+        let http_duration = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "rattan_http_request_duration_seconds",
+                "Time from a request's arrival to its response head, by app",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["app"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(http_duration.clone()))
+            .expect("unique metric name");
         Metrics {
+            http_requests: counter_vec(
+                &r,
+                "rattan_http_requests_total",
+                "Proxied HTTP requests by app (empty: no route) and status class",
+                &["app", "class"],
+            ),
+            http_duration,
+            http_in_flight: gauge(
+                &r,
+                "rattan_http_requests_in_flight",
+                "HTTP requests being proxied now",
+            ),
+            http_connections: gauge(
+                &r,
+                "rattan_http_connections_active",
+                "Open client connections to the proxy",
+            ),
             snapshot_version: gauge(
                 &r,
                 "rattan_snapshot_version",

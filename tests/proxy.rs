@@ -114,6 +114,27 @@ async fn routes_by_host_and_path_and_balances() {
         counts.values().all(|n| *n == 30),
         "round robin is even: {counts:?}"
     );
+    // Metrics: requests by app and status class, durations, healthy backends per app.
+    let ok = r
+        .metric("rattan_http_requests_total{app=\"/shop/web\",class=\"2xx\"}")
+        .await;
+    assert!(ok >= 90.0, "{ok}");
+    assert!(
+        r.metric("rattan_http_requests_total{app=\"\",class=\"4xx\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        r.metric("rattan_http_request_duration_seconds_count{app=\"/shop/web\"}")
+            .await
+            >= 90.0
+    );
+    assert_eq!(
+        r.metric("rattan_app_healthy_backends{app=\"/shop/web\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(r.metric("rattan_http_requests_in_flight").await, 0.0);
     // The path rule no longer applies to /shop/web (its stored rule replaced the default).
     let (s, _, _) = get(&c, &r, "any.example.org", "/shop/web").await;
     assert_eq!(s, 404);

@@ -152,6 +152,20 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
                 .unwrap_or_default();
             let mut body = metrics().render();
             body.extend_from_slice(
+                b"# HELP rattan_app_healthy_backends Routable backends per app (port index 0)\n\
+                  # TYPE rattan_app_healthy_backends gauge\n",
+            );
+            for (id, app) in snap.apps.iter() {
+                let id = id.replace('\\', "\\\\").replace('"', "\\\"");
+                body.extend_from_slice(
+                    format!(
+                        "rattan_app_healthy_backends{{app=\"{id}\"}} {}\n",
+                        app.healthy_backends(0).len()
+                    )
+                    .as_bytes(),
+                );
+            }
+            body.extend_from_slice(
                 format!(
                     "# HELP rattan_snapshot_age_seconds Seconds since the current routing snapshot was built\n\
                      # TYPE rattan_snapshot_age_seconds gauge\nrattan_snapshot_age_seconds {age}\n"

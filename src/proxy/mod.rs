@@ -164,10 +164,38 @@ impl Proxy {
         Ok(req)
     }
 
+    /// Proxies one request and records it: by app and status class, with its time to the response head.
     pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client_addr: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let m = crate::metrics::metrics();
+        let started = std::time::Instant::now();
+        m.http_in_flight.inc();
+        let mut app = String::new();
+        let resp = self.forward(req, client_addr, &mut app).await;
+        m.http_in_flight.dec();
+        let class = match resp.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        m.http_requests.with_label_values(&[&app, class]).inc();
+        m.http_duration
+            .with_label_values(&[&app])
+            .observe(started.elapsed().as_secs_f64());
+        resp
+    }
+
+    /// Routes and forwards; `app` is set to the app the request was routed to (left empty when none).
+    async fn forward(
         &self,
         mut req: Request<Incoming>,
         client_addr: SocketAddr,
+        app: &mut String,
     ) -> Response<ProxyBody> {
         let snap = self.publisher.load_full();
         // HTTP/2 carries the host in :authority; HTTP/1 in Host.
@@ -197,6 +225,7 @@ impl Proxy {
                 ),
             );
         };
+        app.push_str(&route.app_id);
         // Borrowed from the snapshot this request holds: a swap meanwhile does not change its backends.
         let backends: &[Endpoint] = snap
             .apps
@@ -399,7 +428,10 @@ pub async fn serve(
                 .into_owned();
             let conn = graceful.watch(conn);
             tokio::spawn(async move {
+                let m = crate::metrics::metrics();
+                m.http_connections.inc();
                 let _ = conn.await;
+                m.http_connections.dec();
             });
         }
         drop(listener);
