@@ -23,6 +23,7 @@ pub struct Metrics {
     pub http_duration: prometheus::HistogramVec,
     pub http_in_flight: IntGauge,
     pub http_connections: IntGauge,
+    pub backend_ejections: IntCounter,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -86,6 +87,11 @@ impl Metrics {
                 &["app", "class"],
             ),
             http_duration,
+            backend_ejections: counter(
+                &r,
+                "rattan_backend_ejections_total",
+                "Backends taken out of rotation after repeated connect failures (passive health)",
+            ),
             http_in_flight: gauge(
                 &r,
                 "rattan_http_requests_in_flight",

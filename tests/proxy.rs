@@ -209,7 +209,13 @@ async fn scaling_and_failures() {
         assert_eq!(s, 200, "{body}");
         assert_ne!(task_of(&body), victim);
     }
-    assert!(r.log().contains("retrying on another"), "{}", r.log());
+    // Passive health: after three connect failures in a row the dead backend is ejected and not tried again.
+    let retries = r.log().matches("retrying on another").count();
+    assert_eq!(retries, 3, "{}", r.log());
+    assert!(r
+        .log()
+        .contains("backend ejected after repeated connect failures"));
+    assert_eq!(r.metric("rattan_backend_ejections_total").await, 1.0);
 
     // No routable backend: 503 with the reason.
     m.scale("/svc", 0).await;

@@ -4,12 +4,31 @@
 use crate::marathon::address::Endpoint;
 use crate::rules::table::Balance;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::{Duration, Instant};
+
+/// Connect failures in a row that eject a backend, and for how long.
+pub const EJECT_AFTER: u32 = 3;
+pub const EJECT_FOR: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
+}
 
 #[derive(Debug, Default)]
 pub struct Slot {
     pub in_flight: AtomicUsize,
+    connect_failures: AtomicU32,
+    /// Passive health: not chosen before this time (ms since process start).
+    ejected_until: AtomicU64,
+}
+
+impl Slot {
+    fn ejected(&self, now: u64) -> bool {
+        self.ejected_until.load(Ordering::Relaxed) > now
+    }
 }
 
 /// Decrements the backend's in-flight count when the request (or its response body) is done, however it ends.
@@ -67,7 +86,15 @@ impl Balancer {
         backends: &'a [Endpoint],
         avoid: Option<&Endpoint>,
     ) -> Option<(&'a Endpoint, InFlight)> {
-        let candidates: Vec<&Endpoint> = backends.iter().filter(|b| Some(*b) != avoid).collect();
+        let now = now_ms();
+        let mut candidates: Vec<&Endpoint> = backends
+            .iter()
+            .filter(|b| Some(*b) != avoid && !self.slot(b).ejected(now))
+            .collect();
+        if candidates.is_empty() {
+            // Every backend ejected: trying one beats refusing outright.
+            candidates = backends.iter().filter(|b| Some(*b) != avoid).collect();
+        }
         let chosen = match candidates.len() {
             0 => return None,
             1 => candidates[0],
@@ -96,6 +123,25 @@ impl Balancer {
         let slot = self.slot(chosen);
         slot.in_flight.fetch_add(1, Ordering::Relaxed);
         Some((chosen, InFlight(slot)))
+    }
+
+    /// Records a connect failure; returns true when it ejects the backend.
+    pub fn connect_failed(&self, e: &Endpoint) -> bool {
+        let slot = self.slot(e);
+        if slot.connect_failures.fetch_add(1, Ordering::Relaxed) + 1 >= EJECT_AFTER {
+            slot.connect_failures.store(0, Ordering::Relaxed);
+            slot.ejected_until
+                .store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    pub fn connected(&self, e: &Endpoint) {
+        let slot = self.slot(e);
+        if slot.connect_failures.load(Ordering::Relaxed) != 0 {
+            slot.connect_failures.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Forgets idle backends that no longer appear anywhere (called after a snapshot swap).
@@ -154,6 +200,32 @@ mod tests {
         }
         drop(busy);
         assert_eq!(b.in_flight(&e[0]), 0, "guards release their count");
+    }
+
+    #[test]
+    fn repeated_connect_failures_eject() {
+        let b = Balancer::default();
+        let e = eps(2);
+        assert!(!b.connect_failed(&e[0]));
+        assert!(!b.connect_failed(&e[0]));
+        assert!(b.connect_failed(&e[0]), "third failure in a row ejects");
+        for _ in 0..20 {
+            assert_eq!(
+                b.pick("/a", 0, Balance::Roundrobin, &e, None).unwrap().0,
+                &e[1]
+            );
+        }
+        // With every backend ejected, one is still tried.
+        for _ in 0..3 {
+            b.connect_failed(&e[1]);
+        }
+        assert!(b.pick("/a", 0, Balance::Roundrobin, &e, None).is_some());
+        // A success resets the count.
+        let f = eps(3);
+        b.connect_failed(&f[2]);
+        b.connect_failed(&f[2]);
+        b.connected(&f[2]);
+        assert!(!b.connect_failed(&f[2]));
     }
 
     #[test]

@@ -314,7 +314,19 @@ impl Proxy {
                     )
                 }
             };
-            match self.client.request(out).await {
+            let result = self.client.request(out).await;
+            match &result {
+                Ok(_) => self.balancer.connected(backend),
+                Err(e) if e.is_connect() => {
+                    if self.balancer.connect_failed(backend) {
+                        crate::metrics::metrics().backend_ejections.inc();
+                        tracing::warn!(backend = %backend, app = %route.app_id, seconds = balance::EJECT_FOR.as_secs(),
+                            "backend ejected after repeated connect failures");
+                    }
+                }
+                Err(_) => {}
+            }
+            match result {
                 Ok(resp) => {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some((_, client_side)) = upgrade {
