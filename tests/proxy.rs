@@ -494,3 +494,95 @@ async fn sigterm_drains_in_flight_requests() {
     .unwrap();
     assert_eq!(status.0.and_then(|s| s.code()), Some(0), "{}", status.1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sticky_sessions_pin_clients() {
+    let m = cluster().await;
+    m.create_app(AppSpec {
+        id: "/cart".into(),
+        instances: 3,
+        ..AppSpec::default()
+    })
+    .await;
+    // A label-driven sticky app too (marathon-lb's HAPROXY_0_STICKY).
+    let labels = [
+        (
+            "HAPROXY_0_VHOST".to_string(),
+            "labels.example.com".to_string(),
+        ),
+        ("HAPROXY_0_STICKY".to_string(), "true".to_string()),
+    ]
+    .into();
+    m.create_app(AppSpec {
+        id: "/labelled".into(),
+        instances: 3,
+        labels,
+        ..AppSpec::default()
+    })
+    .await;
+    let r = start(&m);
+    let (s, _) = send(
+        "POST",
+        &format!("{}/api/services", r.api),
+        Some(r#"{"id":"/cart","config":{"Acl":"path_beg /cart","sticky":"true","balance":"roundrobin"}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let c = reqwest::Client::new();
+    wait_routed(&c, &r, "h", "/cart", "/cart").await;
+    wait_routed(&c, &r, "labels.example.com", "/", "/labelled").await;
+
+    for (host, path) in [("h", "/cart"), ("labels.example.com", "/")] {
+        // First visit: a cookie that names the backend without revealing it.
+        let (s, body, headers) = get(&c, &r, host, path).await;
+        assert_eq!(s, 200);
+        let set = headers["set-cookie"].to_str().unwrap().to_string();
+        assert!(
+            set.starts_with("mesosphere_server_id=") && !set.contains("127.0.0.1"),
+            "{set}"
+        );
+        let cookie = set.split(';').next().unwrap().to_string();
+        let first = task_of(&body);
+        // With the cookie: always that backend, and no new cookie.
+        for _ in 0..12 {
+            let resp = c
+                .get(format!("{}{path}", r.proxy))
+                .header("Host", host)
+                .header("Cookie", format!("lang=en; {cookie}"))
+                .send()
+                .await
+                .unwrap();
+            assert!(resp.headers().get("set-cookie").is_none());
+            assert_eq!(task_of(&resp.text().await.unwrap()), first);
+        }
+    }
+
+    // Without a cookie the rule's round robin still spreads.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        seen.insert(task_of(&get(&c, &r, "h", "/cart").await.1));
+    }
+    assert_eq!(seen.len(), 3);
+
+    // The pinned backend leaves: the client moves to another one and gets a new cookie.
+    let (_, body, headers) = get(&c, &r, "h", "/cart").await;
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    m.kill_task(&task_of(&body));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = c
+        .get(format!("{}/cart", r.proxy))
+        .header("Cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("set-cookie").is_some(), "re-pinned");
+    assert_ne!(task_of(&resp.text().await.unwrap()), task_of(&body));
+}

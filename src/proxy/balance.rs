@@ -125,6 +125,13 @@ impl Balancer {
         Some((chosen, InFlight(slot)))
     }
 
+    /// Takes this very backend (a sticky session), counting it in flight.
+    pub fn take(&self, e: &Endpoint) -> InFlight {
+        let slot = self.slot(e);
+        slot.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(slot)
+    }
+
     /// Records a connect failure; returns true when it ejects the backend.
     pub fn connect_failed(&self, e: &Endpoint) -> bool {
         let slot = self.slot(e);

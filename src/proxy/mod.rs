@@ -120,6 +120,30 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// marathon-lb's sticky cookie name, so clients keep their sessions across the move.
+pub const STICKY_COOKIE: &str = "mesosphere_server_id";
+
+/// An opaque token naming a backend (FNV-1a of `host:port`): the cookie never reveals addresses.
+fn sticky_token(e: &Endpoint) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in e.to_string().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn sticky_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == STICKY_COOKIE)
+        .map(|(_, v)| v)
+}
+
 fn bodyless(req: &Request<Incoming>) -> bool {
     req.body().is_end_stream()
         || (matches!(
@@ -288,14 +312,25 @@ impl Proxy {
 
         let mut body = Some(body.boxed());
         let mut failed: Option<Endpoint> = None;
+        // Sticky sessions: the backend the cookie names, while it is routable.
+        let mut pinned = if route.sticky {
+            sticky_cookie(&parts.headers)
+                .and_then(|t| backends.iter().find(|b| sticky_token(b) == t))
+        } else {
+            None
+        };
         loop {
-            let Some((backend, guard)) = self.balancer.pick(
-                &route.app_id,
-                route.port_index,
-                route.balance,
-                backends,
-                failed.as_ref(),
-            ) else {
+            let picked = match pinned.take() {
+                Some(b) => Some((b, self.balancer.take(b))),
+                None => self.balancer.pick(
+                    &route.app_id,
+                    route.port_index,
+                    route.balance,
+                    backends,
+                    failed.as_ref(),
+                ),
+            };
+            let Some((backend, guard)) = picked else {
                 return plain(
                     StatusCode::BAD_GATEWAY,
                     format!("rattan: no backend of {} answered\n", route.app_id),
@@ -335,6 +370,15 @@ impl Proxy {
                     }
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
+                    if route.sticky {
+                        let token = sticky_token(backend);
+                        if sticky_cookie(&parts.headers) != Some(token.as_str()) {
+                            let cookie = format!("{STICKY_COOKIE}={token}; Path=/; HttpOnly");
+                            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                                rparts.headers.append(header::SET_COOKIE, v);
+                            }
+                        }
+                    }
                     let body = Guarded {
                         inner: rbody,
                         _guard: guard,
