@@ -69,10 +69,17 @@ async fn two_instances_share_rules_through_zookeeper() {
     let a = start(&url, &zk_args);
     let b = start(&url, &zk_args);
     let client = zkc::Client::connect(&hosts).await.unwrap();
-    wait_for("base path created", 10, async || {
-        client.check_stat(BASE).await.ok().flatten().is_some()
+    // Ready for writes once each instance has armed its session (the base znode alone comes earlier).
+    wait_for("both instances connected to ZooKeeper", 15, async || {
+        [&a, &b]
+            .iter()
+            .all(|r| r.log().contains("ZooKeeper connected; rules loaded"))
     })
     .await;
+    assert!(
+        client.check_stat(BASE).await.unwrap().is_some(),
+        "base path created"
+    );
     wait_for("both see the apps", 10, async || {
         route_of(&routes(&a).await, "/grp/web").is_some()
             && route_of(&routes(&b).await, "/grp/web").is_some()
