@@ -34,6 +34,15 @@ impl Slot {
 /// Decrements the backend's in-flight count when the request (or its response body) is done, however it ends.
 pub struct InFlight(Arc<Slot>);
 
+impl InFlight {
+    /// The request reached its backend: connect failures no longer run in a row.
+    pub fn connected(&self) {
+        if self.0.connect_failures.load(Ordering::Relaxed) != 0 {
+            self.0.connect_failures.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -44,6 +53,9 @@ impl Drop for InFlight {
 pub struct Balancer {
     slots: RwLock<HashMap<Endpoint, Arc<Slot>>>,
     cursors: RwLock<HashMap<(String, usize), Arc<AtomicUsize>>>,
+    /// When the last ejection ends: before it, candidates are checked one by one; after it (the usual case),
+    /// a pick touches no slot but the chosen ones.
+    ejections_until: AtomicU64,
 }
 
 impl Balancer {
@@ -87,21 +99,36 @@ impl Balancer {
         avoid: Option<&Endpoint>,
     ) -> Option<(&'a Endpoint, InFlight)> {
         let now = now_ms();
-        let mut candidates: Vec<&Endpoint> = backends
-            .iter()
-            .filter(|b| Some(*b) != avoid && !self.slot(b).ejected(now))
-            .collect();
-        if candidates.is_empty() {
-            // Every backend ejected: trying one beats refusing outright.
-            candidates = backends.iter().filter(|b| Some(*b) != avoid).collect();
-        }
-        let chosen = match candidates.len() {
+        // Filter only when something must be left out; otherwise choose straight from the slice.
+        let filtered: Option<Vec<&Endpoint>> =
+            if avoid.is_none() && now >= self.ejections_until.load(Ordering::Relaxed) {
+                None
+            } else {
+                let healthy: Vec<&Endpoint> = backends
+                    .iter()
+                    .filter(|b| Some(*b) != avoid && !self.slot(b).ejected(now))
+                    .collect();
+                Some(if healthy.is_empty() {
+                    // Every backend ejected: trying one beats refusing outright.
+                    backends.iter().filter(|b| Some(*b) != avoid).collect()
+                } else {
+                    healthy
+                })
+            };
+        let n = filtered.as_ref().map_or(backends.len(), Vec::len);
+        let at = |i: usize| -> &'a Endpoint {
+            match &filtered {
+                Some(v) => v[i],
+                None => &backends[i],
+            }
+        };
+        let chosen = match n {
             0 => return None,
-            1 => candidates[0],
+            1 => at(0),
             n => match policy {
                 Balance::Roundrobin => {
                     let i = self.cursor(app, port).fetch_add(1, Ordering::Relaxed);
-                    candidates[i % n]
+                    at(i % n)
                 }
                 Balance::Leastconn => {
                     // Power of two choices over in-flight counts: O(1), and robust to many threads seeing the same
@@ -112,10 +139,10 @@ impl Balancer {
                         b += 1;
                     }
                     let load = |e: &Endpoint| self.slot(e).in_flight.load(Ordering::Relaxed);
-                    if load(candidates[b]) < load(candidates[a]) {
-                        candidates[b]
+                    if load(at(b)) < load(at(a)) {
+                        at(b)
                     } else {
-                        candidates[a]
+                        at(a)
                     }
                 }
             },
@@ -137,18 +164,12 @@ impl Balancer {
         let slot = self.slot(e);
         if slot.connect_failures.fetch_add(1, Ordering::Relaxed) + 1 >= EJECT_AFTER {
             slot.connect_failures.store(0, Ordering::Relaxed);
-            slot.ejected_until
-                .store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+            let until = now_ms() + EJECT_FOR.as_millis() as u64;
+            slot.ejected_until.store(until, Ordering::Relaxed);
+            self.ejections_until.fetch_max(until, Ordering::Relaxed);
             return true;
         }
         false
-    }
-
-    pub fn connected(&self, e: &Endpoint) {
-        let slot = self.slot(e);
-        if slot.connect_failures.load(Ordering::Relaxed) != 0 {
-            slot.connect_failures.store(0, Ordering::Relaxed);
-        }
     }
 
     /// Forgets idle backends that no longer appear anywhere (called after a snapshot swap).
@@ -231,7 +252,7 @@ mod tests {
         let f = eps(3);
         b.connect_failed(&f[2]);
         b.connect_failed(&f[2]);
-        b.connected(&f[2]);
+        b.take(&f[2]).connected();
         assert!(!b.connect_failed(&f[2]));
     }
 

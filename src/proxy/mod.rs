@@ -351,7 +351,7 @@ impl Proxy {
             };
             let result = self.client.request(out).await;
             match &result {
-                Ok(_) => self.balancer.connected(backend),
+                Ok(_) => guard.connected(),
                 Err(e) if e.is_connect() => {
                     if self.balancer.connect_failed(backend) {
                         crate::metrics::metrics().backend_ejections.inc();
