@@ -264,6 +264,9 @@ impl Zk {
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
                 use std::io::{Read, Write};
+                // A server still starting may accept and never answer: never wait on one probe for long.
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
                 let _ = s.write_all(b"srvr");
                 let mut out = String::new();
                 let _ = s.read_to_string(&mut out);
