@@ -153,6 +153,47 @@ pub struct Opts {
     /// On SIGTERM, how long in-flight requests may take before the process exits anyway [default: 30s].
     #[arg(long, global = true, env = "RATTAN_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<String>,
+    /// HTTPS proxy listener, e.g. `:443` (TLS by rustls; certificates from --tls-cert-dir).
+    #[arg(long, global = true, env = "RATTAN_HTTPS_BIND")]
+    pub https_bind: Option<String>,
+    /// PEM files (cert chain + key in one file, or `name.crt`/`name.pem` + `name.key`), chosen by SNI from the
+    /// names they cover (wildcards too); `default.pem`, else the first file, answers unknown names. Re-read when
+    /// the directory changes.
+    #[arg(long, global = true, env = "RATTAN_TLS_CERT_DIR")]
+    pub tls_cert_dir: Option<PathBuf>,
+    /// Proxy every app service port as TCP (besides HAPROXY_n_MODE=tcp and BAMBOO_TCP_PORT).
+    #[arg(long, global = true, env = "RATTAN_TCP_SERVICE_PORTS")]
+    pub tcp_service_ports: Option<bool>,
+    /// Address TCP-mode service ports listen on [default: 0.0.0.0].
+    #[arg(long, global = true, env = "RATTAN_TCP_BIND_ADDRESS")]
+    pub tcp_bind_address: Option<String>,
+    /// One line per proxied request on stdout: off, json, clf (common log format) [default: off].
+    #[arg(long, global = true, env = "RATTAN_ACCESS_LOG")]
+    pub access_log: Option<String>,
+    /// Client connections served at once (HTTP and HTTPS); more wait in the kernel's backlog [default: 10000].
+    #[arg(long, global = true, env = "RATTAN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Backend connect timeout [default: 5s].
+    #[arg(long, global = true, env = "RATTAN_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<String>,
+    /// Longest wait for a backend's response head; then 504 [default: 60s].
+    #[arg(long, global = true, env = "RATTAN_BACKEND_TIMEOUT")]
+    pub backend_timeout: Option<String>,
+    /// Idle pooled backend connections close after this [default: 90s].
+    #[arg(long, global = true, env = "RATTAN_BACKEND_IDLE_TIMEOUT")]
+    pub backend_idle_timeout: Option<String>,
+    /// Largest request head accepted, in bytes [default: 65536].
+    #[arg(long, global = true, env = "RATTAN_MAX_HEADER_SIZE")]
+    pub max_header_size: Option<usize>,
+    /// Add `Via: 1.1 rattan` to requests and responses.
+    #[arg(long, global = true, env = "RATTAN_VIA")]
+    pub via: Option<bool>,
+    /// Connect failures in a row that take a backend out of rotation [default: 3].
+    #[arg(long, global = true, env = "RATTAN_EJECT_AFTER")]
+    pub eject_after: Option<u32>,
+    /// How long an ejected backend stays out [default: 10s].
+    #[arg(long, global = true, env = "RATTAN_EJECT_FOR")]
+    pub eject_for: Option<String>,
     /// Route tasks whatever Marathon's health checks say (like Traefik).
     #[arg(long, global = true, env = "RATTAN_IGNORE_HEALTH")]
     pub ignore_health: Option<bool>,
@@ -197,6 +238,19 @@ pub struct FileConfig {
     pub header_read_timeout: Option<String>,
     pub ignore_health: Option<bool>,
     pub prefer_host_port: Option<bool>,
+    pub https_bind: Option<String>,
+    pub tls_cert_dir: Option<PathBuf>,
+    pub tcp_service_ports: Option<bool>,
+    pub tcp_bind_address: Option<String>,
+    pub access_log: Option<String>,
+    pub max_connections: Option<usize>,
+    pub connect_timeout: Option<String>,
+    pub backend_timeout: Option<String>,
+    pub backend_idle_timeout: Option<String>,
+    pub max_header_size: Option<usize>,
+    pub via: Option<bool>,
+    pub eject_after: Option<u32>,
+    pub eject_for: Option<String>,
     #[serde(default)]
     pub haproxy: HaproxyFile,
 }
@@ -256,7 +310,31 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     pub ignore_health: bool,
     pub prefer_host_port: bool,
+    pub proxy: ProxySettings,
     pub haproxy: HaproxySettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Json,
+    Clf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub https_bind: Option<SocketAddr>,
+    pub tls_cert_dir: Option<PathBuf>,
+    pub tcp_bind_address: std::net::IpAddr,
+    pub access_log: AccessLog,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    pub backend_timeout: Duration,
+    pub backend_idle_timeout: Duration,
+    pub max_header_size: usize,
+    pub via: bool,
+    pub eject_after: u32,
+    pub eject_for: Duration,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -671,7 +749,102 @@ impl Settings {
                 .map(|g| g.trim().to_string())
                 .filter(|g| !g.is_empty())
                 .collect(),
+            tcp_service_ports: o
+                .tcp_service_ports
+                .or(file.tcp_service_ports)
+                .unwrap_or(false),
         };
+
+        let https_bind = match nonempty(o.https_bind).or(file.https_bind) {
+            Some(b) => Some(parse_bind("https-bind", &b)?),
+            None => None,
+        };
+        let tls_cert_dir = o.tls_cert_dir.or(file.tls_cert_dir);
+        if let Some(d) = &tls_cert_dir {
+            if !d.is_dir() {
+                return Err(bad(
+                    "tls-cert-dir",
+                    format!("{} is not a directory", d.display()),
+                ));
+            }
+        }
+        let tcp_bind_address = {
+            let v = nonempty(o.tcp_bind_address)
+                .or(file.tcp_bind_address)
+                .unwrap_or_else(|| "0.0.0.0".into());
+            v.trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .map_err(|_| bad("tcp-bind-address", format!("'{v}' is not an IP address")))?
+        };
+        let access_log = match nonempty(o.access_log)
+            .or(file.access_log)
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("off") | Some("false") => AccessLog::Off,
+            Some("json") => AccessLog::Json,
+            Some("clf") | Some("common") => AccessLog::Clf,
+            Some(other) => {
+                return Err(bad(
+                    "access-log",
+                    format!("'{other}' is not off, json or clf"),
+                ))
+            }
+        };
+        let max_connections = o.max_connections.or(file.max_connections).unwrap_or(10_000);
+        if max_connections == 0 {
+            return Err(bad("max-connections", "must be greater than zero"));
+        }
+        let max_header_size = o
+            .max_header_size
+            .or(file.max_header_size)
+            .unwrap_or(64 * 1024);
+        if max_header_size < 1024 {
+            return Err(bad("max-header-size", "must be at least 1024"));
+        }
+        let eject_after = o.eject_after.or(file.eject_after).unwrap_or(3);
+        if eject_after == 0 {
+            return Err(bad("eject-after", "must be greater than zero"));
+        }
+        let proxy = ProxySettings {
+            https_bind,
+            tls_cert_dir,
+            tcp_bind_address,
+            access_log,
+            max_connections,
+            connect_timeout: dur(
+                "connect-timeout",
+                o.connect_timeout,
+                file.connect_timeout,
+                "5s",
+            )?,
+            backend_timeout: dur(
+                "backend-timeout",
+                o.backend_timeout,
+                file.backend_timeout,
+                "60s",
+            )?,
+            backend_idle_timeout: dur(
+                "backend-idle-timeout",
+                o.backend_idle_timeout,
+                file.backend_idle_timeout,
+                "90s",
+            )?,
+            max_header_size,
+            via: o.via.or(file.via).unwrap_or(false),
+            eject_after,
+            eject_for: dur("eject-for", o.eject_for, file.eject_for, "10s")?,
+        };
+        for (key, d) in [
+            ("connect-timeout", proxy.connect_timeout),
+            ("backend-timeout", proxy.backend_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(bad(key, "must be greater than zero"));
+            }
+        }
 
         let h = file.haproxy;
         let env_or = |name: &str, file: Option<String>| nonempty(std::env::var(name).ok()).or(file);
@@ -728,6 +901,7 @@ impl Settings {
                 .prefer_host_port
                 .or(file.prefer_host_port)
                 .unwrap_or(false),
+            proxy,
             haproxy,
         })
     }

@@ -24,6 +24,13 @@ pub struct Metrics {
     pub http_in_flight: IntGauge,
     pub http_connections: IntGauge,
     pub backend_ejections: IntCounter,
+    pub http_rejected: IntCounterVec,
+    pub tls_certificates: IntGauge,
+    pub tls_handshake_failures: IntCounter,
+    pub tcp_bytes: IntCounterVec,
+    pub tcp_connections: IntCounterVec,
+    pub tcp_active: IntGauge,
+    pub tcp_listeners: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -91,6 +98,44 @@ impl Metrics {
                 &r,
                 "rattan_backend_ejections_total",
                 "Backends taken out of rotation after repeated connect failures (passive health)",
+            ),
+            http_rejected: counter_vec(
+                &r,
+                "rattan_http_rejected_total",
+                "Requests refused before routing, by reason (smuggling = conflicting Content-Length and Transfer-Encoding)",
+                &["reason"],
+            ),
+            tls_certificates: gauge(
+                &r,
+                "rattan_tls_certificates",
+                "Certificate files loaded from --tls-cert-dir",
+            ),
+            tls_handshake_failures: counter(
+                &r,
+                "rattan_tls_handshake_failures_total",
+                "TLS handshakes that failed or timed out",
+            ),
+            tcp_bytes: counter_vec(
+                &r,
+                "rattan_tcp_bytes_total",
+                "Bytes proxied by TCP-mode listeners, by app and direction (in: client to backend)",
+                &["app", "direction"],
+            ),
+            tcp_connections: counter_vec(
+                &r,
+                "rattan_tcp_connections_total",
+                "TCP-mode connections, by app and outcome (proxied, no_backend, connect_failed)",
+                &["app", "outcome"],
+            ),
+            tcp_active: gauge(
+                &r,
+                "rattan_tcp_connections_active",
+                "Open TCP-mode client connections",
+            ),
+            tcp_listeners: gauge(
+                &r,
+                "rattan_tcp_listeners",
+                "TCP-mode ports listening now",
             ),
             http_in_flight: gauge(
                 &r,

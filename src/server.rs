@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 pub struct Running {
     pub api_addr: SocketAddr,
     pub proxy_addr: SocketAddr,
+    pub https_addr: Option<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     proxy_done: tokio::task::JoinHandle<()>,
     drain_timeout: std::time::Duration,
@@ -55,19 +56,58 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     println!("rattan: api listening on http://{api_addr}");
     tracing::info!(addr = %api_addr, "api listening");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let (proxy_addr, proxy_done) = crate::proxy::serve(
+    let ps = &settings.proxy;
+    let balancer = Arc::new(crate::proxy::balance::Balancer::new(
+        ps.eject_after,
+        ps.eject_for,
+    ));
+    let https = ps.https_bind.map(|bind| {
+        let certs = crate::proxy::tls::CertStore::open(ps.tls_cert_dir.clone());
+        certs.watch(std::time::Duration::from_secs(1));
+        (bind, certs)
+    });
+    let (listeners, proxy_done) = crate::proxy::serve(
         settings.http_bind,
+        https,
         publisher.clone(),
+        balancer.clone(),
         crate::proxy::ProxyOptions {
+            connect_timeout: ps.connect_timeout,
             header_read_timeout: settings.header_read_timeout,
-            ..Default::default()
+            idle_timeout: ps.backend_idle_timeout,
+            backend_timeout: ps.backend_timeout,
+            max_header_bytes: ps.max_header_size,
+            max_connections: ps.max_connections,
+            via: ps.via,
+            access_log: ps.access_log,
         },
-        stop_rx,
+        stop_rx.clone(),
     )
     .await
-    .map_err(|e| format!("cannot bind the proxy on {}: {e}", settings.http_bind))?;
+    .map_err(|e| {
+        format!(
+            "cannot bind the proxy on {}{}: {e}",
+            settings.http_bind,
+            ps.https_bind.map(|b| format!(" / {b}")).unwrap_or_default()
+        )
+    })?;
+    let proxy_addr = listeners.http;
+    // HTTPS first: tools reading stdout may stop at the plain proxy line.
+    if let Some(a) = listeners.https {
+        println!("rattan: proxy listening on https://{a}");
+        tracing::info!(addr = %a, "https proxy listening");
+    }
     println!("rattan: proxy listening on http://{proxy_addr}");
     tracing::info!(addr = %proxy_addr, "proxy listening");
+    tokio::spawn(crate::proxy::tcp::run(
+        publisher.clone(),
+        balancer,
+        crate::proxy::tcp::TcpOptions {
+            bind: ps.tcp_bind_address,
+            connect_timeout: ps.connect_timeout,
+        },
+        stop_rx,
+    ));
 
     match settings.events {
         EventMode::Sse => {
@@ -120,6 +160,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     Ok(Running {
         api_addr,
         proxy_addr,
+        https_addr: listeners.https,
         stop,
         proxy_done,
         drain_timeout: settings.drain_timeout,

@@ -4,6 +4,7 @@
 use crate::marathon::address::Endpoint;
 use crate::metrics::metrics;
 use crate::rules::table::{RouteOptions, RouteTable};
+use crate::rules::tcp::TcpTable;
 use crate::rules::Rules;
 use arc_swap::{ArcSwap, Guard};
 use std::collections::BTreeMap;
@@ -74,6 +75,8 @@ pub struct Snapshot {
     pub rules: Arc<Rules>,
     /// The compiled routes, in precedence order.
     pub routes: Arc<RouteTable>,
+    /// TCP (L4) listeners and the app port behind each.
+    pub tcp: Arc<TcpTable>,
 }
 
 impl Snapshot {
@@ -84,6 +87,7 @@ impl Snapshot {
             apps: Arc::default(),
             rules: Arc::default(),
             routes: Arc::default(),
+            tcp: Arc::default(),
         }
     }
 }
@@ -94,9 +98,10 @@ fn same_routing_inputs(a: &Apps, b: &Apps) -> bool {
         && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| {
             ka == kb
                 && va.mesos_dns_id == vb.mesos_dns_id
-                && va.service_ports.len() == vb.service_ports.len()
+                && va.service_ports == vb.service_ports
                 && va.backends.len() == vb.backends.len()
                 && (Arc::ptr_eq(&va.labels, &vb.labels) || va.labels == vb.labels)
+                && (Arc::ptr_eq(&va.env, &vb.env) || va.env == vb.env)
         })
 }
 
@@ -109,17 +114,22 @@ pub fn build(
     opts: &RouteOptions,
     prev: &Snapshot,
 ) -> Snapshot {
-    let routes = if Arc::ptr_eq(&rules, &prev.rules) && same_routing_inputs(&apps, &prev.apps) {
-        prev.routes.clone()
-    } else {
-        Arc::new(RouteTable::build(&apps, &rules.services, opts))
-    };
+    let (routes, tcp) =
+        if Arc::ptr_eq(&rules, &prev.rules) && same_routing_inputs(&apps, &prev.apps) {
+            (prev.routes.clone(), prev.tcp.clone())
+        } else {
+            (
+                Arc::new(RouteTable::build(&apps, &rules.services, opts)),
+                Arc::new(TcpTable::build(&apps, opts)),
+            )
+        };
     Snapshot {
         version,
         built_at: SystemTime::now(),
         apps,
         rules,
         routes,
+        tcp,
     }
 }
 
@@ -133,6 +143,8 @@ pub struct Publisher {
     /// Whether discovery has ever had a good Marathon snapshot (a process that never reached Marathon serves
     /// an empty table; one that did never falls back to empty on an outage).
     pub marathon_synced: std::sync::atomic::AtomicBool,
+    /// The version of every published snapshot, for consumers that act on change (TCP listeners, the renderer).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Publisher {
@@ -149,7 +161,12 @@ impl Publisher {
             version: AtomicU64::new(0),
             route_opts,
             marathon_synced: Default::default(),
+            changed: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     pub fn load(&self) -> Guard<Arc<Snapshot>> {
@@ -186,6 +203,11 @@ impl Publisher {
                 tracing::warn!(app = %e.app_id, error = %e.error, "rule does not compile; the app gets no route");
             }
         }
+        if !Arc::ptr_eq(&snap.tcp, &prev.tcp) {
+            for e in &snap.tcp.errors {
+                tracing::warn!(error = %e, "TCP service not opened");
+            }
+        }
         let m = metrics();
         m.snapshot_version.set(version as i64);
         m.snapshot_apps.set(snap.apps.len() as i64);
@@ -196,5 +218,6 @@ impl Publisher {
                 .unwrap_or_default(),
         );
         self.current.store(Arc::new(snap));
+        self.changed.send_replace(version);
     }
 }

@@ -324,7 +324,17 @@ async fn no_smuggling_and_slow_headers_time_out() {
                     let chunked = head
                         .to_ascii_lowercase()
                         .contains("transfer-encoding: chunked");
+                    let length = head.to_ascii_lowercase().lines().find_map(|l| {
+                        l.strip_prefix("content-length: ")?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    });
                     seen.lock().unwrap().push(head);
+                    if let Some(n) = length {
+                        let mut body = vec![0u8; n];
+                        let _ = s.read_exact(&mut body).await;
+                    }
                     if chunked {
                         // Drain the (empty) chunked body.
                         let mut end = [0u8; 5];
@@ -354,37 +364,38 @@ async fn no_smuggling_and_slow_headers_time_out() {
     }
     heads.lock().unwrap().clear();
 
-    // CL + TE with a request hidden behind it: the hidden request never reaches the backend, and what does reach
-    // it carries one framing only.
+    // CL + TE with a request hidden behind it: refused with 400, nothing reaches the backend, and the connection
+    // closes (so the hidden request is never read as one). Both header orders.
     let addr = r.proxy.trim_start_matches("http://").to_string();
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    s.write_all(
-        b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x/smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut all = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
-    let all = String::from_utf8_lossy(&all).to_ascii_lowercase();
-    assert_eq!(
-        all.matches("http/1.1 ").count(),
-        1,
-        "one response, then the connection closes: {all}"
-    );
-    assert!(all.contains("connection: close"), "{all}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let seen = heads.lock().unwrap().clone();
-    assert!(
-        seen.iter().all(|h| !h.contains("/x/smuggled")),
-        "smuggled request forwarded: {seen:?}"
-    );
-    for h in &seen {
-        let h = h.to_ascii_lowercase();
-        assert!(
-            !(h.contains("content-length") && h.contains("transfer-encoding")),
-            "{h}"
-        );
+    for attack in [
+        &b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x/smuggled HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+        // After an ordinary request with a body on the same connection, the other header order.
+        &b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhelloPOST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\nGET /x/smuggled HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+    ] {
+        heads.lock().unwrap().clear();
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(attack).await.unwrap();
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+        let all = String::from_utf8_lossy(&all).to_ascii_lowercase();
+        let first_ok = attack.windows(17).any(|w| w == b"Content-Length: 5");
+        let statuses: Vec<&str> = all
+            .match_indices("http/1.1 ")
+            .map(|(i, _)| &all[i + 9..i + 12])
+            .collect();
+        let want: Vec<&str> = if first_ok { vec!["200", "400"] } else { vec!["400"] };
+        assert_eq!(statuses, want, "then the connection closes: {all}");
+        assert!(all.contains("conflicting content-length and transfer-encoding"), "{all}");
+        assert!(all.contains("connection: close"), "{all}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let seen = heads.lock().unwrap().clone();
+        assert_eq!(seen.len(), usize::from(first_ok), "only the honest request is forwarded: {seen:?}");
     }
+    assert!(
+        r.metric("rattan_http_rejected_total{reason=\"smuggling\"}")
+            .await
+            >= 2.0
+    );
 
     // Slowloris: headers never finished, the connection is closed after the header timeout.
     let mut s = TcpStream::connect(&addr).await.unwrap();
@@ -585,4 +596,470 @@ async fn sticky_sessions_pin_clients() {
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("set-cookie").is_some(), "re-pinned");
     assert_ne!(task_of(&resp.text().await.unwrap()), task_of(&body));
+}
+
+/// A self-signed certificate for `names`: (cert PEM, key PEM, cert DER).
+fn cert(names: &[&str]) -> (String, String, Vec<u8>) {
+    let c =
+        rcgen::generate_simple_self_signed(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    (
+        c.cert.pem(),
+        c.key_pair.serialize_pem(),
+        c.cert.der().to_vec(),
+    )
+}
+
+/// HTTPS GET of `https://name:port/path` resolved to the proxy: (status, body, served certificate, version, headers).
+async fn tls_get(
+    c: &reqwest::Client,
+    name: &str,
+    port: u16,
+    path: &str,
+) -> Result<
+    (
+        u16,
+        String,
+        Vec<u8>,
+        reqwest::Version,
+        reqwest::header::HeaderMap,
+    ),
+    reqwest::Error,
+> {
+    let resp = c.get(format!("https://{name}:{port}{path}")).send().await?;
+    let served = resp
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    let (status, version, headers) = (
+        resp.status().as_u16(),
+        resp.version(),
+        resp.headers().clone(),
+    );
+    Ok((status, resp.text().await?, served, version, headers))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_by_sni_with_reload_redirect_and_h2() {
+    let m = cluster().await;
+    let labels = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    m.create_app(AppSpec {
+        id: "/secure".into(),
+        instances: 1,
+        labels: labels(&[
+            ("HAPROXY_0_VHOST", "a.example.com,x.wild.test"),
+            ("HAPROXY_0_REDIRECT_TO_HTTPS", "true"),
+        ]),
+        ..AppSpec::default()
+    })
+    .await;
+    m.create_app(AppSpec {
+        id: "/plain".into(),
+        instances: 1,
+        labels: labels(&[("HAPROXY_0_VHOST", "b.example.com")]),
+        ..AppSpec::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Three layouts: cert and key in one file, `.crt` + `.key`, a wildcard; plus the default for unknown names.
+    let (a_pem, a_key, a_der) = cert(&["a.example.com"]);
+    std::fs::write(dir.path().join("a.pem"), format!("{a_pem}{a_key}")).unwrap();
+    let (b_pem, b_key, b_der) = cert(&["b.example.com"]);
+    std::fs::write(dir.path().join("b.crt"), &b_pem).unwrap();
+    std::fs::write(dir.path().join("b.key"), &b_key).unwrap();
+    let (w_pem, w_key, w_der) = cert(&["*.wild.test"]);
+    std::fs::write(dir.path().join("wild.pem"), format!("{w_pem}{w_key}")).unwrap();
+    let (d_pem, d_key, d_der) = cert(&["fallback.invalid"]);
+    std::fs::write(dir.path().join("default.pem"), format!("{d_pem}{d_key}")).unwrap();
+
+    let url = m.url();
+    let certs = dir.path().display().to_string();
+    let mut args = vec![
+        "--marathon",
+        url.as_str(),
+        "--https-bind",
+        "127.0.0.1:0",
+        "--tls-cert-dir",
+        certs.as_str(),
+        "--via",
+        "true",
+    ];
+    args.extend_from_slice(FAST);
+    let r = Rattan::start(&args);
+    let https: std::net::SocketAddr = r
+        .https
+        .as_deref()
+        .expect("https listener")
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let port = https.port();
+    let names = [
+        "a.example.com",
+        "b.example.com",
+        "x.wild.test",
+        "c.example.com",
+        "unknown.test",
+    ];
+    let mut trusting = reqwest::Client::builder().tls_info(true);
+    for pem in [&a_pem, &b_pem, &w_pem] {
+        trusting =
+            trusting.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap());
+    }
+    let mut any = reqwest::Client::builder()
+        .tls_info(true)
+        .danger_accept_invalid_certs(true);
+    for n in names {
+        trusting = trusting.resolve(n, https);
+        any = any.resolve(n, https);
+    }
+    let (trusting, any) = (trusting.build().unwrap(), any.build().unwrap());
+
+    let t = Instant::now();
+    loop {
+        match tls_get(&trusting, "b.example.com", port, "/").await {
+            Ok((200, body, ..)) if body.starts_with("/plain ") => break,
+            other => assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "b.example.com never routed: {other:?}\n{}",
+                r.log()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each name gets its own certificate (the trusting client checks the name too); ALPN gives HTTP/2.
+    let (s, body, served, version, headers) = tls_get(&trusting, "a.example.com", port, "/x?y=1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, served == a_der, version),
+        (200, true, reqwest::Version::HTTP_2),
+        "{body}"
+    );
+    assert!(body.starts_with("/secure "), "{body}");
+    assert_eq!(headers["x-req-x-forwarded-proto"], "https");
+    assert_eq!(headers["x-req-x-forwarded-port"], port.to_string().as_str());
+    assert_eq!(headers["x-req-via"], "1.1 rattan");
+    assert_eq!(headers["via"], "1.1 rattan");
+    let (_, _, served, ..) = tls_get(&trusting, "b.example.com", port, "/")
+        .await
+        .unwrap();
+    assert!(served == b_der, "b.example.com served another certificate");
+    let (s, body, served, ..) = tls_get(&trusting, "x.wild.test", port, "/").await.unwrap();
+    assert_eq!((s, served == w_der), (200, true), "{body}");
+    let (_, _, served, ..) = tls_get(&any, "unknown.test", port, "/").await.unwrap();
+    assert!(served == d_der, "unknown names get the default certificate");
+    assert!(tls_get(&trusting, "unknown.test", port, "/").await.is_err());
+
+    // Plain HTTP to a redirect_https route: 301 to the HTTPS port, path and query kept; other routes proxied.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let (s, _, h) = get(&plain, &r, "a.example.com:8080", "/x?y=1").await;
+    assert_eq!(s, 301);
+    assert_eq!(
+        h["location"],
+        format!("https://a.example.com:{port}/x?y=1").as_str()
+    );
+    let (s, body, _) = get(&plain, &r, "b.example.com", "/").await;
+    assert_eq!((s, body.starts_with("/plain ")), (200, true), "{body}");
+
+    // A broken file is reported and changes nothing; a new certificate is picked up without a restart.
+    std::fs::write(
+        dir.path().join("broken.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
+    let (c_pem, c_key, c_der) = cert(&["c.example.com"]);
+    std::fs::write(dir.path().join("c.pem"), format!("{c_pem}{c_key}")).unwrap();
+    let t = Instant::now();
+    loop {
+        // A new client each time: a pooled connection would keep the certificate of its handshake.
+        let fresh = reqwest::Client::builder()
+            .tls_info(true)
+            .danger_accept_invalid_certs(true)
+            .resolve("c.example.com", https)
+            .build()
+            .unwrap();
+        let (_, _, served, ..) = tls_get(&fresh, "c.example.com", port, "/").await.unwrap();
+        if served == c_der {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "new certificate never served\n{}",
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, _, served, ..) = tls_get(&trusting, "a.example.com", port, "/")
+        .await
+        .unwrap();
+    assert_eq!((s, served == a_der), (200, true));
+    assert!(
+        r.log().contains("broken.pem"),
+        "the broken file is reported"
+    );
+}
+
+/// One HTTP/1.1 request on an open connection; returns the body.
+async fn raw_get(s: &mut TcpStream) -> String {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: tcp\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(s).await.to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no length in {head:?}"));
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+async fn wait_tcp(port: u16, r: &Rattan, open: bool) {
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() != open {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "port {port} never {}\n{}",
+            if open { "opened" } else { "closed" },
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_listeners_follow_apps() {
+    let m = cluster().await;
+    let (p_label, p_env) = (common::free_port(), common::free_port());
+    m.create_app(AppSpec {
+        id: "/db".into(),
+        instances: 1,
+        labels: [
+            ("HAPROXY_0_MODE".to_string(), "tcp".to_string()),
+            ("HAPROXY_0_PORT".to_string(), p_label.to_string()),
+            ("HAPROXY_0_BALANCE".to_string(), "roundrobin".to_string()),
+        ]
+        .into(),
+        ..AppSpec::default()
+    })
+    .await;
+    m.create_app(AppSpec {
+        id: "/cache".into(),
+        instances: 1,
+        env: [("BAMBOO_TCP_PORT".to_string(), p_env.to_string())].into(),
+        ..AppSpec::default()
+    })
+    .await;
+    let url = m.url();
+    let mut args = vec![
+        "--marathon",
+        url.as_str(),
+        "--tcp-bind-address",
+        "127.0.0.1",
+    ];
+    args.extend_from_slice(FAST);
+    let r = Rattan::start(&args);
+    wait_tcp(p_label, &r, true).await;
+    wait_tcp(p_env, &r, true).await;
+
+    let mut held = TcpStream::connect(("127.0.0.1", p_label)).await.unwrap();
+    let first = raw_get(&mut held).await;
+    assert!(first.starts_with("/db "), "{first}");
+    let mut c = TcpStream::connect(("127.0.0.1", p_env)).await.unwrap();
+    assert!(raw_get(&mut c).await.starts_with("/cache "));
+
+    // More tasks: new connections spread over them; the open connection keeps its backend.
+    m.scale("/db", 3).await;
+    let t = Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < 3 {
+        assert!(t.elapsed() < Duration::from_secs(10), "saw only {seen:?}");
+        let mut s = TcpStream::connect(("127.0.0.1", p_label)).await.unwrap();
+        seen.insert(raw_get(&mut s).await);
+    }
+    assert_eq!(
+        raw_get(&mut held).await,
+        first,
+        "the held connection was not moved or cut"
+    );
+    assert!(
+        r.metric("rattan_tcp_bytes_total{app=\"/db\",direction=\"in\"}")
+            .await
+            > 0.0
+    );
+    assert!(
+        r.metric("rattan_tcp_bytes_total{app=\"/db\",direction=\"out\"}")
+            .await
+            > 0.0
+    );
+
+    // The app goes: its listener closes, the other stays.
+    m.remove_app("/cache");
+    wait_tcp(p_env, &r, false).await;
+    let mut s = TcpStream::connect(("127.0.0.1", p_label)).await.unwrap();
+    assert!(raw_get(&mut s).await.starts_with("/db "));
+    assert_eq!(r.metric("rattan_tcp_listeners").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_timeouts_and_access_log() {
+    // A backend that accepts and never answers.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            keep.push(s);
+        }
+    });
+    let m = cluster().await;
+    app_on(&m, "/slow", port);
+    m.create_app(AppSpec {
+        id: "/fast".into(),
+        instances: 1,
+        ..AppSpec::default()
+    })
+    .await;
+    let url = m.url();
+    let mut args = vec![
+        "--marathon",
+        url.as_str(),
+        "--backend-timeout",
+        "500ms",
+        "--access-log",
+        "json",
+        "--max-connections",
+        "1",
+    ];
+    args.extend_from_slice(FAST);
+    let r = Rattan::start(&args);
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    wait_routed(&c, &r, "h", "/fast", "/fast").await;
+    let t = Instant::now();
+    let (s, body, _) = get(&c, &r, "h", "/slow").await;
+    assert_eq!(s, 504, "{body}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let line = r
+        .out
+        .lock()
+        .unwrap()
+        .lines()
+        .find(|l| l.contains("\"/slow\""))
+        .map(str::to_string)
+        .expect("an access log line for /slow");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (v["status"].as_u64(), v["method"].as_str()),
+        (Some(504), Some("GET"))
+    );
+    assert_eq!(v["backend"], format!("127.0.0.1:{port}").as_str());
+
+    // One connection at a time: a second client waits until the first leaves.
+    let addr = r.proxy.trim_start_matches("http://").to_string();
+    let mut first = TcpStream::connect(&addr).await.unwrap();
+    first
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut first).await.starts_with("HTTP/1.1 200"));
+    let mut second = TcpStream::connect(&addr).await.unwrap();
+    second
+        .write_all(b"GET /fast HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), second.read(&mut byte))
+            .await
+            .is_err(),
+        "second connection served past --max-connections 1"
+    );
+    drop(first);
+    let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut second))
+        .await
+        .unwrap();
+    assert!(
+        head.starts_with("TTP/1.1 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn churn_under_load_fails_no_request() {
+    let m = cluster().await;
+    m.create_app(AppSpec {
+        id: "/churn".into(),
+        instances: 2,
+        ..AppSpec::default()
+    })
+    .await;
+    let r = start(&m);
+    let c = reqwest::Client::new();
+    wait_routed(&c, &r, "h", "/churn", "/churn").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (c, url, stop) = (c.clone(), format!("{}/churn", r.proxy), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut tasks) =
+                (0u32, Vec::new(), std::collections::HashSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match c.get(&url).send().await {
+                    Ok(resp) if resp.status() == 200 => {
+                        ok += 1;
+                        tasks.insert(task_of(&resp.text().await.unwrap_or_default()));
+                    }
+                    Ok(resp) => failed.push(format!(
+                        "{} {}",
+                        resp.status(),
+                        resp.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed, tasks)
+        }));
+    }
+    // 60 changes, one every 100 ms: 2 -> 4 -> 2 ...
+    for i in 0..60 {
+        m.scale("/churn", if i % 2 == 0 { 4 } else { 2 }).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed, mut tasks) = (0, Vec::new(), std::collections::HashSet::new());
+    for h in clients {
+        let (o, f, t) = h.await.unwrap();
+        ok += o;
+        failed.extend(f);
+        tasks.extend(t);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}\n{}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)],
+        r.log()
+    );
+    assert!(ok > 100, "only {ok} requests");
+    assert!(
+        tasks.len() > 10,
+        "traffic reached only {} tasks",
+        tasks.len()
+    );
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
-/// Connect failures in a row that eject a backend, and for how long.
+/// Connect failures in a row that eject a backend, and for how long (defaults).
 pub const EJECT_AFTER: u32 = 3;
 pub const EJECT_FOR: Duration = Duration::from_secs(10);
 
@@ -49,8 +49,9 @@ impl Drop for InFlight {
     }
 }
 
-#[derive(Default)]
 pub struct Balancer {
+    eject_after: u32,
+    eject_for: Duration,
     slots: RwLock<HashMap<Endpoint, Arc<Slot>>>,
     cursors: RwLock<HashMap<(String, usize), Arc<AtomicUsize>>>,
     /// When the last ejection ends: before it, candidates are checked one by one; after it (the usual case),
@@ -58,7 +59,27 @@ pub struct Balancer {
     ejections_until: AtomicU64,
 }
 
+impl Default for Balancer {
+    fn default() -> Self {
+        Balancer::new(EJECT_AFTER, EJECT_FOR)
+    }
+}
+
 impl Balancer {
+    pub fn new(eject_after: u32, eject_for: Duration) -> Balancer {
+        Balancer {
+            eject_after: eject_after.max(1),
+            eject_for,
+            slots: Default::default(),
+            cursors: Default::default(),
+            ejections_until: Default::default(),
+        }
+    }
+
+    pub fn eject_for(&self) -> Duration {
+        self.eject_for
+    }
+
     fn slot(&self, e: &Endpoint) -> Arc<Slot> {
         if let Some(s) = self.slots.read().unwrap_or_else(|p| p.into_inner()).get(e) {
             return s.clone();
@@ -89,28 +110,28 @@ impl Balancer {
             .clone()
     }
 
-    /// Picks a backend not in `avoid` (the one that just failed), counting it in flight.
+    /// Picks a backend not in `avoid` (those that just failed), counting it in flight.
     pub fn pick<'a>(
         &self,
         app: &str,
         port: usize,
         policy: Balance,
         backends: &'a [Endpoint],
-        avoid: Option<&Endpoint>,
+        avoid: &[Endpoint],
     ) -> Option<(&'a Endpoint, InFlight)> {
         let now = now_ms();
         // Filter only when something must be left out; otherwise choose straight from the slice.
         let filtered: Option<Vec<&Endpoint>> =
-            if avoid.is_none() && now >= self.ejections_until.load(Ordering::Relaxed) {
+            if avoid.is_empty() && now >= self.ejections_until.load(Ordering::Relaxed) {
                 None
             } else {
                 let healthy: Vec<&Endpoint> = backends
                     .iter()
-                    .filter(|b| Some(*b) != avoid && !self.slot(b).ejected(now))
+                    .filter(|b| !avoid.contains(b) && !self.slot(b).ejected(now))
                     .collect();
                 Some(if healthy.is_empty() {
                     // Every backend ejected: trying one beats refusing outright.
-                    backends.iter().filter(|b| Some(*b) != avoid).collect()
+                    backends.iter().filter(|b| !avoid.contains(b)).collect()
                 } else {
                     healthy
                 })
@@ -162,9 +183,9 @@ impl Balancer {
     /// Records a connect failure; returns true when it ejects the backend.
     pub fn connect_failed(&self, e: &Endpoint) -> bool {
         let slot = self.slot(e);
-        if slot.connect_failures.fetch_add(1, Ordering::Relaxed) + 1 >= EJECT_AFTER {
+        if slot.connect_failures.fetch_add(1, Ordering::Relaxed) + 1 >= self.eject_after {
             slot.connect_failures.store(0, Ordering::Relaxed);
-            let until = now_ms() + EJECT_FOR.as_millis() as u64;
+            let until = now_ms() + self.eject_for.as_millis() as u64;
             slot.ejected_until.store(until, Ordering::Relaxed);
             self.ejections_until.fetch_max(until, Ordering::Relaxed);
             return true;
@@ -204,7 +225,7 @@ mod tests {
         let e = eps(3);
         let mut counts = HashMap::new();
         for _ in 0..300 {
-            let (x, _g) = b.pick("/a", 0, Balance::Roundrobin, &e, None).unwrap();
+            let (x, _g) = b.pick("/a", 0, Balance::Roundrobin, &e, &[]).unwrap();
             *counts.entry(x.port).or_insert(0) += 1;
         }
         assert!(counts.values().all(|c| *c == 100), "{counts:?}");
@@ -216,14 +237,10 @@ mod tests {
         let e = eps(2);
         // Hold 5 requests on the first backend.
         let busy: Vec<InFlight> = (0..5)
-            .map(|_| {
-                b.pick("/a", 0, Balance::Leastconn, &e[..1], None)
-                    .unwrap()
-                    .1
-            })
+            .map(|_| b.pick("/a", 0, Balance::Leastconn, &e[..1], &[]).unwrap().1)
             .collect();
         for _ in 0..50 {
-            let (x, _g) = b.pick("/a", 0, Balance::Leastconn, &e, None).unwrap();
+            let (x, _g) = b.pick("/a", 0, Balance::Leastconn, &e, &[]).unwrap();
             assert_eq!(x.port, 1001);
         }
         drop(busy);
@@ -239,7 +256,7 @@ mod tests {
         assert!(b.connect_failed(&e[0]), "third failure in a row ejects");
         for _ in 0..20 {
             assert_eq!(
-                b.pick("/a", 0, Balance::Roundrobin, &e, None).unwrap().0,
+                b.pick("/a", 0, Balance::Roundrobin, &e, &[]).unwrap().0,
                 &e[1]
             );
         }
@@ -247,7 +264,7 @@ mod tests {
         for _ in 0..3 {
             b.connect_failed(&e[1]);
         }
-        assert!(b.pick("/a", 0, Balance::Roundrobin, &e, None).is_some());
+        assert!(b.pick("/a", 0, Balance::Roundrobin, &e, &[]).is_some());
         // A success resets the count.
         let f = eps(3);
         b.connect_failed(&f[2]);
@@ -262,12 +279,24 @@ mod tests {
         let e = eps(2);
         for _ in 0..20 {
             let (x, _g) = b
-                .pick("/a", 0, Balance::Roundrobin, &e, Some(&e[0]))
+                .pick(
+                    "/a",
+                    0,
+                    Balance::Roundrobin,
+                    &e,
+                    std::slice::from_ref(&e[0]),
+                )
                 .unwrap();
             assert_eq!(x, &e[1]);
         }
         assert!(b
-            .pick("/a", 0, Balance::Roundrobin, &e[..1], Some(&e[0]))
+            .pick(
+                "/a",
+                0,
+                Balance::Roundrobin,
+                &e[..1],
+                std::slice::from_ref(&e[0])
+            )
             .is_none());
     }
 }

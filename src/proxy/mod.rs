@@ -2,7 +2,11 @@
 //! backend, forwards over pooled keep-alive connections.
 
 pub mod balance;
+pub mod framing;
+pub mod tcp;
+pub mod tls;
 
+use crate::config::AccessLog;
 use crate::marathon::address::Endpoint;
 use crate::rules::acl::Request as AclRequest;
 use crate::snapshot::Publisher;
@@ -28,9 +32,16 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
     pub connect_timeout: Duration,
+    /// Slowloris guard; hyper runs the same clock while a keep-alive connection waits for its next request, so it
+    /// is the client idle timeout too.
     pub header_read_timeout: Duration,
+    /// Idle pooled backend connections.
     pub idle_timeout: Duration,
+    pub backend_timeout: Duration,
     pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub via: bool,
+    pub access_log: AccessLog,
 }
 
 impl Default for ProxyOptions {
@@ -39,16 +50,39 @@ impl Default for ProxyOptions {
             connect_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
+            backend_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            via: false,
+            access_log: AccessLog::Off,
         }
     }
 }
 
+/// What a request's connection tells about it.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// The port the client connected to (X-Forwarded-Port).
+    pub port: u16,
+    /// Conflicting-framing flags of the HTTP/1 request heads on this connection.
+    pub heads: Option<Arc<framing::Heads>>,
+}
+
 pub struct Proxy {
     publisher: Arc<Publisher>,
-    balancer: Balancer,
+    balancer: Arc<Balancer>,
     client: Client<HttpConnector, ProxyBody>,
-    port: u16,
+    opts: ProxyOptions,
+    /// Where redirects to HTTPS point: the HTTPS listener's port (443 when there is none here).
+    https_port: u16,
+}
+
+/// What the access log and the metrics learn while a request is forwarded.
+#[derive(Default)]
+struct Trace {
+    app: String,
+    backend: Option<Endpoint>,
 }
 
 /// Response body that keeps the backend counted in flight until the client has it all (or goes away).
@@ -120,6 +154,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Backends tried for one request when connects fail (nothing was sent, so trying another is always safe).
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
+
 /// marathon-lb's sticky cookie name, so clients keep their sessions across the move.
 pub const STICKY_COOKIE: &str = "mesosphere_server_id";
 
@@ -154,7 +191,12 @@ fn bodyless(req: &Request<Incoming>) -> bool {
 }
 
 impl Proxy {
-    pub fn new(publisher: Arc<Publisher>, port: u16, opts: &ProxyOptions) -> Proxy {
+    pub fn new(
+        publisher: Arc<Publisher>,
+        balancer: Arc<Balancer>,
+        https_port: u16,
+        opts: &ProxyOptions,
+    ) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(opts.connect_timeout));
         connector.set_nodelay(true);
@@ -165,9 +207,10 @@ impl Proxy {
             .build(connector);
         Proxy {
             publisher,
-            balancer: Balancer::default(),
+            balancer,
             client,
-            port,
+            opts: opts.clone(),
+            https_port,
         }
     }
 
@@ -188,18 +231,62 @@ impl Proxy {
         Ok(req)
     }
 
+    /// marathon-lb's `redirect scheme https code 301`: same host and path, on the HTTPS port.
+    fn redirect_https(&self, host: Option<&str>, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let host = host.unwrap_or("");
+        // Drop the client's port (the plain listener's).
+        let name = host_name(host);
+        let port = match self.https_port {
+            443 => String::new(),
+            p => format!(":{p}"),
+        };
+        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("https://{name}{port}{pq}");
+        let mut r = plain(
+            StatusCode::MOVED_PERMANENTLY,
+            format!("rattan: moved to {location}\n"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        r
+    }
+
     /// Proxies one request and records it: by app and status class, with its time to the response head.
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        client_addr: SocketAddr,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let m = crate::metrics::metrics();
         let started = std::time::Instant::now();
+        // Taken for every HTTP/1 request, so the flags stay in step with the heads.
+        let conflicting = req.version() <= Version::HTTP_11
+            && conn.heads.as_ref().is_some_and(|h| h.next_conflicting());
+        if conflicting {
+            m.http_rejected.with_label_values(&["smuggling"]).inc();
+            tracing::warn!(client = %conn.peer, "request with both Content-Length and Transfer-Encoding refused");
+            let mut r = plain(
+                StatusCode::BAD_REQUEST,
+                "rattan: conflicting Content-Length and Transfer-Encoding\n".into(),
+            );
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+        let log = (self.opts.access_log != AccessLog::Off).then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.version(),
+                req.headers().get(header::HOST).cloned(),
+            )
+        });
         m.http_in_flight.inc();
-        let mut app = String::new();
-        let resp = self.forward(req, client_addr, &mut app).await;
+        let mut trace = Trace::default();
+        let mut resp = self.forward(req, conn, &mut trace).await;
         m.http_in_flight.dec();
+        if self.opts.via {
+            resp.headers_mut()
+                .append(header::VIA, HeaderValue::from_static("1.1 rattan"));
+        }
+        let app = trace.app.as_str();
         let class = match resp.status().as_u16() {
             100..=199 => "1xx",
             200..=299 => "2xx",
@@ -207,10 +294,32 @@ impl Proxy {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        m.http_requests.with_label_values(&[&app, class]).inc();
+        m.http_requests.with_label_values(&[app, class]).inc();
         m.http_duration
-            .with_label_values(&[&app])
+            .with_label_values(&[app])
             .observe(started.elapsed().as_secs_f64());
+        if let Some((method, uri, version, host)) = log {
+            access_log(
+                self.opts.access_log,
+                &AccessEntry {
+                    peer: conn.peer,
+                    method: &method,
+                    uri: &uri,
+                    version,
+                    host: host.as_ref().and_then(|h| h.to_str().ok()),
+                    status: resp.status().as_u16(),
+                    size: resp
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                    app,
+                    backend: trace.backend.as_ref(),
+                    tls: conn.tls,
+                    duration: started.elapsed(),
+                },
+            );
+        }
         resp
     }
 
@@ -218,9 +327,10 @@ impl Proxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        client_addr: SocketAddr,
-        app: &mut String,
+        conn: &ConnInfo,
+        trace: &mut Trace,
     ) -> Response<ProxyBody> {
+        let client_addr = conn.peer;
         let snap = self.publisher.load_full();
         // HTTP/2 carries the host in :authority; HTTP/1 in Host.
         let host = req
@@ -234,7 +344,8 @@ impl Proxy {
             let acl_req = AclRequest {
                 path: &path,
                 method: req.method().as_str(),
-                host: host.as_deref(),
+                // Rules name hosts; a port (always in HTTP/2's :authority, in Host off port 80/443) is not part of it.
+                host: host.as_deref().map(host_name),
                 headers: req.headers(),
                 src: Some(client_addr.ip()),
             };
@@ -249,7 +360,10 @@ impl Proxy {
                 ),
             );
         };
-        app.push_str(&route.app_id);
+        trace.app.push_str(&route.app_id);
+        if route.redirect_https && !conn.tls {
+            return self.redirect_https(host.as_deref(), &req);
+        }
         // Borrowed from the snapshot this request holds: a swap meanwhile does not change its backends.
         let backends: &[Endpoint] = snap
             .apps
@@ -297,12 +411,18 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&xff) {
             parts.headers.insert("x-forwarded-for", v);
         }
+        parts.headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
         parts
             .headers
-            .insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        parts
-            .headers
-            .insert("x-forwarded-port", HeaderValue::from(self.port));
+            .insert("x-forwarded-port", HeaderValue::from(conn.port));
+        if self.opts.via {
+            parts
+                .headers
+                .append(header::VIA, HeaderValue::from_static("1.1 rattan"));
+        }
         let pq = parts
             .uri
             .path_and_query()
@@ -311,7 +431,7 @@ impl Proxy {
             .to_string();
 
         let mut body = Some(body.boxed());
-        let mut failed: Option<Endpoint> = None;
+        let mut failed: Vec<Endpoint> = Vec::new();
         // Sticky sessions: the backend the cookie names, while it is routable.
         let mut pinned = if route.sticky {
             sticky_cookie(&parts.headers)
@@ -327,7 +447,7 @@ impl Proxy {
                     route.port_index,
                     route.balance,
                     backends,
-                    failed.as_ref(),
+                    &failed,
                 ),
             };
             let Some((backend, guard)) = picked else {
@@ -349,13 +469,31 @@ impl Proxy {
                     )
                 }
             };
-            let result = self.client.request(out).await;
+            trace.backend = Some(backend.clone());
+            let result = match tokio::time::timeout(
+                self.opts.backend_timeout,
+                self.client.request(out),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(backend = %backend, app = %route.app_id, timeout = ?self.opts.backend_timeout, "backend response timeout");
+                    return plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "rattan: backend {backend} did not answer within {:?}\n",
+                            self.opts.backend_timeout
+                        ),
+                    );
+                }
+            };
             match &result {
                 Ok(_) => guard.connected(),
                 Err(e) if e.is_connect() => {
                     if self.balancer.connect_failed(backend) {
                         crate::metrics::metrics().backend_ejections.inc();
-                        tracing::warn!(backend = %backend, app = %route.app_id, seconds = balance::EJECT_FOR.as_secs(),
+                        tracing::warn!(backend = %backend, app = %route.app_id, seconds = self.balancer.eject_for().as_secs(),
                             "backend ejected after repeated connect failures");
                     }
                 }
@@ -386,9 +524,14 @@ impl Proxy {
                     return Response::from_parts(rparts, body.boxed());
                 }
                 // Nothing was sent on a connect failure: safe to try another backend, once.
-                Err(e) if e.is_connect() && retryable && failed.is_none() && backends.len() > 1 => {
+                // A scale-down can take several backends at once, before Marathon's event arrives.
+                Err(e)
+                    if e.is_connect()
+                        && retryable
+                        && failed.len() + 1 < MAX_CONNECT_ATTEMPTS.min(backends.len()) =>
+                {
                     tracing::warn!(backend = %backend, app = %route.app_id, error = %e, "backend connect failed; retrying on another");
-                    failed = Some(backend.clone());
+                    failed.push(backend.clone());
                 }
                 Err(e) => {
                     tracing::warn!(backend = %backend, app = %route.app_id, error = %e, "backend request failed");
@@ -399,6 +542,14 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+/// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
+fn host_name(host: &str) -> &str {
+    match host.strip_prefix('[').and_then(|h| h.find(']')) {
+        Some(end) => &host[..end + 2],
+        None => host.split(':').next().unwrap_or(""),
     }
 }
 
@@ -440,18 +591,43 @@ fn tunnel(
     Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
 }
 
-/// Binds the HTTP listener and serves it in the background until `shutdown` turns true; then it stops accepting
-/// and the returned task ends once every open connection has finished its requests (idle keep-alive connections
-/// close at once, HTTP/2 gets a GOAWAY).
+pub struct Listeners {
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+}
+
+/// Binds the HTTP (and HTTPS) listeners and serves them in the background until `shutdown` turns true; then they
+/// stop accepting and the returned task ends once every open connection has finished its requests (idle
+/// keep-alive connections close at once, HTTP/2 gets a GOAWAY).
 pub async fn serve(
-    bind: SocketAddr,
+    http_bind: SocketAddr,
+    https: Option<(SocketAddr, Arc<tls::CertStore>)>,
     publisher: Arc<Publisher>,
+    balancer: Arc<Balancer>,
     opts: ProxyOptions,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(bind).await?;
-    let addr = listener.local_addr()?;
-    let proxy = Arc::new(Proxy::new(publisher, addr.port(), &opts));
+) -> std::io::Result<(Listeners, tokio::task::JoinHandle<()>)> {
+    let http = TcpListener::bind(http_bind).await?;
+    let http_addr = http.local_addr()?;
+    let (https, https_addr, acceptor) = match https {
+        Some((bind, certs)) => {
+            let l = TcpListener::bind(bind).await?;
+            let addr = l.local_addr()?;
+            let cfg = certs.server_config().map_err(std::io::Error::other)?;
+            (
+                Some(l),
+                Some(addr),
+                Some(tokio_rustls::TlsAcceptor::from(cfg)),
+            )
+        }
+        None => (None, None, None),
+    };
+    let proxy = Arc::new(Proxy::new(
+        publisher,
+        balancer,
+        https_addr.map_or(443, |a| a.port()),
+        &opts,
+    ));
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -459,40 +635,237 @@ pub async fn serve(
         .header_read_timeout(opts.header_read_timeout)
         .max_buf_size(opts.max_header_bytes.max(8192));
     let builder = Arc::new(builder);
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
     let task = tokio::spawn(async move {
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let stopped = |rx: &mut tokio::sync::watch::Receiver<bool>| {
+            let mut rx = rx.clone();
+            async move { drop(rx.wait_for(|stop| *stop).await) }
+        };
         loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "proxy accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-                _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
+            // Past the limit, new connections wait in the kernel's backlog instead of being accepted and starved.
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stopped(&mut shutdown) => break,
+            };
+            let accept_tls = async {
+                match &https {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let (accepted, tls) = tokio::select! {
+                a = http.accept() => (a, false),
+                a = accept_tls => (a, true),
+                _ = stopped(&mut shutdown) => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             let proxy = proxy.clone();
-            let svc = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer).await) }
-            });
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            let conn = graceful.watch(conn);
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let acceptor = acceptor.clone();
+            let handshake_timeout = opts.header_read_timeout;
+            let max_head = opts.max_header_bytes;
+            let port = if tls {
+                https_addr.map_or(443, |a| a.port())
+            } else {
+                http_addr.port()
+            };
             tokio::spawn(async move {
                 let m = crate::metrics::metrics();
                 m.http_connections.inc();
-                let _ = conn.await;
+                match acceptor.filter(|_| tls) {
+                    None => {
+                        let (io, heads) = framing::Watched::new(stream, max_head);
+                        let info = ConnInfo {
+                            peer,
+                            tls: false,
+                            port,
+                            heads: Some(heads),
+                        };
+                        let conn = builder
+                            .serve_connection_with_upgrades(TokioIo::new(io), service(proxy, info));
+                        let _ = watcher.watch(conn.into_owned()).await;
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
+                        {
+                            Ok(Ok(s)) => {
+                                let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                                // HTTP/2 has no Content-Length/Transfer-Encoding ambiguity to watch for.
+                                let (io, heads) = framing::Watched::new(s, max_head);
+                                let info = ConnInfo {
+                                    peer,
+                                    tls: true,
+                                    port,
+                                    heads: (!h2).then_some(heads),
+                                };
+                                let conn = builder.serve_connection_with_upgrades(
+                                    TokioIo::new(io),
+                                    service(proxy, info),
+                                );
+                                let _ = watcher.watch(conn.into_owned()).await;
+                            }
+                            Ok(Err(e)) => {
+                                m.tls_handshake_failures.inc();
+                                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                            }
+                            Err(_) => {
+                                m.tls_handshake_failures.inc();
+                                tracing::debug!(client = %peer, "TLS handshake timed out");
+                            }
+                        }
+                    }
+                }
                 m.http_connections.dec();
+                drop(permit);
             });
         }
-        drop(listener);
+        drop(http);
+        drop(https);
         tracing::info!("proxy draining: no new connections, finishing in-flight requests");
         graceful.shutdown().await;
     });
-    Ok((addr, task))
+    Ok((
+        Listeners {
+            http: http_addr,
+            https: https_addr,
+        },
+        task,
+    ))
+}
+
+fn service(
+    proxy: Arc<Proxy>,
+    info: ConnInfo,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
+                 + Send,
+> + Clone {
+    let info = Arc::new(info);
+    hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &info).await) }
+    })
+}
+
+struct AccessEntry<'a> {
+    peer: SocketAddr,
+    method: &'a Method,
+    uri: &'a http::Uri,
+    version: Version,
+    host: Option<&'a str>,
+    status: u16,
+    size: Option<u64>,
+    app: &'a str,
+    backend: Option<&'a Endpoint>,
+    tls: bool,
+    duration: Duration,
+}
+
+/// One line on stdout per request: JSON, or the common log format (`-` for what CLF has no field for).
+fn access_log(format: AccessLog, e: &AccessEntry<'_>) {
+    use std::io::Write;
+    if let Some(line) = access_line(format, e, time::OffsetDateTime::now_utc()) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+fn access_line(
+    format: AccessLog,
+    e: &AccessEntry<'_>,
+    now: time::OffsetDateTime,
+) -> Option<String> {
+    let path = e.uri.path_and_query().map_or("/", |p| p.as_str());
+    let line = match format {
+        AccessLog::Off => return None,
+        AccessLog::Json => {
+            let ts = now
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            serde_json::json!({
+                "time": ts,
+                "client": e.peer.ip().to_string(),
+                "method": e.method.as_str(),
+                "host": e.host,
+                "path": path,
+                "protocol": format!("{:?}", e.version),
+                "tls": e.tls,
+                "status": e.status,
+                "bytes": e.size,
+                "app": e.app,
+                "backend": e.backend.map(|b| b.to_string()),
+                "duration_ms": e.duration.as_secs_f64() * 1000.0,
+            })
+            .to_string()
+        }
+        AccessLog::Clf => {
+            const FMT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+                "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
+            );
+            format!(
+                "{} - - [{}] \"{} {} {:?}\" {} {}",
+                e.peer.ip(),
+                now.format(FMT).unwrap_or_default(),
+                e.method,
+                path,
+                e.version,
+                e.status,
+                e.size.map_or("-".to_string(), |s| s.to_string())
+            )
+        }
+    };
+    Some(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_log_lines() {
+        let uri: http::Uri = "/shop/cart?x=1".parse().unwrap();
+        let backend = Endpoint {
+            host: "10.0.0.7".into(),
+            port: 31001,
+        };
+        let e = AccessEntry {
+            peer: "192.0.2.9:5555".parse().unwrap(),
+            method: &Method::GET,
+            uri: &uri,
+            version: Version::HTTP_11,
+            host: Some("shop.example.com"),
+            status: 200,
+            size: Some(1234),
+            app: "/shop/cart",
+            backend: Some(&backend),
+            tls: false,
+            duration: Duration::from_micros(1500),
+        };
+        let now = time::macros::datetime!(2026-11-30 06:05:04 UTC);
+        assert_eq!(
+            access_line(AccessLog::Clf, &e, now).unwrap(),
+            "192.0.2.9 - - [30/Nov/2026:06:05:04 +0000] \"GET /shop/cart?x=1 HTTP/1.1\" 200 1234"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&access_line(AccessLog::Json, &e, now).unwrap()).unwrap();
+        assert_eq!(j["app"], "/shop/cart");
+        assert_eq!(j["backend"], "10.0.0.7:31001");
+        assert_eq!(j["status"], 200);
+        assert_eq!(j["time"], "2026-11-30T06:05:04Z");
+        assert!(access_line(AccessLog::Off, &e, now).is_none());
+    }
 }

@@ -10,7 +10,7 @@ pub struct LabelRoute {
     pub config: BTreeMap<String, String>,
 }
 
-fn label<'a>(app: &'a AppView, n: usize, key: &str) -> Option<&'a str> {
+pub fn label<'a>(app: &'a AppView, n: usize, key: &str) -> Option<&'a str> {
     app.labels
         .get(&format!("HAPROXY_{n}_{key}"))
         .map(String::as_str)
@@ -18,7 +18,7 @@ fn label<'a>(app: &'a AppView, n: usize, key: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-fn falsy(v: &str) -> bool {
+pub fn falsy(v: &str) -> bool {
     matches!(
         v.to_ascii_lowercase().as_str(),
         "false" | "0" | "no" | "off"
@@ -38,7 +38,7 @@ pub fn is_tcp(app: &AppView, n: usize) -> bool {
     label(app, n, "MODE").is_some_and(|m| m.eq_ignore_ascii_case("tcp"))
 }
 
-fn in_groups(app: &AppView, n: usize, groups: &[String]) -> bool {
+pub fn in_groups(app: &AppView, n: usize, groups: &[String]) -> bool {
     if groups.is_empty() || groups.iter().any(|g| g == "*") {
         return true;
     }

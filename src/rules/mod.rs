@@ -5,6 +5,7 @@ pub mod acl;
 pub mod labels;
 pub mod store;
 pub mod table;
+pub mod tcp;
 
 use std::collections::BTreeMap;
 

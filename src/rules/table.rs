@@ -61,6 +61,8 @@ pub struct RouteOptions {
     pub domain: String,
     /// marathon-lb `--group`: when set, only apps in one of these groups get label routes.
     pub groups: Vec<String>,
+    /// Proxy every service port as TCP (`--tcp-service-ports`).
+    pub tcp_service_ports: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -11,7 +11,11 @@ pub struct Rattan {
     child: Child,
     pub api: String,
     pub proxy: String,
+    /// `https://addr` when started with --https-bind.
+    pub https: Option<String>,
     pub log: Arc<Mutex<String>>,
+    /// Everything on stdout (the access log goes there).
+    pub out: Arc<Mutex<String>>,
     _data: tempfile::TempDir,
 }
 
@@ -72,8 +76,19 @@ impl Rattan {
         });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let out = Arc::new(Mutex::new(String::new()));
+        let o2 = out.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                {
+                    let mut o = o2.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+                if let Some(addr) = line.strip_prefix("rattan: proxy listening on https://") {
+                    let _ = tx.send(("https", format!("https://{addr}")));
+                    continue;
+                }
                 for what in ["api", "proxy"] {
                     if let Some(addr) = line.strip_prefix(&format!("rattan: {what} listening on "))
                     {
@@ -82,10 +97,11 @@ impl Rattan {
                 }
             }
         });
-        let (mut api, mut proxy) = (String::new(), String::new());
+        let (mut api, mut proxy, mut https) = (String::new(), String::new(), None);
         while api.is_empty() || proxy.is_empty() {
             match rx.recv_timeout(Duration::from_secs(15)) {
                 Ok(("api", a)) => api = a,
+                Ok(("https", a)) => https = Some(a),
                 Ok((_, p)) => proxy = p,
                 Err(_) => {
                     let _ = child.kill();
@@ -97,7 +113,9 @@ impl Rattan {
             child,
             api,
             proxy,
+            https,
             log,
+            out,
             _data: data,
         }
     }

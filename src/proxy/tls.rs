@@ -1,0 +1,261 @@
+//! TLS termination: certificates from a directory, picked by SNI (exact name, then `*.parent`), a default for
+//! unknown names, re-read when the directory changes. A file that fails to load keeps its last good version.
+
+use arc_swap::ArcSwap;
+use rustls::crypto::ring as provider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+type Fingerprint = Vec<(PathBuf, SystemTime, u64)>;
+
+#[derive(Clone)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    names: Vec<String>,
+}
+
+#[derive(Default)]
+struct CertSet {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored under `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl CertSet {
+    fn find(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return Some(k.clone());
+        }
+        name.split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+            .cloned()
+    }
+}
+
+/// The certificate resolver handed to rustls; swapped whole on reload.
+pub struct CertStore {
+    dir: Option<PathBuf>,
+    current: ArcSwap<CertSet>,
+    /// Last good load per file, and the directory's fingerprint when last read.
+    files: Mutex<(BTreeMap<PathBuf, Loaded>, Fingerprint)>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CertStore({:?})", self.dir)
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let set = self.current.load();
+        hello
+            .server_name()
+            .and_then(|n| set.find(n))
+            .or_else(|| set.default.clone())
+    }
+}
+
+fn is_cert_file(p: &Path) -> bool {
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("pem" | "crt" | "cert")
+    )
+}
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut v: Vec<(PathBuf, SystemTime, u64)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    Some((
+                        e.path(),
+                        m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        m.len(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// DNS names a certificate covers: its SAN entries, else its CN.
+fn names_of(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    use x509_parser::prelude::*;
+    let (_, x) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in x.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Loads one certificate file: chain and key in it, or the key beside it as `<stem>.key`.
+fn load_file(path: &Path) -> Result<Loaded, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))?;
+    let leaf = chain.first().ok_or("no certificate in the file")?;
+    let key = match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(k) => k,
+        Err(_) => {
+            let key_path = path.with_extension("key");
+            let bytes = std::fs::read(&key_path).map_err(|e| {
+                format!(
+                    "no private key in the file, and {}: {e}",
+                    key_path.display()
+                )
+            })?;
+            PrivateKeyDer::from_pem_slice(&bytes)
+                .map_err(|e| format!("{}: no usable private key: {e}", key_path.display()))?
+        }
+    };
+    let names = names_of(leaf)?;
+    let signer = provider::sign::any_supported_type(&key)
+        .map_err(|e| format!("unsupported private key: {e}"))?;
+    let key = CertifiedKey::new(chain, signer);
+    key.keys_match()
+        .map_err(|e| format!("key does not match the certificate: {e}"))?;
+    Ok(Loaded {
+        key: Arc::new(key),
+        names,
+    })
+}
+
+fn self_signed() -> Result<Arc<CertifiedKey>, String> {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::try_from(c.key_pair.serialize_der()).map_err(|e| e.to_string())?;
+    let signer = provider::sign::any_supported_type(&key).map_err(|e| e.to_string())?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![c.cert.der().clone()],
+        signer,
+    )))
+}
+
+impl CertStore {
+    pub fn open(dir: Option<PathBuf>) -> Arc<CertStore> {
+        let store = Arc::new(CertStore {
+            dir,
+            current: ArcSwap::from_pointee(CertSet::default()),
+            files: Mutex::new((BTreeMap::new(), Vec::new())),
+        });
+        store.reload();
+        store
+    }
+
+    /// Re-reads the directory when its listing, sizes or times changed. Returns whether it did.
+    pub fn reload(&self) -> bool {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let fp = self.dir.as_deref().map(fingerprint).unwrap_or_default();
+        if !files.1.is_empty() && fp == files.1 {
+            return false;
+        }
+        let mut set = CertSet::default();
+        let mut loaded = BTreeMap::new();
+        for (path, _, _) in fp.iter().filter(|(p, _, _)| is_cert_file(p)) {
+            let got = match load_file(path) {
+                Ok(l) => l,
+                Err(e) => match files.0.get(path) {
+                    Some(prev) => {
+                        tracing::warn!(file = %path.display(), error = %e, "certificate file unreadable; keeping its last good version");
+                        prev.clone()
+                    }
+                    None => {
+                        // A `.crt` whose key is a separate file is fine; a lone key or bad file is reported.
+                        tracing::warn!(file = %path.display(), error = %e, "certificate file skipped");
+                        continue;
+                    }
+                },
+            };
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            if stem == "default" || set.default.is_none() {
+                set.default = Some(got.key.clone());
+            }
+            for n in &got.names {
+                match n.strip_prefix("*.") {
+                    Some(parent) => set.wildcard.entry(parent.to_string()),
+                    None => set.exact.entry(n.clone()),
+                }
+                .or_insert_with(|| got.key.clone());
+            }
+            loaded.insert(path.clone(), got);
+        }
+        if set.default.is_none() {
+            match self_signed() {
+                Ok(k) => {
+                    tracing::warn!("no TLS certificate in --tls-cert-dir; serving a self-signed one for localhost");
+                    set.default = Some(k);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot make a self-signed certificate"),
+            }
+        }
+        let names: Vec<&String> = set.exact.keys().chain(set.wildcard.keys()).collect();
+        tracing::info!(certificates = loaded.len(), names = ?names, "TLS certificates loaded");
+        crate::metrics::metrics()
+            .tls_certificates
+            .set(loaded.len() as i64);
+        self.current.store(Arc::new(set));
+        // An empty fingerprint would re-read on every tick; a placeholder keeps it stable.
+        files.1 = if fp.is_empty() {
+            vec![(PathBuf::new(), SystemTime::UNIX_EPOCH, 0)]
+        } else {
+            fp
+        };
+        files.0 = loaded;
+        true
+    }
+
+    /// Polls the directory for changes (cheap: one listing) until the process ends.
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        if self.dir.is_none() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(store) = me.upgrade() else { return };
+                // File reads and PEM parsing off the async threads.
+                let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+            }
+        });
+    }
+
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, String> {
+        let mut cfg =
+            rustls::ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_no_client_auth()
+                .with_cert_resolver(self.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
