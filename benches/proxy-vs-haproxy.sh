@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Side-by-side HTTP benchmark: wrk -> {HAProxy 2.6, rattan} -> nginx `return 200`, on one machine, interleaved.
+# Side-by-side benchmark: wrk -> {HAProxy 2.6, rattan} -> nginx `return 200`, on one machine, interleaved; HTTP
+# (L7) and TCP (L4: HAProxy `mode tcp`, rattan's HAPROXY_0_MODE=tcp listener, wrk's HTTP over it).
 # Metric: requests per proxy CPU-second (from /proc/<pid>/stat) and p50/p99 latency, per round and as median
 # ratios rattan/HAProxy. Usage: benches/proxy-vs-haproxy.sh [seconds-per-round] [rounds]
 # Needs: nginx, haproxy, wrk (Debian packages), a release build (built here if missing).
@@ -15,6 +16,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND=$(free_port); MARATHON=$(free_port); HAP=$(free_port); RAT=$(free_port); API=$(free_port)
+HAPTCP=$(free_port); RATTCP=$(free_port)
 NCPU=$(nproc)
 LOAD_CPU=$(( NCPU > 1 ? 1 : 0 ))
 
@@ -29,7 +31,9 @@ http {
   client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
   server { listen 127.0.0.1:$BACKEND; location / { return 200 "ok\n"; } }
   server { listen 127.0.0.1:$MARATHON; location = /v2/apps { default_type application/json;
-    return 200 '{"apps":[{"id":"/bench","tasks":[{"id":"bench.1","host":"127.0.0.1","ports":[$BACKEND],"state":"TASK_RUNNING"}]}]}'; } }
+    return 200 '{"apps":[{"id":"/bench","tasks":[{"id":"bench.1","host":"127.0.0.1","ports":[$BACKEND],"state":"TASK_RUNNING"}]},
+      {"id":"/benchtcp","labels":{"HAPROXY_0_MODE":"tcp","HAPROXY_0_PORT":"$RATTCP"},"portDefinitions":[{"port":0}],
+       "tasks":[{"id":"benchtcp.1","host":"127.0.0.1","ports":[$BACKEND],"state":"TASK_RUNNING"}]}]}'; } }
 }
 NGX
 taskset -c "$LOAD_CPU" nginx -c "$TMP/nginx.conf" -g 'daemon off;' & PIDS+=($!)
@@ -43,12 +47,17 @@ defaults
   timeout connect 5s
   timeout client 50s
   timeout server 50s
-  option forwardfor
   http-reuse always
 frontend f
   bind 127.0.0.1:$HAP
+  option forwardfor
   default_backend b
 backend b
+  balance leastconn
+  server s1 127.0.0.1:$BACKEND
+listen t
+  mode tcp
+  bind 127.0.0.1:$HAPTCP
   balance leastconn
   server s1 127.0.0.1:$BACKEND
 HAP
@@ -57,6 +66,7 @@ taskset -c 0 haproxy -f "$TMP/haproxy.cfg" -db & HAP_PID=$!; PIDS+=($HAP_PID)
 
 RATTAN_WORKERS=${RATTAN_WORKERS:-1} RUST_LOG=warn taskset -c 0 target/release/rattan --marathon "http://127.0.0.1:$MARATHON" \
   --events poll --poll-interval 1h --http-bind "127.0.0.1:$RAT" --api-bind "127.0.0.1:$API" --data-dir "$TMP/data" \
+  --tcp-bind-address 127.0.0.1 \
   >/dev/null 2>"$TMP/rattan.err" & RAT_PID=$!; PIDS+=($RAT_PID)
 
 for i in $(seq 1 100); do
@@ -64,6 +74,7 @@ for i in $(seq 1 100); do
   sleep 0.1
 done
 curl -fs "http://127.0.0.1:$RAT/bench" >/dev/null || { echo "rattan does not route /bench"; cat "$TMP/rattan.err"; exit 1; }
+curl -fs "http://127.0.0.1:$RATTCP/" >/dev/null || { echo "rattan does not listen on TCP $RATTCP"; cat "$TMP/rattan.err"; exit 1; }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TCK=$(getconf CLK_TCK)
@@ -82,18 +93,25 @@ run() {
 }
 echo "wrk -t1 -c20 -d${DUR}s, nginx backend; proxies pinned to CPU 0, wrk and nginx to CPU $LOAD_CPU ($NCPU CPUs)"
 run warmup "$HAP_PID" "$HAP" >/dev/null; run warmup "$RAT_PID" "$RAT" >/dev/null
-printf "%-8s %10s %12s %8s %8s\n" proxy req/s req/cpu-s p50 p99
-RESULTS=()
-for r in $(seq 1 "$ROUNDS"); do
-  h=$(run haproxy "$HAP_PID" "$HAP"); echo "$h"; RESULTS+=("$h")
-  t=$(run rattan "$RAT_PID" "$RAT"); echo "$t"; RESULTS+=("$t")
-done
-# Per-round ratios, then their medians (plain awk: Debian's mawk has no asort).
-RATIOS=$(printf '%s\n' "${RESULTS[@]}" | awk '
-  function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-  $1=="haproxy" {h[++nh]=$3; hp[nh]=ms($4)} $1=="rattan" {t[++nt]=$3; tp[nt]=ms($4)}
-  END { for (i=1;i<=nh;i++) printf "%f %f\n", t[i]/h[i], tp[i]/hp[i] }')
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
-CPU_RATIO=$(echo "$RATIOS" | awk '{print $1}' | median)
-P50_RATIO=$(echo "$RATIOS" | awk '{print $2}' | median)
-printf "median ratio rattan/haproxy: req per CPU-second %.2fx, p50 %.2fx (lower is better)\n" "$CPU_RATIO" "$P50_RATIO"
+# compare MODE HAPROXY_PORT RATTAN_PORT: interleaved rounds, then median ratios.
+compare() {
+  local mode=$1 hport=$2 rport=$3 RESULTS=() h t
+  echo "== $mode"
+  printf "%-8s %10s %12s %8s %8s\n" proxy req/s req/cpu-s p50 p99
+  for r in $(seq 1 "$ROUNDS"); do
+    h=$(run haproxy "$HAP_PID" "$hport"); echo "$h"; RESULTS+=("$h")
+    t=$(run rattan "$RAT_PID" "$rport"); echo "$t"; RESULTS+=("$t")
+  done
+  # Per-round ratios, then their medians (plain awk: Debian's mawk has no asort).
+  local ratios
+  ratios=$(printf '%s\n' "${RESULTS[@]}" | awk '
+    function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
+    $1=="haproxy" {h[++nh]=$3; hr[nh]=$2; hp[nh]=ms($4)} $1=="rattan" {t[++nt]=$3; tr[nt]=$2; tp[nt]=ms($4)}
+    END { for (i=1;i<=nh;i++) printf "%f %f %f\n", t[i]/h[i], tp[i]/hp[i], tr[i]/hr[i] }')
+  printf "%s median ratio rattan/haproxy: req per CPU-second %.2fx, req/s %.2fx, p50 %.2fx (lower is better)\n" "$mode" \
+    "$(echo "$ratios" | awk '{print $1}' | median)" "$(echo "$ratios" | awk '{print $3}' | median)" \
+    "$(echo "$ratios" | awk '{print $2}' | median)"
+}
+compare http "$HAP" "$RAT"
+compare tcp "$HAPTCP" "$RATTCP"

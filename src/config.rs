@@ -28,6 +28,8 @@ fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
 #[command(
     name = "rattan",
     version,
+    // The last occurrence of a flag wins (a wrapper script's defaults can be overridden by appending).
+    args_override_self = true,
     about = "Service-discovery load balancer for Marathon/Mesos"
 )]
 pub struct Cli {
@@ -43,6 +45,24 @@ pub enum Command {
     Run,
     /// Everything on embedded defaults: a Marathon simulator with demo apps, rules in a local file.
     Dev,
+    /// Fetch Marathon and the rules once, print the rendered haproxy.cfg, exit (marathon-lb's `--dry`).
+    Render {
+        /// Template to render [default: --haproxy-template, else the built-in config/haproxy_template.cfg].
+        #[arg(long)]
+        template: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The built-in proxy routes the traffic.
+    #[default]
+    Proxy,
+    /// Render haproxy.cfg and reload HAProxy; no built-in proxy listeners.
+    Haproxy,
+    /// Both.
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -194,6 +214,33 @@ pub struct Opts {
     /// How long an ejected backend stays out [default: 10s].
     #[arg(long, global = true, env = "RATTAN_EJECT_FOR")]
     pub eject_for: Option<String>,
+    /// Who carries the traffic: the built-in proxy, HAProxy (rattan renders and reloads it), or both [default: proxy].
+    #[arg(long, global = true, value_enum, env = "RATTAN_MODE")]
+    pub mode: Option<Mode>,
+    /// Go text/template for haproxy.cfg (Bamboo's templates work) [default: the built-in one].
+    #[arg(long, global = true, env = "HAPROXY_TEMPLATE_PATH")]
+    pub haproxy_template: Option<PathBuf>,
+    /// Where haproxy.cfg is written [default: /etc/haproxy/haproxy.cfg].
+    #[arg(long, global = true, env = "HAPROXY_OUTPUT_PATH")]
+    pub haproxy_output: Option<PathBuf>,
+    /// Reloads HAProxy after a new config is installed, e.g. `systemctl reload haproxy`.
+    #[arg(long, global = true, env = "HAPROXY_RELOAD_CMD")]
+    pub haproxy_reload_cmd: Option<String>,
+    /// Checks a candidate config before it is installed; `{{.}}` is its path, e.g. `haproxy -c -f {{.}}`.
+    #[arg(long, global = true, env = "HAPROXY_RELOAD_VALIDATION_CMD")]
+    pub haproxy_validation_cmd: Option<String>,
+    /// Runs after every reload attempt.
+    #[arg(long, global = true, env = "HAPROXY_RELOAD_CLEANUP_CMD")]
+    pub haproxy_cleanup_cmd: Option<String>,
+    /// Each of those commands is killed after this [default: 30s].
+    #[arg(long, global = true, env = "RATTAN_HAPROXY_COMMAND_TIMEOUT")]
+    pub haproxy_command_timeout: Option<String>,
+    /// Least time between two reloads; changes in between are merged [default: 1s].
+    #[arg(long, global = true, env = "RATTAN_HAPROXY_MIN_INTERVAL")]
+    pub haproxy_min_interval: Option<String>,
+    /// The default template's stats listener, without credentials; `off` for none [default: 127.0.0.1:9090].
+    #[arg(long, global = true, env = "RATTAN_HAPROXY_STATS_BIND")]
+    pub haproxy_stats_bind: Option<String>,
     /// Route tasks whatever Marathon's health checks say (like Traefik).
     #[arg(long, global = true, env = "RATTAN_IGNORE_HEALTH")]
     pub ignore_health: Option<bool>,
@@ -251,6 +298,7 @@ pub struct FileConfig {
     pub via: Option<bool>,
     pub eject_after: Option<u32>,
     pub eject_for: Option<String>,
+    pub mode: Option<Mode>,
     #[serde(default)]
     pub haproxy: HaproxyFile,
 }
@@ -263,6 +311,9 @@ pub struct HaproxyFile {
     pub reload_command: Option<String>,
     pub reload_validation_command: Option<String>,
     pub reload_cleanup_command: Option<String>,
+    pub command_timeout: Option<String>,
+    pub min_interval: Option<String>,
+    pub stats_bind: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -339,11 +390,15 @@ pub struct ProxySettings {
 
 #[derive(Debug, Clone, Default)]
 pub struct HaproxySettings {
+    pub mode: Mode,
     pub template_path: Option<PathBuf>,
-    pub output_path: Option<PathBuf>,
+    pub output_path: PathBuf,
     pub reload_command: Option<String>,
     pub reload_validation_command: Option<String>,
     pub reload_cleanup_command: Option<String>,
+    pub command_timeout: Duration,
+    pub min_interval: Duration,
+    pub stats_bind: Option<String>,
 }
 
 /// Reads the config file: TOML, or Bamboo's JSON when it starts with `{` (keys matched case-insensitively).
@@ -447,6 +502,7 @@ fn bamboo_json(v: &Value) -> Result<FileConfig, ConfigError> {
         reload_command: string(&["haproxy", "reloadcommand"])?,
         reload_validation_command: string(&["haproxy", "reloadvalidationcommand"])?,
         reload_cleanup_command: string(&["haproxy", "reloadcleanupcommand"])?,
+        ..HaproxyFile::default()
     };
     Ok(f)
 }
@@ -847,25 +903,49 @@ impl Settings {
         }
 
         let h = file.haproxy;
-        let env_or = |name: &str, file: Option<String>| nonempty(std::env::var(name).ok()).or(file);
         let haproxy = HaproxySettings {
-            template_path: env_or(
-                "HAPROXY_TEMPLATE_PATH",
-                h.template_path.map(|p| p.display().to_string()),
-            )
-            .map(PathBuf::from),
-            output_path: env_or(
-                "HAPROXY_OUTPUT_PATH",
-                h.output_path.map(|p| p.display().to_string()),
-            )
-            .map(PathBuf::from),
-            reload_command: env_or("HAPROXY_RELOAD_CMD", h.reload_command),
-            reload_validation_command: env_or(
-                "HAPROXY_RELOAD_VALIDATION_CMD",
-                h.reload_validation_command,
-            ),
-            reload_cleanup_command: env_or("HAPROXY_RELOAD_CLEANUP_CMD", h.reload_cleanup_command),
+            mode: o.mode.or(file.mode).unwrap_or_default(),
+            template_path: o.haproxy_template.or(h.template_path),
+            output_path: o
+                .haproxy_output
+                .or(h.output_path)
+                .unwrap_or_else(|| PathBuf::from("/etc/haproxy/haproxy.cfg")),
+            reload_command: nonempty(o.haproxy_reload_cmd).or(h.reload_command),
+            reload_validation_command: nonempty(o.haproxy_validation_cmd)
+                .or(h.reload_validation_command),
+            reload_cleanup_command: nonempty(o.haproxy_cleanup_cmd).or(h.reload_cleanup_command),
+            command_timeout: dur(
+                "haproxy-command-timeout",
+                o.haproxy_command_timeout,
+                h.command_timeout,
+                "30s",
+            )?,
+            min_interval: dur(
+                "haproxy-min-interval",
+                o.haproxy_min_interval,
+                h.min_interval,
+                "1s",
+            )?,
+            stats_bind: match nonempty(o.haproxy_stats_bind)
+                .or(h.stats_bind)
+                .unwrap_or_else(|| "127.0.0.1:9090".into())
+                .trim()
+            {
+                "off" | "none" | "false" => None,
+                b => Some(parse_bind("haproxy-stats-bind", b)?.to_string()),
+            },
         };
+        if haproxy.command_timeout.is_zero() {
+            return Err(bad("haproxy-command-timeout", "must be greater than zero"));
+        }
+        if let Some(t) = &haproxy.template_path {
+            if !t.is_file() {
+                return Err(bad(
+                    "haproxy-template",
+                    format!("{} is not a readable file", t.display()),
+                ));
+            }
+        }
 
         Ok(Settings {
             marathon,

@@ -41,7 +41,10 @@ pub async fn run(opts: &Opts) -> Result<(), String> {
     let settings = Settings::resolve(&o, true).map_err(|e| e.to_string())?;
     let running = crate::server::start(&settings).await?;
     let api = format!("http://{}", running.api_addr);
-    let proxy = format!("http://{}", running.proxy_addr);
+    let proxy = running
+        .proxy_addr
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_else(|| "(proxy disabled)".into());
     println!(
         "\nrattan dev is up: a simulated Marathon at {} with 3 demo apps (6 tasks, real HTTP servers).\n\
          Try:\n  curl {proxy}/demo/api          # through the proxy: Bamboo's default rule path_beg -i /demo/api\n  \

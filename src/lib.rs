@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod dev;
 pub mod discovery;
+pub mod haproxy;
 pub mod marathon;
 pub mod metrics;
 pub mod proxy;

@@ -35,6 +35,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Run) {
             Command::Dev => rattan::dev::run(&cli.opts).await,
+            Command::Render { template } => {
+                let settings = Settings::resolve(&cli.opts, false).map_err(|e| e.to_string())?;
+                rattan::server::render(&settings, template.as_deref()).await
+            }
             Command::Run => {
                 let settings = Settings::resolve(&cli.opts, false).map_err(|e| e.to_string())?;
                 let running = rattan::server::start(&settings).await?;

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub tcp_connections: IntCounterVec,
     pub tcp_active: IntGauge,
     pub tcp_listeners: IntGauge,
+    pub haproxy_reloads: IntCounterVec,
+    pub haproxy_render_duration: Histogram,
+    pub haproxy_reload_duration: Histogram,
+    pub haproxy_last_success: prometheus::Gauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -86,7 +90,37 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(http_duration.clone()))
             .expect("unique metric name");
+        let histogram = |name: &str, help: &str| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]))
+            .expect("static metric definition");
+            r.register(Box::new(h.clone())).expect("unique metric name");
+            h
+        };
+        let haproxy_last_success = prometheus::Gauge::new(
+            "rattan_haproxy_last_success_timestamp_seconds",
+            "Unix time of the last haproxy.cfg applied with a successful reload",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(haproxy_last_success.clone()))
+            .expect("unique metric name");
         Metrics {
+            haproxy_reloads: counter_vec(
+                &r,
+                "rattan_haproxy_reloads_total",
+                "haproxy.cfg pipeline runs by outcome: applied, skipped (identical), invalid (template or validation), failed (write or reload; retried)",
+                &["outcome"],
+            ),
+            haproxy_render_duration: histogram(
+                "rattan_haproxy_render_duration_seconds",
+                "Template read, parse and render of haproxy.cfg",
+            ),
+            haproxy_reload_duration: histogram(
+                "rattan_haproxy_reload_duration_seconds",
+                "Validation, install, reload and cleanup of haproxy.cfg",
+            ),
+            haproxy_last_success,
             http_requests: counter_vec(
                 &r,
                 "rattan_http_requests_total",
@@ -205,6 +239,36 @@ impl Metrics {
         // Encoding into a Vec cannot fail for well-formed metric families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf
+    }
+}
+
+/// One app's request counters by status class (1xx..5xx) and its duration histogram.
+#[derive(Debug, Clone)]
+pub struct AppMetrics {
+    pub by_class: [IntCounter; 5],
+    pub duration: Histogram,
+}
+
+impl AppMetrics {
+    pub fn new(app: &str) -> AppMetrics {
+        let m = metrics();
+        let class = |c: &str| m.http_requests.with_label_values(&[app, c]);
+        AppMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: m.http_duration.with_label_values(&[app]),
+        }
+    }
+
+    pub fn record(&self, status: u16, elapsed: std::time::Duration) {
+        let i = usize::from((status / 100).clamp(1, 5) - 1);
+        self.by_class[i].inc();
+        self.duration.observe(elapsed.as_secs_f64());
     }
 }
 

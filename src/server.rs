@@ -1,7 +1,7 @@
 //! Starts the pieces of a running rattan and connects the arrows between them.
 
 use crate::api::{self, ApiState};
-use crate::config::{EventMode, Settings};
+use crate::config::{EventMode, Mode, Settings};
 use crate::discovery::{self, Discovery, Policy, ResyncTiming};
 use crate::marathon::api::MarathonClient;
 use crate::marathon::events::{self, Backoff, SseOptions};
@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 
 pub struct Running {
     pub api_addr: SocketAddr,
-    pub proxy_addr: SocketAddr,
+    /// `None` in `--mode haproxy`.
+    pub proxy_addr: Option<SocketAddr>,
     pub https_addr: Option<SocketAddr>,
     stop: tokio::sync::watch::Sender<bool>,
     proxy_done: tokio::task::JoinHandle<()>,
@@ -44,11 +45,14 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     ));
     let (tx, rx) = mpsc::channel(4096);
 
+    let mode = settings.haproxy.mode;
+    let haproxy_status = (mode != Mode::Proxy).then(crate::haproxy::SharedStatus::default);
     let api_state = Arc::new(ApiState {
         publisher: publisher.clone(),
         events: Some(tx.clone()),
         store: Some(Arc::new(store)),
         auth: settings.api_auth.clone(),
+        haproxy: haproxy_status.clone(),
     });
     let api_addr = api::serve(settings.api_bind, api_state)
         .await
@@ -56,58 +60,24 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     println!("rattan: api listening on http://{api_addr}");
     tracing::info!(addr = %api_addr, "api listening");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let ps = &settings.proxy;
-    let balancer = Arc::new(crate::proxy::balance::Balancer::new(
-        ps.eject_after,
-        ps.eject_for,
-    ));
-    let https = ps.https_bind.map(|bind| {
-        let certs = crate::proxy::tls::CertStore::open(ps.tls_cert_dir.clone());
-        certs.watch(std::time::Duration::from_secs(1));
-        (bind, certs)
-    });
-    let (listeners, proxy_done) = crate::proxy::serve(
-        settings.http_bind,
-        https,
-        publisher.clone(),
-        balancer.clone(),
-        crate::proxy::ProxyOptions {
-            connect_timeout: ps.connect_timeout,
-            header_read_timeout: settings.header_read_timeout,
-            idle_timeout: ps.backend_idle_timeout,
-            backend_timeout: ps.backend_timeout,
-            max_header_bytes: ps.max_header_size,
-            max_connections: ps.max_connections,
-            via: ps.via,
-            access_log: ps.access_log,
-        },
-        stop_rx.clone(),
-    )
-    .await
-    .map_err(|e| {
-        format!(
-            "cannot bind the proxy on {}{}: {e}",
-            settings.http_bind,
-            ps.https_bind.map(|b| format!(" / {b}")).unwrap_or_default()
-        )
-    })?;
-    let proxy_addr = listeners.http;
-    // HTTPS first: tools reading stdout may stop at the plain proxy line.
-    if let Some(a) = listeners.https {
-        println!("rattan: proxy listening on https://{a}");
-        tracing::info!(addr = %a, "https proxy listening");
+    let (proxy_addr, https_addr, proxy_done) = if mode == Mode::Haproxy {
+        println!("rattan: proxy disabled (--mode haproxy)");
+        (None, None, tokio::spawn(async {}))
+    } else {
+        let (l, done) = start_proxy(settings, &publisher, stop_rx.clone()).await?;
+        (Some(l.http), l.https, done)
+    };
+    if let Some(status) = &haproxy_status {
+        let h = &settings.haproxy;
+        if h.reload_validation_command.is_none() {
+            tracing::warn!("no validation command (--haproxy-validation-cmd, e.g. `haproxy -c -f {{{{.}}}}`): configs are installed unchecked");
+        }
+        tokio::spawn(crate::haproxy::run(
+            publisher.clone(),
+            haproxy_options(settings),
+            status.clone(),
+        ));
     }
-    println!("rattan: proxy listening on http://{proxy_addr}");
-    tracing::info!(addr = %proxy_addr, "proxy listening");
-    tokio::spawn(crate::proxy::tcp::run(
-        publisher.clone(),
-        balancer,
-        crate::proxy::tcp::TcpOptions {
-            bind: ps.tcp_bind_address,
-            connect_timeout: ps.connect_timeout,
-        },
-        stop_rx,
-    ));
 
     match settings.events {
         EventMode::Sse => {
@@ -160,12 +130,154 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     Ok(Running {
         api_addr,
         proxy_addr,
-        https_addr: listeners.https,
+        https_addr,
         stop,
         proxy_done,
         drain_timeout: settings.drain_timeout,
         publisher,
     })
+}
+
+/// The built-in proxy: HTTP (and HTTPS) listeners and the TCP listener manager.
+async fn start_proxy(
+    settings: &Settings,
+    publisher: &Arc<Publisher>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> Result<(crate::proxy::Listeners, tokio::task::JoinHandle<()>), String> {
+    let ps = &settings.proxy;
+    let balancer = Arc::new(crate::proxy::balance::Balancer::new(
+        ps.eject_after,
+        ps.eject_for,
+    ));
+    let https = ps.https_bind.map(|bind| {
+        let certs = crate::proxy::tls::CertStore::open(ps.tls_cert_dir.clone());
+        certs.watch(std::time::Duration::from_secs(1));
+        (bind, certs)
+    });
+    let (listeners, done) = crate::proxy::serve(
+        settings.http_bind,
+        https,
+        publisher.clone(),
+        balancer.clone(),
+        crate::proxy::ProxyOptions {
+            connect_timeout: ps.connect_timeout,
+            header_read_timeout: settings.header_read_timeout,
+            idle_timeout: ps.backend_idle_timeout,
+            backend_timeout: ps.backend_timeout,
+            max_header_bytes: ps.max_header_size,
+            max_connections: ps.max_connections,
+            via: ps.via,
+            access_log: ps.access_log,
+        },
+        stop_rx.clone(),
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot bind the proxy on {}{}: {e}",
+            settings.http_bind,
+            ps.https_bind.map(|b| format!(" / {b}")).unwrap_or_default()
+        )
+    })?;
+    let proxy_addr = listeners.http;
+    // HTTPS first: tools reading stdout may stop at the plain proxy line.
+    if let Some(a) = listeners.https {
+        println!("rattan: proxy listening on https://{a}");
+        tracing::info!(addr = %a, "https proxy listening");
+    }
+    println!("rattan: proxy listening on http://{proxy_addr}");
+    tracing::info!(addr = %proxy_addr, "proxy listening");
+    tokio::spawn(crate::proxy::tcp::run(
+        publisher.clone(),
+        balancer,
+        crate::proxy::tcp::TcpOptions {
+            bind: ps.tcp_bind_address,
+            connect_timeout: ps.connect_timeout,
+        },
+        stop_rx,
+    ));
+
+    Ok((listeners, done))
+}
+
+/// Where the rendered config's listeners bind: rattan's own settings, so one configuration drives either.
+pub fn haproxy_extra(settings: &Settings) -> crate::haproxy::template::Extra {
+    crate::haproxy::template::Extra {
+        http_bind: settings.http_bind.to_string(),
+        https_bind: settings.proxy.https_bind.map(|b| b.to_string()),
+        tls_cert_dir: settings
+            .proxy
+            .tls_cert_dir
+            .as_ref()
+            .map(|d| d.display().to_string()),
+        tcp_bind_address: settings.proxy.tcp_bind_address.to_string(),
+        stats_bind: settings.haproxy.stats_bind.clone(),
+    }
+}
+
+fn haproxy_options(settings: &Settings) -> crate::haproxy::HaproxyOptions {
+    let h = &settings.haproxy;
+    crate::haproxy::HaproxyOptions {
+        template: h.template_path.clone(),
+        output: h.output_path.clone(),
+        reload_command: h.reload_command.clone(),
+        validation_command: h.reload_validation_command.clone(),
+        cleanup_command: h.reload_cleanup_command.clone(),
+        command_timeout: h.command_timeout,
+        min_interval: h.min_interval,
+        extra: haproxy_extra(settings),
+    }
+}
+
+/// `rattan render`: one Marathon fetch, the rules once, the template rendered to stdout.
+pub async fn render(settings: &Settings, template: Option<&std::path::Path>) -> Result<(), String> {
+    let publisher = Arc::new(Publisher::new(settings.route_options.clone()));
+    let _store = match &settings.zk {
+        Some(hosts) => {
+            let zk = ZkStore::start(
+                hosts,
+                &settings.zk_path,
+                settings.zk_auth.clone(),
+                settings.zk_session_timeout,
+                publisher.clone(),
+            );
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+            while !publisher.rules_loaded() {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!(
+                        "cannot read the rules from ZooKeeper {hosts} within 15s"
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            RuleStore::Zk(zk)
+        }
+        None => RuleStore::File(FileStore::open(&settings.data_dir, publisher.clone())?),
+    };
+    let client = MarathonClient::new(
+        settings.marathon.clone(),
+        settings.marathon_auth.clone(),
+        settings.marathon_timeout,
+    );
+    let parsed = client
+        .fetch_apps()
+        .await
+        .map_err(|e| format!("cannot fetch apps from Marathon: {e}"))?;
+    let mut discovery = Discovery::new(
+        Policy {
+            ignore_health: settings.ignore_health,
+            prefer_host_port: settings.prefer_host_port,
+        },
+        publisher.clone(),
+    );
+    discovery.apply_snapshot(parsed.apps);
+    let template = template.or(settings.haproxy.template_path.as_deref());
+    let cfg = crate::haproxy::render_once(&publisher, template, &haproxy_extra(settings))?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(cfg.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| format!("cannot write to stdout: {e}"))
 }
 
 impl Running {

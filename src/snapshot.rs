@@ -145,6 +145,7 @@ pub struct Publisher {
     pub marathon_synced: std::sync::atomic::AtomicBool,
     /// The version of every published snapshot, for consumers that act on change (TCP listeners, the renderer).
     changed: tokio::sync::watch::Sender<u64>,
+    rules_loaded: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Publisher {
@@ -162,6 +163,7 @@ impl Publisher {
             route_opts,
             marathon_synced: Default::default(),
             changed: tokio::sync::watch::channel(0).0,
+            rules_loaded: Default::default(),
         }
     }
 
@@ -181,7 +183,13 @@ impl Publisher {
         self.publish(|inputs| inputs.0 = apps);
     }
 
+    /// Whether the rule store has delivered its rules at least once.
+    pub fn rules_loaded(&self) -> bool {
+        self.rules_loaded.load(Ordering::Relaxed)
+    }
+
     pub fn set_rules(&self, rules: Arc<Rules>) {
+        self.rules_loaded.store(true, Ordering::Relaxed);
         self.publish(|inputs| inputs.1 = rules);
     }
 

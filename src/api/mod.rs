@@ -29,6 +29,8 @@ pub struct ApiState {
     pub events: Option<mpsc::Sender<Change>>,
     pub store: Option<Arc<RuleStore>>,
     pub auth: ApiAuth,
+    /// The HAProxy pipeline's state, in `--mode haproxy|both`.
+    pub haproxy: Option<crate::haproxy::SharedStatus>,
 }
 
 /// Optional protection of the API. Without a token or basic credentials everything is open, as in Bamboo.
@@ -138,8 +140,35 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
             respond(StatusCode::OK, "application/json", ui::routes_json(&snap))
         }
         (&Method::GET | &Method::HEAD, "/status") => {
-            respond(StatusCode::OK, "text/plain; charset=utf-8", "OK")
+            // Bamboo's `OK` (liveness: still 200), with what stands in the way of the HAProxy config below it.
+            let detail = state
+                .haproxy
+                .as_ref()
+                .and_then(|h| {
+                    h.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .last_error
+                        .clone()
+                })
+                .map(|e| format!("OK\nhaproxy: {}\n", e.replace('\n', " ")))
+                .unwrap_or_else(|| "OK".to_string());
+            respond(StatusCode::OK, "text/plain; charset=utf-8", detail)
         }
+        (&Method::GET, "/api/haproxy") => match &state.haproxy {
+            Some(h) => {
+                let st = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                respond(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_vec(&st).unwrap_or_default(),
+                )
+            }
+            None => respond(
+                StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not in --mode haproxy or both\n",
+            ),
+        },
         (&Method::GET | &Method::HEAD, "/api/state") => {
             let snap = state.publisher.load();
             respond(StatusCode::OK, "application/json", state::render(&snap))

@@ -375,7 +375,9 @@ pub async fn run_poll(every: Duration, tx: mpsc::Sender<Change>) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        if tx.send(Change::Invalidate { app_id: None }).await.is_err() {
+        // A tick is the only news there is: fetch now. (An `Invalidate` would be debounced, and ticks shorter than
+        // the debounce would push every fetch out to --resync-max-wait.)
+        if tx.send(Change::Connected).await.is_err() {
             return;
         }
     }

@@ -79,10 +79,11 @@ pub struct Proxy {
 }
 
 /// What the access log and the metrics learn while a request is forwarded.
+/// What the access log and the metrics learn while a request is forwarded; borrows the snapshot `handle` holds.
 #[derive(Default)]
-struct Trace {
-    app: String,
-    backend: Option<Endpoint>,
+struct Trace<'s> {
+    route: Option<&'s crate::rules::table::Route>,
+    backend: Option<&'s Endpoint>,
 }
 
 /// Response body that keeps the backend counted in flight until the client has it all (or goes away).
@@ -279,25 +280,29 @@ impl Proxy {
             )
         });
         m.http_in_flight.inc();
+        let snap = self.publisher.load_full();
         let mut trace = Trace::default();
-        let mut resp = self.forward(req, conn, &mut trace).await;
+        let mut resp = self.forward(req, conn, &snap, &mut trace).await;
         m.http_in_flight.dec();
         if self.opts.via {
             resp.headers_mut()
                 .append(header::VIA, HeaderValue::from_static("1.1 rattan"));
         }
-        let app = trace.app.as_str();
-        let class = match resp.status().as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        m.http_requests.with_label_values(&[app, class]).inc();
-        m.http_duration
-            .with_label_values(&[app])
-            .observe(started.elapsed().as_secs_f64());
+        let status = resp.status().as_u16();
+        match trace.route {
+            Some(route) => route
+                .metrics
+                .get_or_init(|| crate::metrics::AppMetrics::new(&route.app_id))
+                .record(status, started.elapsed()),
+            None => {
+                static NO_ROUTE: std::sync::OnceLock<crate::metrics::AppMetrics> =
+                    std::sync::OnceLock::new();
+                NO_ROUTE
+                    .get_or_init(|| crate::metrics::AppMetrics::new(""))
+                    .record(status, started.elapsed())
+            }
+        }
+        let app = trace.route.map_or("", |r| r.app_id.as_str());
         if let Some((method, uri, version, host)) = log {
             access_log(
                 self.opts.access_log,
@@ -314,7 +319,7 @@ impl Proxy {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok()),
                     app,
-                    backend: trace.backend.as_ref(),
+                    backend: trace.backend,
                     tls: conn.tls,
                     duration: started.elapsed(),
                 },
@@ -324,14 +329,14 @@ impl Proxy {
     }
 
     /// Routes and forwards; `app` is set to the app the request was routed to (left empty when none).
-    async fn forward(
+    async fn forward<'s>(
         &self,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
-        trace: &mut Trace,
+        snap: &'s crate::snapshot::Snapshot,
+        trace: &mut Trace<'s>,
     ) -> Response<ProxyBody> {
         let client_addr = conn.peer;
-        let snap = self.publisher.load_full();
         // HTTP/2 carries the host in :authority; HTTP/1 in Host.
         let host = req
             .headers()
@@ -360,7 +365,7 @@ impl Proxy {
                 ),
             );
         };
-        trace.app.push_str(&route.app_id);
+        trace.route = Some(route);
         if route.redirect_https && !conn.tls {
             return self.redirect_https(host.as_deref(), &req);
         }
@@ -469,7 +474,7 @@ impl Proxy {
                     )
                 }
             };
-            trace.backend = Some(backend.clone());
+            trace.backend = Some(backend);
             let result = match tokio::time::timeout(
                 self.opts.backend_timeout,
                 self.client.request(out),

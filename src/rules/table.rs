@@ -81,6 +81,9 @@ pub struct Route {
     pub host_rank: HostRank,
     #[serde(skip)]
     pub path_len: usize,
+    /// The app's request metrics, looked up once per route table instead of once per request.
+    #[serde(skip)]
+    pub metrics: std::sync::OnceLock<crate::metrics::AppMetrics>,
 }
 
 impl Route {
@@ -286,6 +289,7 @@ impl RouteTable {
                 balance,
                 sticky: flag(s.config.get("sticky")),
                 redirect_https: flag(s.config.get("redirect_https")),
+                metrics: std::sync::OnceLock::new(),
             });
         }
         routes.sort_by(|a, b| {

@@ -85,6 +85,10 @@ impl Rattan {
                     o.push_str(&line);
                     o.push('\n');
                 }
+                if line.starts_with("rattan: proxy disabled") {
+                    let _ = tx.send(("proxy", "disabled".to_string()));
+                    continue;
+                }
                 if let Some(addr) = line.strip_prefix("rattan: proxy listening on https://") {
                     let _ = tx.send(("https", format!("https://{addr}")));
                     continue;
@@ -226,6 +230,12 @@ pub fn fixture(name: &str) -> String {
         "{}/tests/fixtures/marathon/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A file under `tests/fixtures/`.
+pub fn fixture_file(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 

@@ -1,0 +1,525 @@
+//! Snapshot -> haproxy.cfg through a Go text/template (gtmpl), with Bamboo's data model and functions so existing
+//! Bamboo templates render unchanged, plus rattan's extras: the routes in precedence order, one backend per routed
+//! app port, and the TCP services.
+
+use crate::rules::table::{Balance, Source};
+use crate::snapshot::{AppView, Snapshot};
+use gtmpl::{Func, Template};
+use gtmpl_value::{FuncError, Number, Value};
+use std::collections::HashMap;
+
+/// Where the listeners of the rendered config bind (from rattan's own settings, so one config drives both).
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    pub http_bind: String,
+    pub https_bind: Option<String>,
+    pub tls_cert_dir: Option<String>,
+    pub tcp_bind_address: String,
+    pub stats_bind: Option<String>,
+}
+
+pub struct Renderer {
+    tmpl: Template,
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::String(v.into())
+}
+
+fn n(v: impl Into<Number>) -> Value {
+    Value::Number(v.into())
+}
+
+fn obj(fields: Vec<(&str, Value)>) -> Value {
+    Value::Object(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
+fn string_map<'a>(m: impl Iterator<Item = (&'a String, &'a String)>) -> Value {
+    Value::Map(m.map(|(k, v)| (k.clone(), s(v.as_str()))).collect())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::NoValue | Value::Nil => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn args<'a>(name: &str, a: &'a [Value], want: usize) -> Result<&'a [Value], FuncError> {
+    if a.len() != want {
+        return Err(FuncError::ExactlyXArgs(name.into(), want));
+    }
+    Ok(a)
+}
+
+fn has_key(a: &[Value]) -> Result<Value, FuncError> {
+    let a = args("hasKey", a, 2)?;
+    Ok(Value::Bool(match &a[0] {
+        Value::Map(m) | Value::Object(m) => m.contains_key(&text(&a[1])),
+        _ => false,
+    }))
+}
+
+fn zero_service() -> Value {
+    obj(vec![
+        ("Id", s("")),
+        ("Acl", s("")),
+        ("Config", Value::Map(HashMap::new())),
+    ])
+}
+
+fn get_service(a: &[Value]) -> Result<Value, FuncError> {
+    let a = args("getService", a, 2)?;
+    Ok(match &a[0] {
+        Value::Map(m) | Value::Object(m) => {
+            m.get(&text(&a[1])).cloned().unwrap_or_else(zero_service)
+        }
+        _ => zero_service(),
+    })
+}
+
+fn split(a: &[Value]) -> Result<Value, FuncError> {
+    let a = args("Split", a, 2)?;
+    let (hay, sep) = (text(&a[0]), text(&a[1]));
+    // Go's strings.Split: an empty separator splits into characters.
+    let parts: Vec<Value> = if sep.is_empty() {
+        hay.chars().map(|c| s(c.to_string())).collect()
+    } else {
+        hay.split(sep.as_str()).map(s).collect()
+    };
+    Ok(Value::Array(parts))
+}
+
+fn contains(a: &[Value]) -> Result<Value, FuncError> {
+    let a = args("Contains", a, 2)?;
+    Ok(Value::Bool(text(&a[0]).contains(&text(&a[1]))))
+}
+
+fn join(a: &[Value]) -> Result<Value, FuncError> {
+    let a = args("Join", a, 2)?;
+    let items: Vec<String> = match &a[0] {
+        Value::Array(v) => v.iter().map(text).collect(),
+        Value::Nil | Value::NoValue => Vec::new(),
+        other => return Err(FuncError::Generic(format!("Join: {other} is not a list"))),
+    };
+    Ok(s(items.join(&text(&a[1]))))
+}
+
+fn replace(a: &[Value]) -> Result<Value, FuncError> {
+    let a = args("Replace", a, 4)?;
+    let count = match &a[3] {
+        Value::Number(x) => x.as_i64(),
+        other => text(other).parse().ok(),
+    }
+    .ok_or_else(|| FuncError::Generic("Replace: n must be an integer".into()))?;
+    let (hay, old, new) = (text(&a[0]), text(&a[1]), text(&a[2]));
+    Ok(s(if count < 0 {
+        hay.replace(&old, &new)
+    } else {
+        hay.replacen(&old, &new, count as usize)
+    }))
+}
+
+fn to_upper(a: &[Value]) -> Result<Value, FuncError> {
+    Ok(s(text(&args("ToUpper", a, 1)?[0]).to_uppercase()))
+}
+
+fn to_lower(a: &[Value]) -> Result<Value, FuncError> {
+    Ok(s(text(&args("ToLower", a, 1)?[0]).to_lowercase()))
+}
+
+/// Go's strconv.Atoi: an error aborts the render, as in Bamboo.
+fn to_int(a: &[Value]) -> Result<Value, FuncError> {
+    let v = text(&args("ToInt", a, 1)?[0]);
+    v.trim_start_matches('+')
+        .parse::<i64>()
+        .ok()
+        .filter(|_| !v.starts_with("+-"))
+        .map(n)
+        .ok_or_else(|| FuncError::Generic(format!("strconv.Atoi: parsing \"{v}\": invalid syntax")))
+}
+
+fn html(a: &[Value]) -> Result<Value, FuncError> {
+    let mut out = String::new();
+    for c in a.iter().map(text).collect::<String>().chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '\'' => out.push_str("&#39;"),
+            '"' => out.push_str("&#34;"),
+            '\0' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+    Ok(s(out))
+}
+
+fn js(a: &[Value]) -> Result<Value, FuncError> {
+    let mut out = String::new();
+    for c in a.iter().map(text).collect::<String>().chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '"' => out.push_str("\\\""),
+            '<' => out.push_str("\\u003C"),
+            '>' => out.push_str("\\u003E"),
+            '&' => out.push_str("\\u0026"),
+            '=' => out.push_str("\\u003D"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Ok(s(out))
+}
+
+const FUNCS: &[(&str, Func)] = &[
+    ("hasKey", has_key),
+    ("getService", get_service),
+    ("Split", split),
+    ("Contains", contains),
+    ("Join", join),
+    ("Replace", replace),
+    ("ToUpper", to_upper),
+    ("ToLower", to_lower),
+    ("ToInt", to_int),
+    ("html", html),
+    ("js", js),
+];
+
+fn app_value(a: &AppView) -> Value {
+    let state = crate::api::state::bamboo_app(a);
+    let health_checks = state
+        .health_checks
+        .iter()
+        .map(|h| {
+            obj(vec![
+                ("Protocol", s(h.protocol)),
+                ("Path", s(h.path)),
+                ("PortIndex", n(h.port_index)),
+            ])
+        })
+        .collect();
+    let tasks = state
+        .tasks
+        .iter()
+        .map(|t| {
+            obj(vec![
+                ("Id", s(t.id)),
+                ("Host", s(t.host)),
+                ("Port", n(t.port)),
+                (
+                    "Ports",
+                    Value::Array(t.ports.iter().map(|p| n(*p)).collect()),
+                ),
+                ("Alive", Value::Bool(t.alive)),
+                ("State", s(t.state)),
+                ("Ready", Value::Bool(t.ready)),
+            ])
+        })
+        .collect();
+    let ports = match &state.ip_address.discovery.ports {
+        Some(ps) => Value::Array(
+            ps.iter()
+                .map(|p| {
+                    obj(vec![
+                        ("Number", n(p.number)),
+                        ("Name", s(p.name)),
+                        ("Protocol", s(p.protocol)),
+                    ])
+                })
+                .collect(),
+        ),
+        None => Value::Nil,
+    };
+    obj(vec![
+        ("Id", s(state.id)),
+        ("MesosDnsId", s(state.mesos_dns_id)),
+        ("EscapedId", s(state.escaped_id)),
+        ("HealthCheckPath", s(state.health_check_path)),
+        ("HealthCheckProtocol", s(state.health_check_protocol)),
+        ("HealthChecks", Value::Array(health_checks)),
+        ("ReadinessCheckPath", s(state.readiness_check_path)),
+        ("Tasks", Value::Array(tasks)),
+        ("ServicePort", n(state.service_port)),
+        (
+            "ServicePorts",
+            match state.service_ports {
+                Some(p) => Value::Array(p.iter().map(|x| n(*x)).collect()),
+                None => Value::Nil,
+            },
+        ),
+        ("Env", string_map(a.env.iter())),
+        ("Labels", string_map(a.labels.iter())),
+        (
+            "SplitId",
+            Value::Array(a.split_id.iter().map(|x| s(x.as_str())).collect()),
+        ),
+        (
+            "IpAddress",
+            obj(vec![("Discovery", obj(vec![("Ports", ports)]))]),
+        ),
+    ])
+}
+
+fn balance(b: Balance) -> Value {
+    s(match b {
+        Balance::Leastconn => "leastconn",
+        Balance::Roundrobin => "roundrobin",
+    })
+}
+
+/// HAProxy names may not hold `/`; Bamboo's escaped id (`::grp::app`) is what existing configs use.
+fn backend_name(app: &AppView, port_index: usize) -> String {
+    match port_index {
+        0 => format!("{}-cluster", app.escaped_id),
+        n => format!("{}-cluster-{n}", app.escaped_id),
+    }
+}
+
+/// One `server` line's data per routable backend of the app port, named as Bamboo names them.
+fn servers(app: &AppView, port_index: usize) -> Value {
+    Value::Array(
+        app.healthy_backends(port_index)
+            .iter()
+            .map(|e| {
+                obj(vec![
+                    (
+                        "Name",
+                        s(format!("{}-{}-{}", app.escaped_id, e.host, e.port)),
+                    ),
+                    ("Host", s(&*e.host)),
+                    ("Port", n(e.port)),
+                ])
+            })
+            .collect(),
+    )
+}
+
+fn health_check(app: &AppView, port_index: usize) -> Value {
+    app.health_checks
+        .iter()
+        .find(|h| {
+            h.port_index as usize == port_index
+                && matches!(
+                    h.protocol.as_str(),
+                    "HTTP" | "HTTPS" | "MESOS_HTTP" | "MESOS_HTTPS"
+                )
+                && !h.path.is_empty()
+        })
+        .map(|h| {
+            Value::Map(
+                [
+                    ("Path".to_string(), s(h.path.as_str())),
+                    (
+                        "Protocol".to_string(),
+                        s(h.protocol.trim_start_matches("MESOS_")),
+                    ),
+                ]
+                .into(),
+            )
+        })
+        .unwrap_or_else(|| Value::Map(HashMap::new()))
+}
+
+/// The template's `.`: Bamboo's `Apps` and `Services`, and rattan's `Routes`, `Backends`, `TcpServices`,
+/// `Settings`.
+pub fn data(snap: &Snapshot, extra: &Extra) -> Value {
+    let apps: Vec<Value> = snap.apps.values().map(|a| app_value(a)).collect();
+    let services = Value::Map(
+        snap.rules
+            .services
+            .iter()
+            .map(|(id, svc)| {
+                let config = svc
+                    .config
+                    .as_ref()
+                    .map(|c| string_map(c.iter()))
+                    .unwrap_or_else(|| Value::Map(HashMap::new()));
+                (
+                    id.clone(),
+                    obj(vec![
+                        ("Id", s(svc.id.as_str())),
+                        ("Acl", s(svc.acl.as_str())),
+                        ("Config", config),
+                    ]),
+                )
+            })
+            .collect(),
+    );
+    let mut routes = Vec::new();
+    let mut backends = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in snap.routes.routes.iter().enumerate() {
+        let Some(app) = snap.apps.get(&r.app_id) else {
+            continue;
+        };
+        let backend = backend_name(app, r.port_index);
+        routes.push(obj(vec![
+            ("Name", s(format!("route-{i}"))),
+            ("AppId", s(r.app_id.as_str())),
+            ("EscapedId", s(app.escaped_id.as_str())),
+            ("PortIndex", n(r.port_index as u64)),
+            (
+                "Source",
+                s(match r.source {
+                    Source::Api => "api",
+                    Source::Label => "labels",
+                    Source::Default => "default",
+                }),
+            ),
+            (
+                "Acl",
+                Value::Array(r.acl.iter().map(|c| s(c.as_str())).collect()),
+            ),
+            ("Backend", s(backend.as_str())),
+            ("Balance", balance(r.balance)),
+            ("Sticky", Value::Bool(r.sticky)),
+            ("RedirectHttps", Value::Bool(r.redirect_https)),
+        ]));
+        if seen.insert(backend.clone()) {
+            backends.push(obj(vec![
+                ("Name", s(backend)),
+                ("AppId", s(r.app_id.as_str())),
+                ("EscapedId", s(app.escaped_id.as_str())),
+                ("PortIndex", n(r.port_index as u64)),
+                ("Balance", balance(r.balance)),
+                ("Sticky", Value::Bool(r.sticky)),
+                ("HealthCheck", health_check(app, r.port_index)),
+                ("Servers", servers(app, r.port_index)),
+            ]));
+        }
+    }
+    let tcp: Vec<Value> = snap
+        .tcp
+        .services
+        .iter()
+        .filter_map(|t| {
+            let app = snap.apps.get(&t.app_id)?;
+            Some(obj(vec![
+                ("Name", s(format!("{}-tcp-{}", app.escaped_id, t.port))),
+                ("Port", n(t.port)),
+                ("AppId", s(t.app_id.as_str())),
+                ("EscapedId", s(app.escaped_id.as_str())),
+                ("PortIndex", n(t.port_index as u64)),
+                ("Balance", balance(t.balance)),
+                ("HealthCheck", health_check(app, t.port_index)),
+                ("Servers", servers(app, t.port_index)),
+            ]))
+        })
+        .collect();
+    let opt = |v: &Option<String>| v.as_deref().map(s).unwrap_or_else(|| s(""));
+    obj(vec![
+        ("Apps", Value::Array(apps)),
+        ("Services", services),
+        ("Routes", Value::Array(routes)),
+        ("Backends", Value::Array(backends)),
+        ("TcpServices", Value::Array(tcp)),
+        (
+            "Settings",
+            obj(vec![
+                ("HttpBind", s(extra.http_bind.as_str())),
+                ("HttpsBind", opt(&extra.https_bind)),
+                ("TlsCertDir", opt(&extra.tls_cert_dir)),
+                ("TcpBindAddress", s(extra.tcp_bind_address.as_str())),
+                ("StatsBind", opt(&extra.stats_bind)),
+            ]),
+        ),
+    ])
+}
+
+impl Renderer {
+    /// Parses a template; `name` appears in error messages.
+    pub fn parse(name: &str, text: &str) -> Result<Renderer, String> {
+        let mut tmpl = Template::with_name(name);
+        tmpl.add_funcs(FUNCS);
+        // A parser panic on some input must not take the process down (Bamboo's did).
+        let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tmpl.parse(text).map_err(|e| e.to_string())
+        }))
+        .map_err(|_| format!("template {name}: the template parser failed on this input"))?;
+        parsed.map_err(|e| format!("template {name} does not parse: {e}"))?;
+        Ok(Renderer { tmpl })
+    }
+
+    pub fn render_value(&self, data: Value) -> Result<String, String> {
+        let ctx = gtmpl::Context::from(data);
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.tmpl.render(&ctx).map_err(|e| e.to_string())
+        }))
+        .map_err(|_| "template execution failed (internal error)".to_string())?
+        .map_err(|e| format!("template execution failed: {e}"))
+    }
+
+    pub fn render(&self, snap: &Snapshot, extra: &Extra) -> Result<String, String> {
+        self.render_value(data(snap, extra))
+    }
+}
+
+/// Renders a command template (`haproxy -c -f {{.}}`) with `.` = the path, as Bamboo does.
+pub fn command(cmd: &str, path: &str) -> Result<String, String> {
+    let r = Renderer::parse("command", cmd)?;
+    r.render_value(s(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(t: &str, data: Value) -> Result<String, String> {
+        Renderer::parse("t", t)?.render_value(data)
+    }
+
+    #[test]
+    fn bamboo_functions() {
+        let services = Value::Map(
+            [(
+                "/a".to_string(),
+                obj(vec![
+                    ("Id", s("/a")),
+                    ("Acl", s("path_beg /a")),
+                    ("Config", Value::Map(HashMap::new())),
+                ]),
+            )]
+            .into(),
+        );
+        let d = obj(vec![
+            ("Services", services),
+            ("Env", Value::Map([("B".to_string(), s("2"))].into())),
+        ]);
+        let t = r#"{{ if hasKey .Services "/a" }}{{ (getService .Services "/a").Acl }}{{ end }}|{{ hasKey .Services "/b" }}|{{ (getService .Services "/b").Acl }}|{{ Join (Split "a,b,c" ",") "-" }}|{{ Contains "abc" "bc" }}|{{ Replace "a.b.c" "." "_" -1 }}|{{ Replace "a.b.c" "." "_" 1 }}|{{ ToUpper "ab" }}{{ ToLower "CD" }}|{{ ToInt "42" }}|{{ .Env.MISSING }}|{{ index .Env "B" }}|{{ html "<a&b>" }}|{{ len (Split "x y" " ") }}"#;
+        assert_eq!(
+            render(t, d.clone()).unwrap(),
+            "path_beg /a|false||a-b-c|true|a_b_c|a_b.c|ABcd|42||2|&lt;a&amp;b&gt;|2"
+        );
+        // ToInt on a non-number aborts the render with an error, not a panic.
+        let e = render("{{ ToInt \"x1\" }}", d.clone()).unwrap_err();
+        assert!(e.contains("invalid syntax"), "{e}");
+        assert!(Renderer::parse("t", "{{ if }}").is_err());
+        assert!(render("{{ nosuchfunc }}", d).is_err());
+    }
+
+    #[test]
+    fn ranges_over_maps_in_key_order() {
+        let m: HashMap<String, Value> = (0..50)
+            .map(|i| (format!("k{i:02}"), s(i.to_string())))
+            .collect();
+        let out = render("{{ range $k, $v := . }}{{ $k }} {{ end }}", Value::Map(m)).unwrap();
+        let want: Vec<String> = (0..50).map(|i| format!("k{i:02}")).collect();
+        assert_eq!(out.split_whitespace().collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn command_template() {
+        assert_eq!(
+            command("haproxy -c -f {{.}}", "/tmp/x.cfg").unwrap(),
+            "haproxy -c -f /tmp/x.cfg"
+        );
+    }
+}
