@@ -11,6 +11,8 @@ command -v java >/dev/null 2>&1 || need+=(default-jre-headless)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# pgrep/pkill: the HAProxy tests check that a killed command's processes are gone and stop the HAProxy they start.
+command -v pkill >/dev/null 2>&1 || need+=(procps)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=""

@@ -20,6 +20,10 @@ pub struct Extra {
 
 pub struct Renderer {
     tmpl: Template,
+    /// Whether the template mentions Bamboo's `Apps` / `Services` at all: building them for 10,000 apps is a third
+    /// of a render, and rattan's own template does not use them.
+    uses_apps: bool,
+    uses_services: bool,
 }
 
 fn s(v: impl Into<String>) -> Value {
@@ -331,28 +335,40 @@ fn health_check(app: &AppView, port_index: usize) -> Value {
 /// The template's `.`: Bamboo's `Apps` and `Services`, and rattan's `Routes`, `Backends`, `TcpServices`,
 /// `Settings`.
 pub fn data(snap: &Snapshot, extra: &Extra) -> Value {
-    let apps: Vec<Value> = snap.apps.values().map(|a| app_value(a)).collect();
-    let services = Value::Map(
-        snap.rules
-            .services
-            .iter()
-            .map(|(id, svc)| {
-                let config = svc
-                    .config
-                    .as_ref()
-                    .map(|c| string_map(c.iter()))
-                    .unwrap_or_else(|| Value::Map(HashMap::new()));
-                (
-                    id.clone(),
-                    obj(vec![
-                        ("Id", s(svc.id.as_str())),
-                        ("Acl", s(svc.acl.as_str())),
-                        ("Config", config),
-                    ]),
-                )
-            })
-            .collect(),
-    );
+    data_with(snap, extra, true, true)
+}
+
+fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: bool) -> Value {
+    let apps: Vec<Value> = if with_apps {
+        snap.apps.values().map(|a| app_value(a)).collect()
+    } else {
+        Vec::new()
+    };
+    let services = if !with_services {
+        Value::Map(HashMap::new())
+    } else {
+        Value::Map(
+            snap.rules
+                .services
+                .iter()
+                .map(|(id, svc)| {
+                    let config = svc
+                        .config
+                        .as_ref()
+                        .map(|c| string_map(c.iter()))
+                        .unwrap_or_else(|| Value::Map(HashMap::new()));
+                    (
+                        id.clone(),
+                        obj(vec![
+                            ("Id", s(svc.id.as_str())),
+                            ("Acl", s(svc.acl.as_str())),
+                            ("Config", config),
+                        ]),
+                    )
+                })
+                .collect(),
+        )
+    };
     let mut routes = Vec::new();
     let mut backends = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -445,7 +461,11 @@ impl Renderer {
         }))
         .map_err(|_| format!("template {name}: the template parser failed on this input"))?;
         parsed.map_err(|e| format!("template {name} does not parse: {e}"))?;
-        Ok(Renderer { tmpl })
+        Ok(Renderer {
+            tmpl,
+            uses_apps: text.contains("Apps"),
+            uses_services: text.contains("Services"),
+        })
     }
 
     pub fn render_value(&self, data: Value) -> Result<String, String> {
@@ -458,7 +478,7 @@ impl Renderer {
     }
 
     pub fn render(&self, snap: &Snapshot, extra: &Extra) -> Result<String, String> {
-        self.render_value(data(snap, extra))
+        self.render_value(data_with(snap, extra, self.uses_apps, self.uses_services))
     }
 }
 
@@ -503,6 +523,16 @@ mod tests {
         assert!(e.contains("invalid syntax"), "{e}");
         assert!(Renderer::parse("t", "{{ if }}").is_err());
         assert!(render("{{ nosuchfunc }}", d).is_err());
+    }
+
+    #[test]
+    fn range_else_runs_only_when_empty() {
+        let d = obj(vec![
+            ("A", Value::Array(vec![s("x")])),
+            ("E", Value::Array(vec![])),
+        ]);
+        let t = "{{ range .A }}[{{ . }}]{{ else }}none{{ end }} {{ range $v := .E }}[{{ $v }}]{{ else }}none{{ end }}";
+        assert_eq!(render(t, d).unwrap(), "[x] none");
     }
 
     #[test]

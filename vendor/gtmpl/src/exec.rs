@@ -172,12 +172,21 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
     }
 
     fn eval_pipeline(&mut self, ctx: &Context, pipe: &PipeNode) -> Result<Value, ExecError> {
+        let val = self.eval_pipeline_raw(ctx, pipe)?;
+        self.declare(pipe, &val)?;
+        Ok(val)
+    }
+
+    fn eval_pipeline_raw(&mut self, ctx: &Context, pipe: &PipeNode) -> Result<Value, ExecError> {
         let mut val: Option<Value> = None;
         for cmd in &pipe.cmds {
             val = Some(self.eval_command(ctx, cmd, &val)?);
             // TODO
         }
-        let val = val.ok_or_else(|| ExecError::ErrorEvaluatingPipe(pipe.clone()))?;
+        val.ok_or_else(|| ExecError::ErrorEvaluatingPipe(pipe.clone()))
+    }
+
+    fn declare(&mut self, pipe: &PipeNode, val: &Value) -> Result<(), ExecError> {
         for var in &pipe.decl {
             self.vars
                 .back_mut()
@@ -189,7 +198,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
                 })
                 .ok_or(ExecError::EmptyStack)?;
         }
-        Ok(val)
+        Ok(())
     }
 
     fn eval_command(
@@ -313,6 +322,11 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         if n < 1 {
             return Err(ExecError::FieldChainWithoutFields);
         }
+        if args.len() <= 1 && fin.is_none() {
+            if let Some(v) = field_chain_ref(receiver, ident) {
+                return Ok(v);
+            }
+        }
         // TODO clean shit up
         let mut r: Value = Value::from(0);
         for (i, id) in ident.iter().enumerate().take(n - 1) {
@@ -356,6 +370,17 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         args: &[Nodes],
         fin: &Option<Value>,
     ) -> Result<Value, ExecError> {
+        if variable.ident.len() > 1 && args.len() <= 1 && fin.is_none() {
+            let found = self
+                .vars
+                .iter()
+                .rev()
+                .flat_map(|c| c.iter().rev())
+                .find(|v| v.name == variable.ident[0]);
+            if let Some(v) = found.and_then(|var| field_chain_ref(&var.value, &variable.ident[1..])) {
+                return Ok(v);
+            }
+        }
         let val = self.var_value(&variable.ident[0])?;
         if variable.ident.len() == 1 {
             not_a_function(args, fin)?;
@@ -415,8 +440,30 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
     }
 
     fn walk_range(&mut self, ctx: &Context, range: &'a RangeNode) -> Result<(), ExecError> {
-        let val = self.eval_pipeline(ctx, &range.pipe)?;
-        match val {
+        // rattan: the range variables are set per iteration; declaring them with a copy of the whole collection
+        // first (upstream) cost a full clone of it.
+        // rattan: `range .Field.Chain` iterates the collection in place instead of over a copy of it.
+        if let [cmd] = range.pipe.cmds.as_slice() {
+            if let [Nodes::Field(f)] = cmd.args.as_slice() {
+                if let Some(coll) = field_chain_borrow(&ctx.dot, &f.ident) {
+                    if let Value::Array(vec) = coll {
+                        self.declare(&range.pipe, &Value::NoValue)?;
+                        for (k, v) in vec.iter().enumerate() {
+                            self.one_iteration(Value::from(k), v.clone(), range)?;
+                        }
+                        if vec.is_empty() {
+                            if let Some(ref else_list) = range.else_list {
+                                self.walk_list(ctx, else_list)?;
+                            }
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let val = self.eval_pipeline_raw(ctx, &range.pipe)?;
+        self.declare(&range.pipe, &Value::NoValue)?;
+        let empty = match val {
             Value::Object(ref map) | Value::Map(ref map) => {
                 // rattan: Go ranges over a map in key order; a HashMap's order would change the output on every
                 // render (and haproxy.cfg would never compare equal).
@@ -425,18 +472,23 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
                 for (k, v) in entries {
                     self.one_iteration(Value::from(k.clone()), v.clone(), range)?;
                 }
+                map.is_empty()
             }
             Value::Array(ref vec) => {
                 for (k, v) in vec.iter().enumerate() {
                     self.one_iteration(Value::from(k), v.clone(), range)?;
                 }
+                vec.is_empty()
             }
             // rattan: as in Go, ranging over nil (Bamboo's null ServicePorts, say) runs no iteration.
-            Value::Nil | Value::NoValue => {}
+            Value::Nil | Value::NoValue => true,
             _ => return Err(ExecError::InvalidRange(val)),
-        }
-        if let Some(ref else_list) = range.else_list {
-            self.walk_list(ctx, else_list)?;
+        };
+        // rattan: `{{ else }}` runs only when there was nothing to range over, as in Go (upstream always ran it).
+        if empty {
+            if let Some(ref else_list) = range.else_list {
+                self.walk_list(ctx, else_list)?;
+            }
         }
         Ok(())
     }
@@ -445,6 +497,46 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         write!(self.writer, "{}", val).map_err(ExecError::IOError)?;
         Ok(())
     }
+}
+
+/// rattan: the value a chain of plain struct/map fields names, borrowed.
+fn field_chain_borrow<'v>(receiver: &'v Value, ident: &[String]) -> Option<&'v Value> {
+    let mut cur = receiver;
+    for id in ident {
+        cur = match cur {
+            Value::Object(o) | Value::Map(o) => o.get(id)?,
+            _ => return None,
+        };
+        if let Value::Function(_) = cur {
+            return None;
+        }
+    }
+    Some(cur)
+}
+
+/// rattan: follows a chain of plain fields (`$app.Env.X`, `.Settings.HttpBind`) by reference and clones only the
+/// result. Upstream cloned every intermediate value (a whole app with its tasks for `$app.Id`), which made a
+/// 10,000-app render take over a second. `None`: not a plain chain (a function, a missing struct field, a
+/// non-map); the caller takes the general path, which reports errors as before.
+fn field_chain_ref(receiver: &Value, ident: &[String]) -> Option<Value> {
+    let mut cur = receiver;
+    for (i, id) in ident.iter().enumerate() {
+        let next = match cur {
+            Value::Object(o) => o.get(id)?,
+            Value::Map(o) => match o.get(id) {
+                Some(v) => v,
+                // Go's zero value for a missing key of Bamboo's map[string]string, at the end of the chain.
+                None if i + 1 == ident.len() => return Some(Value::String(String::new())),
+                None => return None,
+            },
+            _ => return None,
+        };
+        if let Value::Function(_) = next {
+            return None;
+        }
+        cur = next;
+    }
+    Some(cur.clone())
 }
 
 fn not_a_function(args: &[Nodes], val: &Option<Value>) -> Result<(), ExecError> {
