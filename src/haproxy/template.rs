@@ -450,6 +450,16 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
     ])
 }
 
+/// Whether `word` appears inside an action (`{{ … }}`, comments excluded). Errs towards yes: it only decides
+/// whether data is built.
+fn actions_mention(text: &str, word: &str) -> bool {
+    text.split("{{")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("}}").map(|(action, _)| action))
+        .filter(|a| !a.trim_start_matches('-').trim_start().starts_with("/*"))
+        .any(|a| a.contains(word))
+}
+
 impl Renderer {
     /// Parses a template; `name` appears in error messages.
     pub fn parse(name: &str, text: &str) -> Result<Renderer, String> {
@@ -463,18 +473,18 @@ impl Renderer {
         parsed.map_err(|e| format!("template {name} does not parse: {e}"))?;
         Ok(Renderer {
             tmpl,
-            uses_apps: text.contains("Apps"),
-            uses_services: text.contains("Services"),
+            uses_apps: actions_mention(text, "Apps"),
+            uses_services: actions_mention(text, "Services"),
         })
     }
 
     pub fn render_value(&self, data: Value) -> Result<String, String> {
         let ctx = gtmpl::Context::from(data);
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.tmpl.render(&ctx).map_err(|e| e.to_string())
-        }))
-        .map_err(|_| "template execution failed (internal error)".to_string())?
-        .map_err(|e| format!("template execution failed: {e}"))
+        }));
+        out.map_err(|_| "template execution failed (internal error)".to_string())?
+            .map_err(|e| format!("template execution failed: {e}"))
     }
 
     pub fn render(&self, snap: &Snapshot, extra: &Extra) -> Result<String, String> {
@@ -491,6 +501,7 @@ pub fn command(cmd: &str, path: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::haproxy::DEFAULT_TEMPLATE as DEFAULT;
 
     fn render(t: &str, data: Value) -> Result<String, String> {
         Renderer::parse("t", t)?.render_value(data)
@@ -543,6 +554,17 @@ mod tests {
         let out = render("{{ range $k, $v := . }}{{ $k }} {{ end }}", Value::Map(m)).unwrap();
         let want: Vec<String> = (0..50).map(|i| format!("k{i:02}")).collect();
         assert_eq!(out.split_whitespace().collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn data_is_built_only_when_used() {
+        assert!(
+            !actions_mention(DEFAULT, "Apps"),
+            "rattan's template does not need Bamboo's Apps"
+        );
+        assert!(actions_mention("{{ range .Apps }}{{ end }}", "Apps"));
+        assert!(actions_mention("{{ index $ \"Apps\" }}", "Apps"));
+        assert!(!actions_mention("# .Apps {{/* .Apps */}}", "Apps"));
     }
 
     #[test]

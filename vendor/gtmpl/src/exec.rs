@@ -21,6 +21,8 @@ struct State<'a, 'b, T: Write> {
     node: Option<&'a Nodes>,
     vars: VecDeque<VecDeque<Variable>>,
     depth: usize,
+    /// rattan: the data `$` names at the top level, borrowed (upstream kept a full copy of it in `$`).
+    root: Option<&'b Value>,
 }
 
 /// A Context for the template. Passed to the template exectution.
@@ -43,12 +45,13 @@ impl Context {
 }
 
 impl<'b> Template {
-    pub fn execute<T: Write>(&self, writer: &'b mut T, data: &Context) -> Result<(), ExecError> {
+    pub fn execute<T: Write>(&self, writer: &'b mut T, data: &'b Context) -> Result<(), ExecError> {
         let mut vars: VecDeque<VecDeque<Variable>> = VecDeque::new();
         let mut dot = VecDeque::new();
+        // rattan: `$` resolves to `root` below; this entry only marks where it sits.
         dot.push_back(Variable {
             name: "$".to_owned(),
-            value: data.dot.clone(),
+            value: Value::NoValue,
         });
         vars.push_back(dot);
 
@@ -58,6 +61,7 @@ impl<'b> Template {
             node: None,
             vars,
             depth: 0,
+            root: Some(&data.dot),
         };
 
         let root = self
@@ -91,14 +95,25 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
     }
 
     fn var_value(&self, key: &str) -> Result<Value, ExecError> {
-        for context in self.vars.iter().rev() {
-            for var in context.iter().rev() {
+        self.var_ref(key)
+            .cloned()
+            .ok_or_else(|| ExecError::VariableNotFound(key.to_string()))
+    }
+
+    fn var_ref(&self, key: &str) -> Option<&Value> {
+        for (depth, context) in self.vars.iter().enumerate().rev() {
+            for (i, var) in context.iter().enumerate().rev() {
                 if var.name == key {
-                    return Ok(var.value.clone());
+                    if depth == 0 && i == 0 && key == "$" {
+                        if let Some(root) = self.root {
+                            return Some(root);
+                        }
+                    }
+                    return Some(&var.value);
                 }
             }
         }
-        Err(ExecError::VariableNotFound(key.to_string()))
+        None
     }
 
     fn walk_list(&mut self, ctx: &Context, node: &'a ListNode) -> Result<(), ExecError> {
@@ -164,6 +179,7 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
                     node: None,
                     vars,
                     depth: self.depth + 1,
+                    root: None,
                 };
                 return new_state.walk(&Context::from(value), root);
             }
@@ -371,13 +387,10 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         fin: &Option<Value>,
     ) -> Result<Value, ExecError> {
         if variable.ident.len() > 1 && args.len() <= 1 && fin.is_none() {
-            let found = self
-                .vars
-                .iter()
-                .rev()
-                .flat_map(|c| c.iter().rev())
-                .find(|v| v.name == variable.ident[0]);
-            if let Some(v) = found.and_then(|var| field_chain_ref(&var.value, &variable.ident[1..])) {
+            if let Some(v) = self
+                .var_ref(&variable.ident[0])
+                .and_then(|var| field_chain_ref(var, &variable.ident[1..]))
+            {
                 return Ok(v);
             }
         }
@@ -425,15 +438,24 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
         val: Value,
         range: &'a RangeNode,
     ) -> Result<(), ExecError> {
-        if !range.pipe.decl.is_empty() {
-            self.set_kth_last_var_value(1, val.clone())?;
-        }
+        let dot = if range.pipe.decl.is_empty() {
+            val
+        } else {
+            // A body that never looks at dot gets the element only in its variable (one copy, not two).
+            let dot = if list_uses_dot(&range.list) {
+                val.clone()
+            } else {
+                Value::NoValue
+            };
+            self.set_kth_last_var_value(1, val)?;
+            dot
+        };
         if range.pipe.decl.len() > 1 {
             self.set_kth_last_var_value(2, key)?;
         }
         let vars = VecDeque::new();
         self.vars.push_back(vars);
-        let ctx = Context { dot: val };
+        let ctx = Context { dot };
         self.walk_list(&ctx, &range.list)?;
         self.vars.pop_back();
         Ok(())
@@ -496,6 +518,33 @@ impl<'a, 'b, T: Write> State<'a, 'b, T> {
     fn print_value(&mut self, val: &Value) -> Result<(), ExecError> {
         write!(self.writer, "{}", val).map_err(ExecError::IOError)?;
         Ok(())
+    }
+}
+
+/// rattan: whether a range body can observe dot (`.`, `.Field`, a chain on dot, a template call). When it cannot,
+/// each iteration sets only the range variables, sparing a copy of every element.
+fn list_uses_dot(list: &ListNode) -> bool {
+    list.nodes.iter().any(node_uses_dot)
+}
+
+fn pipe_uses_dot(pipe: &PipeNode) -> bool {
+    pipe.cmds.iter().any(|c| c.args.iter().any(node_uses_dot))
+}
+
+fn node_uses_dot(n: &Nodes) -> bool {
+    match n {
+        Nodes::Dot(_) | Nodes::Field(_) | Nodes::Template(_) => true,
+        Nodes::Chain(c) => node_uses_dot(&c.node),
+        Nodes::List(l) => list_uses_dot(l),
+        Nodes::Action(a) => pipe_uses_dot(&a.pipe),
+        Nodes::Pipe(p) => pipe_uses_dot(p),
+        Nodes::Command(c) => c.args.iter().any(node_uses_dot),
+        Nodes::If(b) | Nodes::With(b) | Nodes::Range(b) => {
+            pipe_uses_dot(&b.pipe)
+                || list_uses_dot(&b.list)
+                || b.else_list.as_ref().is_some_and(list_uses_dot)
+        }
+        _ => false,
     }
 }
 
