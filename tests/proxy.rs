@@ -1063,3 +1063,57 @@ async fn churn_under_load_fails_no_request() {
         tasks.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reused_connection_failures_are_resent_only_without_a_body() {
+    // A backend that answers the first request of each connection, then closes on the next one without answering.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let head = read_head(&mut s).await.to_ascii_lowercase();
+                if let Some(n) = head.lines().find_map(|l| {
+                    l.strip_prefix("content-length: ")?
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                }) {
+                    let mut body = vec![0u8; n];
+                    let _ = s.read_exact(&mut body).await;
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                    .await;
+                let _ = read_head(&mut s).await;
+                // Written by the proxy, never answered: the connection just closes.
+            });
+        }
+    });
+    let m = cluster().await;
+    app_on(&m, "/flaky", port);
+    let r = start(&m);
+    let c = reqwest::Client::new();
+    let t = Instant::now();
+    while get(&c, &r, "h", "/flaky").await.0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", r.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A GET on the reused connection fails after it was written: sent again on a new connection, the client sees 200.
+    let before = conns.load(std::sync::atomic::Ordering::SeqCst);
+    let (s, body, _) = get(&c, &r, "h", "/flaky").await;
+    assert_eq!((s, body.as_str()), (200, "ok\n"), "{}", r.log());
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), before + 1);
+    // A POST with a body is not sent twice: 502.
+    let resp = c
+        .post(format!("{}/flaky", r.proxy))
+        .header("Host", "h")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 502);
+}

@@ -17,12 +17,14 @@ fn now_ms() -> u64 {
     START.elapsed().as_millis() as u64
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Slot {
     pub in_flight: AtomicUsize,
     connect_failures: AtomicU32,
     /// Passive health: not chosen before this time (ms since process start).
     ejected_until: AtomicU64,
+    /// Keep-alive connections to this backend (HTTP only).
+    pub idle: std::sync::Mutex<Vec<super::pool::Idle>>,
 }
 
 impl Slot {
@@ -40,6 +42,12 @@ impl InFlight {
         if self.0.connect_failures.load(Ordering::Relaxed) != 0 {
             self.0.connect_failures.store(0, Ordering::Relaxed);
         }
+    }
+}
+
+impl InFlight {
+    pub fn slot(&self) -> &Slot {
+        &self.0
     }
 }
 

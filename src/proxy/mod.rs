@@ -3,6 +3,7 @@
 
 pub mod balance;
 pub mod framing;
+pub mod pool;
 pub mod tcp;
 pub mod tls;
 
@@ -17,8 +18,6 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,7 +26,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+pub(crate) fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
 
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
@@ -72,7 +75,6 @@ pub struct ConnInfo {
 pub struct Proxy {
     publisher: Arc<Publisher>,
     balancer: Arc<Balancer>,
-    client: Client<HttpConnector, ProxyBody>,
     opts: ProxyOptions,
     /// Where redirects to HTTPS point: the HTTPS listener's port (443 when there is none here).
     https_port: u16,
@@ -198,38 +200,12 @@ impl Proxy {
         https_port: u16,
         opts: &ProxyOptions,
     ) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(opts.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(opts.idle_timeout)
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Proxy {
             publisher,
             balancer,
-            client,
             opts: opts.clone(),
             https_port,
         }
-    }
-
-    fn outgoing(
-        &self,
-        method: &Method,
-        path_and_query: &str,
-        headers: &HeaderMap,
-        backend: &Endpoint,
-        body: ProxyBody,
-    ) -> Result<Request<ProxyBody>, http::Error> {
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(format!("http://{backend}{path_and_query}"))
-            .version(Version::HTTP_11)
-            .body(body)?;
-        *req.headers_mut() = headers.clone();
-        Ok(req)
     }
 
     /// marathon-lb's `redirect scheme https code 301`: same host and path, on the HTTPS port.
@@ -435,15 +411,31 @@ impl Proxy {
             .unwrap_or("/")
             .to_string();
 
-        let mut body = Some(body.boxed());
-        let mut failed: Vec<Endpoint> = Vec::new();
-        // Sticky sessions: the backend the cookie names, while it is routable.
-        let mut pinned = if route.sticky {
-            sticky_cookie(&parts.headers)
-                .and_then(|t| backends.iter().find(|b| sticky_token(b) == t))
+        // Built once: origin-form URI and the same headers whatever the backend, so a connect failure hands it
+        // back for the next backend, body unread.
+        let mut out = Request::new(body.boxed());
+        *out.method_mut() = parts.method;
+        *out.uri_mut() = match http::Uri::try_from(pq) {
+            Ok(u) => u,
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    format!("rattan: bad request: {e}\n"),
+                )
+            }
+        };
+        *out.version_mut() = Version::HTTP_11;
+        let request_headers_cookie = if route.sticky {
+            sticky_cookie(&parts.headers).map(str::to_string)
         } else {
             None
         };
+        *out.headers_mut() = parts.headers;
+        let mut failed: Vec<Endpoint> = Vec::new();
+        // Sticky sessions: the backend the cookie names, while it is routable.
+        let mut pinned = request_headers_cookie
+            .as_deref()
+            .and_then(|t| backends.iter().find(|b| sticky_token(b) == t));
         loop {
             let picked = match pinned.take() {
                 Some(b) => Some((b, self.balancer.take(b))),
@@ -461,26 +453,16 @@ impl Proxy {
                     format!("rattan: no backend of {} answered\n", route.app_id),
                 );
             };
-            let b = match body.take() {
-                Some(b) => b,
-                None => Empty::new().map_err(|never| match never {}).boxed(),
-            };
-            let out = match self.outgoing(&parts.method, &pq, &parts.headers, backend, b) {
-                Ok(r) => r,
-                Err(e) => {
-                    return plain(
-                        StatusCode::BAD_REQUEST,
-                        format!("rattan: bad request: {e}\n"),
-                    )
-                }
-            };
             trace.backend = Some(backend);
-            let result = match tokio::time::timeout(
-                self.opts.backend_timeout,
-                self.client.request(out),
-            )
-            .await
-            {
+            let sent = pool::send(
+                guard.slot(),
+                backend,
+                out,
+                retryable,
+                self.opts.connect_timeout,
+                self.opts.idle_timeout,
+            );
+            let result = match tokio::time::timeout(self.opts.backend_timeout, sent).await {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::warn!(backend = %backend, app = %route.app_id, timeout = ?self.opts.backend_timeout, "backend response timeout");
@@ -493,19 +475,9 @@ impl Proxy {
                     );
                 }
             };
-            match &result {
-                Ok(_) => guard.connected(),
-                Err(e) if e.is_connect() => {
-                    if self.balancer.connect_failed(backend) {
-                        crate::metrics::metrics().backend_ejections.inc();
-                        tracing::warn!(backend = %backend, app = %route.app_id, seconds = self.balancer.eject_for().as_secs(),
-                            "backend ejected after repeated connect failures");
-                    }
-                }
-                Err(_) => {}
-            }
             match result {
                 Ok(resp) => {
+                    guard.connected();
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some((_, client_side)) = upgrade {
                             return tunnel(resp, client_side, guard, backend.clone());
@@ -515,7 +487,7 @@ impl Proxy {
                     strip_hop_by_hop(&mut rparts.headers);
                     if route.sticky {
                         let token = sticky_token(backend);
-                        if sticky_cookie(&parts.headers) != Some(token.as_str()) {
+                        if request_headers_cookie.as_deref() != Some(token.as_str()) {
                             let cookie = format!("{STICKY_COOKIE}={token}; Path=/; HttpOnly");
                             if let Ok(v) = HeaderValue::from_str(&cookie) {
                                 rparts.headers.append(header::SET_COOKIE, v);
@@ -528,17 +500,27 @@ impl Proxy {
                     };
                     return Response::from_parts(rparts, body.boxed());
                 }
-                // Nothing was sent on a connect failure: safe to try another backend, once.
-                // A scale-down can take several backends at once, before Marathon's event arrives.
-                Err(e)
-                    if e.is_connect()
-                        && retryable
-                        && failed.len() + 1 < MAX_CONNECT_ATTEMPTS.min(backends.len()) =>
-                {
-                    tracing::warn!(backend = %backend, app = %route.app_id, error = %e, "backend connect failed; retrying on another");
-                    failed.push(backend.clone());
+                Err(pool::Failure::Connect(error, back)) => {
+                    if self.balancer.connect_failed(backend) {
+                        crate::metrics::metrics().backend_ejections.inc();
+                        tracing::warn!(backend = %backend, app = %route.app_id, seconds = self.balancer.eject_for().as_secs(),
+                            "backend ejected after repeated connect failures");
+                    }
+                    // Nothing was sent: safe to try another backend. A scale-down can take several at once,
+                    // before Marathon's event arrives.
+                    if failed.len() + 1 < MAX_CONNECT_ATTEMPTS.min(backends.len()) {
+                        tracing::warn!(backend = %backend, app = %route.app_id, %error, "backend connect failed; retrying on another");
+                        failed.push(backend.clone());
+                        out = *back;
+                        continue;
+                    }
+                    tracing::warn!(backend = %backend, app = %route.app_id, %error, "backend connect failed");
+                    return plain(
+                        StatusCode::BAD_GATEWAY,
+                        format!("rattan: backend {backend} failed: {error}\n"),
+                    );
                 }
-                Err(e) => {
+                Err(pool::Failure::Request(e)) => {
                     tracing::warn!(backend = %backend, app = %route.app_id, error = %e, "backend request failed");
                     return plain(
                         StatusCode::BAD_GATEWAY,
@@ -627,6 +609,24 @@ pub async fn serve(
         }
         None => (None, None, None),
     };
+    // Forget the counters and idle connections of backends gone from every app (batched: at most every 5 s).
+    {
+        let (publisher, balancer) = (publisher.clone(), balancer.clone());
+        tokio::spawn(async move {
+            let mut changes = publisher.subscribe();
+            while changes.changed().await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                changes.mark_unchanged();
+                let snap = publisher.load_full();
+                let live: std::collections::HashSet<&Endpoint> = snap
+                    .apps
+                    .values()
+                    .flat_map(|a| a.backends.iter().flatten())
+                    .collect();
+                balancer.retain(|e| live.contains(e));
+            }
+        });
+    }
     let proxy = Arc::new(Proxy::new(
         publisher,
         balancer,

@@ -1,0 +1,119 @@
+//! Keep-alive HTTP/1 connections to backends, kept per backend in the balancer's slot. Taking one is a lock on that
+//! slot's short list (no pool-wide map, no absolute-URI parsing as a general client needs); a request that could
+//! not be written (the idle connection had just closed) comes back untouched and goes out on another connection.
+
+use super::balance::Slot;
+use super::ProxyBody;
+use crate::marathon::address::Endpoint;
+use http::Request;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::time::{Duration, Instant};
+
+/// Idle connections kept per backend.
+const MAX_IDLE: usize = 256;
+
+pub struct Idle {
+    sender: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// Why a request got no response. `Connect` hands the request back: nothing of it was sent.
+pub enum Failure {
+    Connect(String, Box<Request<ProxyBody>>),
+    Request(hyper::Error),
+}
+
+/// A ready idle connection of this backend, dropping closed and expired ones; busy ones (a response body still
+/// streaming) stay for later.
+fn take_idle(slot: &Slot, idle_timeout: Duration) -> Option<SendRequest<ProxyBody>> {
+    let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < idle_timeout);
+    let i = idle.iter().rposition(|c| c.sender.is_ready())?;
+    Some(idle.swap_remove(i).sender)
+}
+
+fn put_idle(slot: &Slot, sender: SendRequest<ProxyBody>) {
+    let mut idle = slot.idle.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < MAX_IDLE {
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// Sends `req` (origin-form URI) to `backend` on an idle connection, or a new one. `replay`: the request has no
+/// body, so if a reused connection fails after it was written (the backend closed it as we sent), it is sent once
+/// more on a new connection.
+pub async fn send(
+    slot: &Slot,
+    backend: &Endpoint,
+    mut req: Request<ProxyBody>,
+    replay: bool,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<http::Response<Incoming>, Failure> {
+    while let Some(mut sender) = take_idle(slot, idle_timeout) {
+        let copy = replay.then(|| {
+            let mut r = Request::new(super::empty());
+            *r.method_mut() = req.method().clone();
+            *r.uri_mut() = req.uri().clone();
+            *r.version_mut() = req.version();
+            *r.headers_mut() = req.headers().clone();
+            r
+        });
+        match sender.try_send_request(req).await {
+            Ok(resp) => {
+                put_idle(slot, sender);
+                return Ok(resp);
+            }
+            Err(mut e) => match (e.take_message(), copy) {
+                // Not written: the connection closed under us. Try the next one.
+                (Some(back), _) => req = back,
+                (None, Some(again)) => {
+                    tracing::debug!(backend = %backend, error = %e.error(), "reused connection failed; sending again on a new one");
+                    req = again;
+                    break;
+                }
+                (None, None) => return Err(Failure::Request(e.into_error())),
+            },
+        }
+    }
+    let addr = backend.to_string();
+    let stream =
+        match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(Failure::Connect(e.to_string(), Box::new(req))),
+            Err(_) => {
+                return Err(Failure::Connect(
+                    format!("connect timeout after {connect_timeout:?}"),
+                    Box::new(req),
+                ))
+            }
+        };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(e) => return Err(Failure::Connect(e.to_string(), Box::new(req))),
+    };
+    tokio::spawn(async move {
+        // Upgrades (101) hand the connection over to the tunnel.
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "backend connection ended");
+        }
+    });
+    match sender.try_send_request(req).await {
+        Ok(resp) => {
+            put_idle(slot, sender);
+            Ok(resp)
+        }
+        Err(mut e) => match e.take_message() {
+            Some(back) => Err(Failure::Connect(e.into_error().to_string(), Box::new(back))),
+            None => Err(Failure::Request(e.into_error())),
+        },
+    }
+}
