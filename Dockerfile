@@ -4,6 +4,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+# gtmpl with rattan's Go-compatibility fixes ([patch.crates-io] in Cargo.toml).
+COPY vendor ./vendor
 COPY config ./config
 RUN cargo build --release --locked --bin rattan
 

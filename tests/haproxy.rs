@@ -3,29 +3,11 @@
 
 mod common;
 
-use common::{free_port, Rattan, FAST};
-use rattan::marathon::simulator::{AppSpec, SimOptions, Simulator};
-use std::collections::BTreeMap;
+use common::{cluster, free_port, labels, plain_app, start_against, Rattan, FAST};
+use rattan::marathon::simulator::AppSpec;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-async fn cluster() -> Simulator {
-    Simulator::start(SimOptions {
-        serve_tasks: true,
-        keepalive: Duration::from_millis(200),
-        ..SimOptions::default()
-    })
-    .await
-    .unwrap()
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// `rattan render` with these arguments: (exit success, stdout, stderr).
 fn render(args: &[&str]) -> (bool, String, String) {
@@ -111,12 +93,7 @@ async fn rendered_configs_pass_haproxy_check() {
         ..AppSpec::default()
     })
     .await;
-    m.create_app(AppSpec {
-        id: "/plain".into(),
-        instances: 0,
-        ..AppSpec::default()
-    })
-    .await;
+    plain_app(&m, "/plain", 0).await;
     let data = tempfile::tempdir().unwrap();
     // A rule from the API store (the file store here), with a longer path than the label route.
     std::fs::write(
@@ -346,12 +323,7 @@ fn sidecar_args(s: &Sidecar, template: &Path, extra: &[&str]) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn sidecar_routes_after_scale_and_rule_changes_and_keeps_serving_on_invalid_config() {
     let m = cluster().await;
-    m.create_app(AppSpec {
-        id: "/web".into(),
-        instances: 1,
-        ..AppSpec::default()
-    })
-    .await;
+    plain_app(&m, "/web", 1).await;
     let s = Sidecar {
         dir: tempfile::tempdir().unwrap(),
         port: free_port(),
@@ -483,12 +455,7 @@ fn zombies_of(pid: u32) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn hanging_reload_is_killed_and_retried_and_storms_are_merged() {
     let m = cluster().await;
-    m.create_app(AppSpec {
-        id: "/web".into(),
-        instances: 1,
-        ..AppSpec::default()
-    })
-    .await;
+    plain_app(&m, "/web", 1).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("haproxy.cfg");
     let once = dir.path().join("hung-once");
@@ -503,9 +470,7 @@ async fn hanging_reload_is_killed_and_retried_and_storms_are_merged() {
     let stats = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
     let out_s = out.display().to_string();
-    let mut args = vec![
-        "--marathon",
-        url.as_str(),
+    let args = vec![
         "--mode",
         "haproxy",
         "--haproxy-output",
@@ -521,8 +486,7 @@ async fn hanging_reload_is_killed_and_retried_and_storms_are_merged() {
         "--http-bind",
         &http,
     ];
-    args.extend_from_slice(FAST);
-    let r = Rattan::start(&args);
+    let r = start_against(&url, &args);
     until(
         "the hung reload is killed and retried",
         &r,
@@ -577,4 +541,52 @@ async fn hanging_reload_is_killed_and_retried_and_storms_are_merged() {
         (1..=4).contains(&reloads),
         "{reloads} reloads for 51 changes"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn broken_template_is_reported_and_a_fixed_one_is_picked_up() {
+    let m = cluster().await;
+    plain_app(&m, "/web", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("haproxy.cfg");
+    let tmpl = dir.path().join("t.cfg");
+    // Parses, but fails while executing (ToInt aborts on a non-number, as in Bamboo).
+    std::fs::write(&tmpl, "{{ range .Apps }}{{ ToInt .Id }}{{ end }}").unwrap();
+    let url = m.url();
+    let (out_s, tmpl_s) = (out.display().to_string(), tmpl.display().to_string());
+    let args = vec![
+        "--mode",
+        "haproxy",
+        "--haproxy-output",
+        &out_s,
+        "--haproxy-template",
+        &tmpl_s,
+    ];
+    let r = start_against(&url, &args);
+    until("the render failure is reported", &r, 15, async || {
+        r.get("/status")
+            .await
+            .1
+            .contains("template execution failed")
+    })
+    .await;
+    assert!(
+        r.metric("rattan_haproxy_reloads_total{outcome=\"invalid\"}")
+            .await
+            >= 1.0
+    );
+    assert!(!out.exists(), "nothing written");
+    // A template that does not even parse: reported too, the process lives on.
+    std::fs::write(&tmpl, "{{ range .Apps }").unwrap();
+    until("the parse failure is reported", &r, 15, async || {
+        r.get("/status").await.1.contains("does not parse")
+    })
+    .await;
+    // Fixed on disk, no Marathon change needed: rendered and applied.
+    std::fs::write(&tmpl, "# {{ range .Apps }}{{ .Id }} {{ end }}\n").unwrap();
+    until("the fixed template is applied", &r, 15, async || {
+        std::fs::read_to_string(&out).is_ok_and(|c| c.contains("/web"))
+    })
+    .await;
+    assert_eq!(r.get("/status").await.1.trim(), "OK");
 }

@@ -2,20 +2,10 @@
 
 mod common;
 
-use common::{send, Rattan, FAST};
-use rattan::marathon::simulator::{AppSpec, SimOptions, Simulator};
+use common::{cluster, labels, plain_app, send, start_against, Rattan, FAST};
+use rattan::marathon::simulator::{AppSpec, Simulator};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-async fn cluster() -> Simulator {
-    Simulator::start(SimOptions {
-        serve_tasks: true,
-        keepalive: Duration::from_millis(200),
-        ..SimOptions::default()
-    })
-    .await
-    .unwrap()
-}
 
 fn start(m: &Simulator) -> Rattan {
     let url = m.url();
@@ -69,18 +59,8 @@ async fn wait_routed(client: &reqwest::Client, r: &Rattan, host: &str, path: &st
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_by_host_and_path_and_balances() {
     let m = cluster().await;
-    m.create_app(AppSpec {
-        id: "/shop/web".into(),
-        instances: 3,
-        ..AppSpec::default()
-    })
-    .await;
-    m.create_app(AppSpec {
-        id: "/api".into(),
-        instances: 2,
-        ..AppSpec::default()
-    })
-    .await;
+    plain_app(&m, "/shop/web", 3).await;
+    plain_app(&m, "/api", 2).await;
     let r = start(&m);
     let c = reqwest::Client::new();
 
@@ -166,12 +146,7 @@ async fn routes_by_host_and_path_and_balances() {
 #[tokio::test(flavor = "multi_thread")]
 async fn scaling_and_failures() {
     let m = cluster().await;
-    m.create_app(AppSpec {
-        id: "/svc".into(),
-        instances: 1,
-        ..AppSpec::default()
-    })
-    .await;
+    plain_app(&m, "/svc", 1).await;
     let r = start(&m);
     r.wait_stream().await;
     let c = reqwest::Client::new();
@@ -416,12 +391,7 @@ async fn no_smuggling_and_slow_headers_time_out() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_prior_knowledge() {
     let m = cluster().await;
-    m.create_app(AppSpec {
-        id: "/h2".into(),
-        instances: 1,
-        ..AppSpec::default()
-    })
-    .await;
+    plain_app(&m, "/h2", 1).await;
     // On the current-thread runtime (`--workers 1`), which the benchmark uses.
     let url = m.url();
     let mut args = vec!["--marathon", url.as_str(), "--workers", "1"];
@@ -509,12 +479,7 @@ async fn sigterm_drains_in_flight_requests() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sticky_sessions_pin_clients() {
     let m = cluster().await;
-    m.create_app(AppSpec {
-        id: "/cart".into(),
-        instances: 3,
-        ..AppSpec::default()
-    })
-    .await;
+    plain_app(&m, "/cart", 3).await;
     // A label-driven sticky app too (marathon-lb's HAPROXY_0_STICKY).
     let labels = [
         (
@@ -644,12 +609,6 @@ async fn tls_get(
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_by_sni_with_reload_redirect_and_h2() {
     let m = cluster().await;
-    let labels = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
     m.create_app(AppSpec {
         id: "/secure".into(),
         instances: 1,
@@ -861,15 +820,7 @@ async fn tcp_listeners_follow_apps() {
         ..AppSpec::default()
     })
     .await;
-    let url = m.url();
-    let mut args = vec![
-        "--marathon",
-        url.as_str(),
-        "--tcp-bind-address",
-        "127.0.0.1",
-    ];
-    args.extend_from_slice(FAST);
-    let r = Rattan::start(&args);
+    let r = start_against(&m.url(), &["--tcp-bind-address", "127.0.0.1"]);
     wait_tcp(p_label, &r, true).await;
     wait_tcp(p_env, &r, true).await;
 
@@ -925,25 +876,18 @@ async fn limits_timeouts_and_access_log() {
     });
     let m = cluster().await;
     app_on(&m, "/slow", port);
-    m.create_app(AppSpec {
-        id: "/fast".into(),
-        instances: 1,
-        ..AppSpec::default()
-    })
-    .await;
-    let url = m.url();
-    let mut args = vec![
-        "--marathon",
-        url.as_str(),
-        "--backend-timeout",
-        "500ms",
-        "--access-log",
-        "json",
-        "--max-connections",
-        "1",
-    ];
-    args.extend_from_slice(FAST);
-    let r = Rattan::start(&args);
+    plain_app(&m, "/fast", 1).await;
+    let r = start_against(
+        &m.url(),
+        &[
+            "--backend-timeout",
+            "500ms",
+            "--access-log",
+            "json",
+            "--max-connections",
+            "1",
+        ],
+    );
     let c = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -1002,12 +946,7 @@ async fn limits_timeouts_and_access_log() {
 #[tokio::test(flavor = "multi_thread")]
 async fn churn_under_load_fails_no_request() {
     let m = cluster().await;
-    m.create_app(AppSpec {
-        id: "/churn".into(),
-        instances: 2,
-        ..AppSpec::default()
-    })
-    .await;
+    plain_app(&m, "/churn", 2).await;
     let r = start(&m);
     let c = reqwest::Client::new();
     wait_routed(&c, &r, "h", "/churn", "/churn").await;

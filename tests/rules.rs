@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{cpu_seconds, send, Rattan, Zk, FAST};
+use common::{cpu_seconds, send, Rattan, Zk};
 use rattan::marathon::simulator::{AppSpec, SimOptions, Simulator};
 use serde_json::Value;
 use std::time::{Duration, Instant};
@@ -24,10 +24,7 @@ async fn sim_with(apps: &[&str]) -> Simulator {
 }
 
 fn start(marathon: &str, extra: &[&str]) -> Rattan {
-    let mut args = vec!["--marathon", marathon];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(extra);
-    Rattan::start(&args)
+    common::start_against(marathon, extra)
 }
 
 async fn routes(r: &Rattan) -> Value {

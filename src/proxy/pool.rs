@@ -56,15 +56,18 @@ pub async fn send(
     connect_timeout: Duration,
     idle_timeout: Duration,
 ) -> Result<http::Response<Incoming>, Failure> {
-    while let Some(mut sender) = take_idle(slot, idle_timeout) {
-        let copy = replay.then(|| {
+    let copy_of = |req: &Request<ProxyBody>| {
+        replay.then(|| {
             let mut r = Request::new(super::empty());
             *r.method_mut() = req.method().clone();
             *r.uri_mut() = req.uri().clone();
             *r.version_mut() = req.version();
             *r.headers_mut() = req.headers().clone();
             r
-        });
+        })
+    };
+    while let Some(mut sender) = take_idle(slot, idle_timeout) {
+        let copy = copy_of(&req);
         match sender.try_send_request(req).await {
             Ok(resp) => {
                 put_idle(slot, sender);
@@ -106,14 +109,21 @@ pub async fn send(
             tracing::debug!(error = %e, "backend connection ended");
         }
     });
+    let copy = copy_of(&req);
     match sender.try_send_request(req).await {
         Ok(resp) => {
             put_idle(slot, sender);
             Ok(resp)
         }
-        Err(mut e) => match e.take_message() {
-            Some(back) => Err(Failure::Connect(e.into_error().to_string(), Box::new(back))),
-            None => Err(Failure::Request(e.into_error())),
+        Err(mut e) => match (e.take_message(), copy) {
+            (Some(back), _) => Err(Failure::Connect(e.into_error().to_string(), Box::new(back))),
+            // A new connection reset before any response (a task dying with connections in its backlog): for a
+            // request without a body, as good as a connect failure.
+            (None, Some(again)) => Err(Failure::Connect(
+                format!("{} (new connection, before any response)", e.into_error()),
+                Box::new(again),
+            )),
+            (None, None) => Err(Failure::Request(e.into_error())),
         },
     }
 }

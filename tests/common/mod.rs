@@ -233,6 +233,42 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// The binary against Marathon at `marathon`, with `extra` flags (later flags win) and the FAST timings.
+pub fn start_against(marathon: &str, extra: &[&str]) -> Rattan {
+    let mut args = vec!["--marathon", marathon];
+    args.extend_from_slice(FAST);
+    args.extend_from_slice(extra);
+    Rattan::start(&args)
+}
+
+/// A Marathon simulator whose tasks are real HTTP servers answering `<app> <task>`.
+pub async fn cluster() -> rattan::marathon::simulator::Simulator {
+    rattan::marathon::simulator::Simulator::start(rattan::marathon::simulator::SimOptions {
+        serve_tasks: true,
+        keepalive: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .expect("simulator starts")
+}
+
+/// An app with `n` tasks and nothing else set.
+pub async fn plain_app(m: &rattan::marathon::simulator::Simulator, id: &str, n: usize) {
+    m.create_app(rattan::marathon::simulator::AppSpec {
+        id: id.into(),
+        instances: n,
+        ..Default::default()
+    })
+    .await;
+}
+
+pub fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// A file under `tests/fixtures/`.
 pub fn fixture_file(name: &str) -> String {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
