@@ -157,6 +157,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
 /// Backends tried for one request when connects fail (nothing was sent, so trying another is always safe).
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
@@ -313,37 +318,35 @@ impl Proxy {
         trace: &mut Trace<'s>,
     ) -> Response<ProxyBody> {
         let client_addr = conn.peer;
-        // HTTP/2 carries the host in :authority; HTTP/1 in Host.
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()));
-        let path = req.uri().path().to_string();
-        let route = {
-            let acl_req = AclRequest {
-                path: &path,
-                method: req.method().as_str(),
-                // Rules name hosts; a port (always in HTTP/2's :authority, in Host off port 80/443) is not part of it.
-                host: host.as_deref().map(host_name),
-                headers: req.headers(),
-                src: Some(client_addr.ip()),
-            };
-            snap.routes.find(&acl_req)
-        };
+        // HTTP/2 carries the host in :authority; HTTP/1 in Host. Kept as a header value: cloning it is a refcount.
+        let host_value: Option<HeaderValue> =
+            req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+        let host = host_value.as_ref().and_then(|h| h.to_str().ok());
+        let route = snap.routes.find(&AclRequest {
+            path: req.uri().path(),
+            method: req.method().as_str(),
+            // Rules name hosts; a port (always in HTTP/2's :authority, in Host off port 80/443) is not part of it.
+            host: host.map(host_name),
+            headers: req.headers(),
+            src: Some(client_addr.ip()),
+        });
         let Some(route) = route else {
             return plain(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "rattan: no route for {}{path}\n",
-                    host.as_deref().unwrap_or("")
+                    "rattan: no route for {}{}\n",
+                    host.unwrap_or(""),
+                    req.uri().path()
                 ),
             );
         };
         trace.route = Some(route);
         if route.redirect_https && !conn.tls {
-            return self.redirect_https(host.as_deref(), &req);
+            return self.redirect_https(host, &req);
         }
         // Borrowed from the snapshot this request holds: a swap meanwhile does not change its backends.
         let backends: &[Endpoint] = snap
@@ -370,59 +373,50 @@ impl Proxy {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        if let Some(h) = &host {
+        if let Some(h) = host_value {
             if !parts.headers.contains_key(header::HOST) {
-                if let Ok(v) = HeaderValue::from_str(h) {
-                    parts.headers.insert(header::HOST, v);
-                }
+                parts.headers.insert(header::HOST, h.clone());
             }
-            if let Ok(v) = HeaderValue::from_str(h) {
-                parts.headers.insert("x-forwarded-host", v);
-            }
+            parts.headers.insert(X_FORWARDED_HOST, h);
         }
         let ip = client_addr.ip().to_string();
         let xff = match parts
             .headers
-            .get("x-forwarded-for")
+            .get(X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
         {
             Some(prev) => format!("{prev}, {ip}"),
             None => ip,
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
+        if let Ok(v) = HeaderValue::try_from(xff) {
+            parts.headers.insert(X_FORWARDED_FOR, v);
         }
         parts.headers.insert(
-            "x-forwarded-proto",
+            X_FORWARDED_PROTO,
             HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
         );
         parts
             .headers
-            .insert("x-forwarded-port", HeaderValue::from(conn.port));
+            .insert(X_FORWARDED_PORT, HeaderValue::from(conn.port));
         if self.opts.via {
             parts
                 .headers
                 .append(header::VIA, HeaderValue::from_static("1.1 rattan"));
         }
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_string();
-
         // Built once: origin-form URI and the same headers whatever the backend, so a connect failure hands it
-        // back for the next backend, body unread.
+        // back for the next backend, body unread. An HTTP/1 request line is origin-form already.
         let mut out = Request::new(body.boxed());
         *out.method_mut() = parts.method;
-        *out.uri_mut() = match http::Uri::try_from(pq) {
-            Ok(u) => u,
-            Err(e) => {
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    format!("rattan: bad request: {e}\n"),
-                )
-            }
+        *out.uri_mut() = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
+            parts.uri
+        } else {
+            http::Uri::from(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+            )
         };
         *out.version_mut() = Version::HTTP_11;
         let request_headers_cookie = if route.sticky {
