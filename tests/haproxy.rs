@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{cluster, free_port, labels, plain_app, start_against, Rattan, FAST};
+use common::{cluster, free_port, labeled_app, labels, plain_app, start_against, Rattan, FAST};
 use rattan::marathon::simulator::AppSpec;
 use std::path::Path;
 use std::process::Command;
@@ -61,16 +61,16 @@ fn cert_dir() -> tempfile::TempDir {
 async fn rendered_configs_pass_haproxy_check() {
     let m = cluster().await;
     let tcp_port = free_port();
-    m.create_app(AppSpec {
-        id: "/web".into(),
-        instances: 2,
-        labels: labels(&[
+    labeled_app(
+        &m,
+        "/web",
+        2,
+        &[
             ("HAPROXY_0_VHOST", "web.test,www.web.test"),
             ("HAPROXY_0_REDIRECT_TO_HTTPS", "true"),
             ("HAPROXY_0_STICKY", "true"),
-        ]),
-        ..AppSpec::default()
-    })
+        ],
+    )
     .await;
     m.create_app(AppSpec {
         id: "/api/v1".into(),
@@ -83,15 +83,15 @@ async fn rendered_configs_pass_haproxy_check() {
         ..AppSpec::default()
     })
     .await;
-    m.create_app(AppSpec {
-        id: "/db".into(),
-        instances: 1,
-        labels: labels(&[
+    labeled_app(
+        &m,
+        "/db",
+        1,
+        &[
             ("HAPROXY_0_MODE", "tcp"),
             ("HAPROXY_0_PORT", &tcp_port.to_string()),
-        ]),
-        ..AppSpec::default()
-    })
+        ],
+    )
     .await;
     plain_app(&m, "/plain", 0).await;
     let data = tempfile::tempdir().unwrap();

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{cluster, labels, plain_app, send, start_against, Rattan, FAST};
+use common::{cluster, labeled_app, plain_app, send, start_against, Rattan, FAST};
 use rattan::marathon::simulator::{AppSpec, Simulator};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -609,23 +609,17 @@ async fn tls_get(
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_by_sni_with_reload_redirect_and_h2() {
     let m = cluster().await;
-    m.create_app(AppSpec {
-        id: "/secure".into(),
-        instances: 1,
-        labels: labels(&[
+    labeled_app(
+        &m,
+        "/secure",
+        1,
+        &[
             ("HAPROXY_0_VHOST", "a.example.com,x.wild.test"),
             ("HAPROXY_0_REDIRECT_TO_HTTPS", "true"),
-        ]),
-        ..AppSpec::default()
-    })
+        ],
+    )
     .await;
-    m.create_app(AppSpec {
-        id: "/plain".into(),
-        instances: 1,
-        labels: labels(&[("HAPROXY_0_VHOST", "b.example.com")]),
-        ..AppSpec::default()
-    })
-    .await;
+    labeled_app(&m, "/plain", 1, &[("HAPROXY_0_VHOST", "b.example.com")]).await;
     let dir = tempfile::tempdir().unwrap();
     // Three layouts: cert and key in one file, `.crt` + `.key`, a wildcard; plus the default for unknown names.
     let (a_pem, a_key, a_der) = cert(&["a.example.com"]);

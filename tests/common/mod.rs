@@ -262,6 +262,22 @@ pub async fn plain_app(m: &rattan::marathon::simulator::Simulator, id: &str, n: 
     .await;
 }
 
+/// An app with `n` tasks and these marathon-lb labels.
+pub async fn labeled_app(
+    m: &rattan::marathon::simulator::Simulator,
+    id: &str,
+    n: usize,
+    pairs: &[(&str, &str)],
+) {
+    m.create_app(rattan::marathon::simulator::AppSpec {
+        id: id.into(),
+        instances: n,
+        labels: labels(pairs),
+        ..Default::default()
+    })
+    .await;
+}
+
 pub fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
     pairs
         .iter()
