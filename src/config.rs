@@ -241,6 +241,10 @@ pub struct Opts {
     /// The default template's stats listener, without credentials; `off` for none [default: 127.0.0.1:9090].
     #[arg(long, global = true, env = "RATTAN_HAPROXY_STATS_BIND")]
     pub haproxy_stats_bind: Option<String>,
+    /// Where the rendered config's HTTP frontend binds (`.Settings.HttpBind`) [default: --http-bind; must differ
+    /// from it in --mode both, where the built-in proxy holds --http-bind].
+    #[arg(long, global = true, env = "RATTAN_HAPROXY_BIND")]
+    pub haproxy_bind: Option<String>,
     /// Route tasks whatever Marathon's health checks say (like Traefik).
     #[arg(long, global = true, env = "RATTAN_IGNORE_HEALTH")]
     pub ignore_health: Option<bool>,
@@ -314,6 +318,7 @@ pub struct HaproxyFile {
     pub command_timeout: Option<String>,
     pub min_interval: Option<String>,
     pub stats_bind: Option<String>,
+    pub bind: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -388,7 +393,7 @@ pub struct ProxySettings {
     pub eject_for: Duration,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HaproxySettings {
     pub mode: Mode,
     pub template_path: Option<PathBuf>,
@@ -399,6 +404,7 @@ pub struct HaproxySettings {
     pub command_timeout: Duration,
     pub min_interval: Duration,
     pub stats_bind: Option<String>,
+    pub http_bind: SocketAddr,
 }
 
 /// Reads the config file: TOML, or Bamboo's JSON when it starts with `{` (keys matched case-insensitively).
@@ -926,6 +932,10 @@ impl Settings {
                 h.min_interval,
                 "1s",
             )?,
+            http_bind: match nonempty(o.haproxy_bind).or(h.bind) {
+                Some(b) => parse_bind("haproxy-bind", &b)?,
+                None => http_bind,
+            },
             stats_bind: match nonempty(o.haproxy_stats_bind)
                 .or(h.stats_bind)
                 .unwrap_or_else(|| "127.0.0.1:9090".into())
@@ -935,6 +945,12 @@ impl Settings {
                 b => Some(parse_bind("haproxy-stats-bind", b)?.to_string()),
             },
         };
+        if haproxy.mode == Mode::Both && haproxy.http_bind == http_bind {
+            return Err(bad(
+                "haproxy-bind",
+                format!("in --mode both the built-in proxy holds {http_bind}; give HAProxy another address"),
+            ));
+        }
         if haproxy.command_timeout.is_zero() {
             return Err(bad("haproxy-command-timeout", "must be greater than zero"));
         }
@@ -1097,6 +1113,27 @@ mod tests {
                     ..base.clone()
                 },
                 "resync-interval",
+            ),
+            (
+                Opts {
+                    mode: Some(Mode::Both),
+                    ..base.clone()
+                },
+                "haproxy-bind",
+            ),
+            (
+                Opts {
+                    access_log: Some("xml".into()),
+                    ..base.clone()
+                },
+                "access-log",
+            ),
+            (
+                Opts {
+                    haproxy_command_timeout: Some("0s".into()),
+                    ..base.clone()
+                },
+                "haproxy-command-timeout",
             ),
             (
                 Opts {

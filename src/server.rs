@@ -203,7 +203,7 @@ async fn start_proxy(
 /// Where the rendered config's listeners bind: rattan's own settings, so one configuration drives either.
 pub fn haproxy_extra(settings: &Settings) -> crate::haproxy::template::Extra {
     crate::haproxy::template::Extra {
-        http_bind: settings.http_bind.to_string(),
+        http_bind: settings.haproxy.http_bind.to_string(),
         https_bind: settings.proxy.https_bind.map(|b| b.to_string()),
         tls_cert_dir: settings
             .proxy

@@ -39,6 +39,7 @@ pub async fn run(
             }
             keep
         });
+        let mut bind_failed = false;
         for svc in &snap.tcp.services {
             if open.contains_key(&svc.port) {
                 continue;
@@ -56,8 +57,9 @@ pub async fn run(
                     ));
                     open.insert(svc.port, task.abort_handle());
                 }
-                // Tried again on the next snapshot change.
+                // Tried again in a few seconds, or at the next snapshot change.
                 Err(e) => {
+                    bind_failed = true;
                     tracing::warn!(%addr, app = %svc.app_id, error = %e, "cannot listen for TCP service")
                 }
             }
@@ -68,6 +70,7 @@ pub async fn run(
         tokio::select! {
             r = changes.changed() => if r.is_err() { break },
             _ = stop.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(Duration::from_secs(5)), if bind_failed => {}
         }
     }
     for (_, task) in open {
