@@ -134,7 +134,7 @@ async fn app_lifecycle_is_reflected_in_state() {
     assert!(updates >= 7.0, "{updates}: {}", r.get("/metrics").await.1);
     assert!(r.metric("rattan_snapshot_version").await >= 5.0);
     assert_eq!(r.get("/status").await, (200, "OK".to_string()));
-    assert!(r.log().contains("marathon event stream connected"));
+    r.wait_log("marathon event stream connected", 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -254,7 +254,7 @@ async fn silent_stream_is_treated_as_dead() {
         task_count(s, "/after-stall") == 1
     })
     .await;
-    assert!(r.log().contains("stalled"), "{}", r.log());
+    r.wait_log("stalled", 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -294,7 +294,7 @@ async fn failover_on_503_never_empties_state() {
         "second endpoint used:\n{}",
         r.log()
     );
-    assert!(r.log().contains("HTTP 503"), "{}", r.log());
+    r.wait_log("HTTP 503", 5).await;
 
     // Changes on the second endpoint now flow.
     b.scale("/keep", 3).await;
@@ -378,11 +378,13 @@ async fn unauthorized_is_an_error_not_an_empty_cluster() {
         &["--marathon-user", "u", "--marathon-password", "wrong"],
     ));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while r.metric("rattan_marathon_fetch_failures_total").await < 1.0 {
+    // The log line can trail the counter: wait for both.
+    while r.metric("rattan_marathon_fetch_failures_total").await < 1.0
+        || !r.log().contains("HTTP 401")
+    {
         assert!(std::time::Instant::now() < deadline, "{}", r.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(r.log().contains("HTTP 401"), "{}", r.log());
     assert_eq!(r.metric("rattan_marathon_fetches_total").await, 0.0);
     drop(r);
 

@@ -320,12 +320,8 @@ async fn zookeeper_outage_keeps_rules_and_idles() {
     .await;
     // A's 2 s session expired during the outage: a new session, everything re-read. B's 10 s session survived the
     // restart: its watch was re-armed. Both paths then carry writes either way.
-    assert!(
-        a.log().contains("session ended; starting a new one"),
-        "{}",
-        a.log()
-    );
-    assert!(b.log().contains("re-arming the watch"), "{}", b.log());
+    a.wait_log("session ended; starting a new one", 5).await;
+    b.wait_log("re-arming the watch", 5).await;
     assert_eq!(post_rule(&b, "/svc", "path_beg /from-b").await, 200);
     wait_for("A (new session) sees B's write", 10, async || {
         route_of(&routes(&a).await, "/svc").is_some_and(|x| x["acl"][0] == "path_beg /from-b")
@@ -409,7 +405,7 @@ async fn file_store_api_like_bamboo_with_optional_auth() {
         send("PATCH", &format!("{api}/api/services/app"), None, None).await,
         (404, "404 page not found\n".into())
     );
-    assert!(open.log().contains("rules API is open"));
+    open.wait_log("rules API is open", 5).await;
     drop(open);
 
     let guarded = start(&url, &["--api-token", "t0k"]);

@@ -128,6 +128,19 @@ impl Rattan {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits up to `secs` for `needle` in the log (stderr is read by a thread; a line can trail what caused it).
+    pub async fn wait_log(&self, needle: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String) {
         let r = reqwest::get(format!("{}{path}", self.api))
             .await
