@@ -23,9 +23,9 @@ pub struct Running {
 }
 
 /// Starts every task in the background and returns once the API port is bound.
-pub async fn start(settings: &Settings) -> Result<Running, String> {
-    let publisher = Arc::new(Publisher::new(settings.route_options.clone()));
-    let store = match &settings.zk {
+/// The rule store the settings name: ZooKeeper (session loop started in the background) or the local file.
+fn open_store(settings: &Settings, publisher: &Arc<Publisher>) -> Result<RuleStore, String> {
+    Ok(match &settings.zk {
         Some(hosts) => RuleStore::Zk(ZkStore::start(
             hosts,
             &settings.zk_path,
@@ -34,15 +34,35 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
             publisher.clone(),
         )),
         None => RuleStore::File(FileStore::open(&settings.data_dir, publisher.clone())?),
-    };
-    if !settings.api_auth.enabled() {
-        tracing::warn!("the rules API is open to anyone who reaches the API port (as Bamboo's); set --api-token or --api-basic to protect it");
-    }
-    let client = Arc::new(MarathonClient::new(
+    })
+}
+
+fn marathon_client(settings: &Settings) -> MarathonClient {
+    MarathonClient::new(
         settings.marathon.clone(),
         settings.marathon_auth.clone(),
         settings.marathon_timeout,
-    ));
+    )
+}
+
+fn discovery(settings: &Settings, publisher: &Arc<Publisher>) -> Discovery {
+    Discovery::new(
+        Policy {
+            ignore_health: settings.ignore_health,
+            prefer_host_port: settings.prefer_host_port,
+        },
+        publisher.clone(),
+    )
+}
+
+/// Starts every task in the background and returns once the API port is bound.
+pub async fn start(settings: &Settings) -> Result<Running, String> {
+    let publisher = Arc::new(Publisher::new(settings.route_options.clone()));
+    let store = open_store(settings, &publisher)?;
+    if !settings.api_auth.enabled() {
+        tracing::warn!("the rules API is open to anyone who reaches the API port (as Bamboo's); set --api-token or --api-basic to protect it");
+    }
+    let client = Arc::new(marathon_client(settings));
     let (tx, rx) = mpsc::channel(4096);
 
     let mode = settings.haproxy.mode;
@@ -111,13 +131,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         }
     }
 
-    let discovery = Discovery::new(
-        Policy {
-            ignore_health: settings.ignore_health,
-            prefer_host_port: settings.prefer_host_port,
-        },
-        publisher.clone(),
-    );
+    let discovery = discovery(settings, &publisher);
     let timing = ResyncTiming {
         debounce: settings.resync_debounce,
         max_wait: settings.resync_max_wait,
@@ -232,45 +246,24 @@ fn haproxy_options(settings: &Settings) -> crate::haproxy::HaproxyOptions {
 /// `rattan render`: one Marathon fetch, the rules once, the template rendered to stdout.
 pub async fn render(settings: &Settings, template: Option<&std::path::Path>) -> Result<(), String> {
     let publisher = Arc::new(Publisher::new(settings.route_options.clone()));
-    let _store = match &settings.zk {
-        Some(hosts) => {
-            let zk = ZkStore::start(
-                hosts,
-                &settings.zk_path,
-                settings.zk_auth.clone(),
-                settings.zk_session_timeout,
-                publisher.clone(),
-            );
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
-            while !publisher.rules_loaded() {
-                if tokio::time::Instant::now() > deadline {
-                    return Err(format!(
-                        "cannot read the rules from ZooKeeper {hosts} within 15s"
-                    ));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // Fills the publisher's rules: the file store at open, ZooKeeper's session loop (its own task) in the background.
+    open_store(settings, &publisher)?;
+    if let Some(hosts) = &settings.zk {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !publisher.rules_loaded() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(format!(
+                    "cannot read the rules from ZooKeeper {hosts} within 15s"
+                ));
             }
-            RuleStore::Zk(zk)
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        None => RuleStore::File(FileStore::open(&settings.data_dir, publisher.clone())?),
-    };
-    let client = MarathonClient::new(
-        settings.marathon.clone(),
-        settings.marathon_auth.clone(),
-        settings.marathon_timeout,
-    );
-    let parsed = client
+    }
+    let parsed = marathon_client(settings)
         .fetch_apps()
         .await
         .map_err(|e| format!("cannot fetch apps from Marathon: {e}"))?;
-    let mut discovery = Discovery::new(
-        Policy {
-            ignore_health: settings.ignore_health,
-            prefer_host_port: settings.prefer_host_port,
-        },
-        publisher.clone(),
-    );
-    discovery.apply_snapshot(parsed.apps);
+    discovery(settings, &publisher).apply_snapshot(parsed.apps);
     let template = template.or(settings.haproxy.template_path.as_deref());
     let cfg = crate::haproxy::render_once(&publisher, template, &haproxy_extra(settings))?;
     use std::io::Write;

@@ -572,7 +572,7 @@ fn tunnel(
         }
     });
     let (parts, _) = resp.into_parts();
-    Response::from_parts(parts, Empty::new().map_err(|never| match never {}).boxed())
+    Response::from_parts(parts, empty())
 }
 
 pub struct Listeners {
