@@ -25,6 +25,18 @@ fn render(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `rattan render` of `template` against Marathon at `url` with the rules file in `data`.
+fn render_template(url: &str, data: &Path, template: &Path) -> (bool, String, String) {
+    render(&[
+        "--marathon",
+        url,
+        "--data-dir",
+        &data.display().to_string(),
+        "--template",
+        &template.display().to_string(),
+    ])
+}
+
 /// `haproxy -c` on a config: Ok or HAProxy's message.
 fn haproxy_check(cfg: &str) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
@@ -159,14 +171,7 @@ async fn rendered_configs_pass_haproxy_check() {
     );
     let bad = data.path().join("bad.tmpl");
     std::fs::write(&bad, "{{ range .Apps }}").unwrap();
-    let (ok, _, err) = render(&[
-        "--marathon",
-        &url,
-        "--data-dir",
-        &data.path().display().to_string(),
-        "--template",
-        &bad.display().to_string(),
-    ]);
+    let (ok, _, err) = render_template(&url, data.path(), &bad);
     assert!(!ok && err.contains("does not parse"), "{err}");
 }
 
@@ -198,14 +203,7 @@ async fn bamboo_template_renders_and_validates() {
     )
     .unwrap();
     let url = m.url();
-    let (ok, cfg, err) = render(&[
-        "--marathon",
-        &url,
-        "--data-dir",
-        &data.path().display().to_string(),
-        "--template",
-        &tmpl.display().to_string(),
-    ]);
+    let (ok, cfg, err) = render_template(&url, data.path(), &tmpl);
     assert!(ok, "{err}");
     haproxy_check(&cfg).unwrap();
     for want in [
@@ -234,14 +232,7 @@ async fn bamboo_template_renders_and_validates() {
         "2 TCP + 2 HTTP servers\n{cfg}"
     );
     // Map ranges are in key order: the same input renders the same bytes.
-    let (_, again, _) = render(&[
-        "--marathon",
-        &url,
-        "--data-dir",
-        &data.path().display().to_string(),
-        "--template",
-        &tmpl.display().to_string(),
-    ]);
+    let (_, again, _) = render_template(&url, data.path(), &tmpl);
     assert_eq!(cfg, again);
 }
 

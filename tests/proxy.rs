@@ -220,6 +220,15 @@ fn app_on(m: &Simulator, id: &str, port: u16) {
     }));
 }
 
+/// The Content-Length of a raw message head.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
 async fn read_head(s: &mut TcpStream) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
@@ -299,12 +308,7 @@ async fn no_smuggling_and_slow_headers_time_out() {
                     let chunked = head
                         .to_ascii_lowercase()
                         .contains("transfer-encoding: chunked");
-                    let length = head.to_ascii_lowercase().lines().find_map(|l| {
-                        l.strip_prefix("content-length: ")?
-                            .trim()
-                            .parse::<usize>()
-                            .ok()
-                    });
+                    let length = content_length(&head);
                     seen.lock().unwrap().push(head);
                     if let Some(n) = length {
                         let mut body = vec![0u8; n];
@@ -766,11 +770,8 @@ async fn raw_get(s: &mut TcpStream) -> String {
     s.write_all(b"GET / HTTP/1.1\r\nHost: tcp\r\n\r\n")
         .await
         .unwrap();
-    let head = read_head(s).await.to_ascii_lowercase();
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no length in {head:?}"));
+    let head = read_head(s).await;
+    let len = content_length(&head).unwrap_or_else(|| panic!("no length in {head:?}"));
     let mut body = vec![0u8; len];
     s.read_exact(&mut body).await.unwrap();
     String::from_utf8_lossy(&body).into_owned()
@@ -1006,13 +1007,8 @@ async fn reused_connection_failures_are_resent_only_without_a_body() {
         while let Ok((mut s, _)) = l.accept().await {
             counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
-                let head = read_head(&mut s).await.to_ascii_lowercase();
-                if let Some(n) = head.lines().find_map(|l| {
-                    l.strip_prefix("content-length: ")?
-                        .trim()
-                        .parse::<usize>()
-                        .ok()
-                }) {
+                let head = read_head(&mut s).await;
+                if let Some(n) = content_length(&head) {
                     let mut body = vec![0u8; n];
                     let _ = s.read_exact(&mut body).await;
                 }
