@@ -9,8 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CHANGES=${1:-1000}
 EVERY=${2:-0.1}
-for t in nginx haproxy wrk; do command -v $t >/dev/null || { echo "missing $t (apt-get install nginx haproxy wrk)"; exit 1; }; done
-[ -x target/release/rattan ] || cargo build --release --bin rattan >/dev/null
+source benches/lib.sh
+need nginx haproxy wrk
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -20,23 +20,13 @@ cleanup() {
   rm -rf "$TMP"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 B=($(free_port) $(free_port) $(free_port) $(free_port))
 MARATHON=$(free_port); HAP=$(free_port); RAT=$(free_port); API=$(free_port)
 
-cat > "$TMP/nginx.conf" <<NGX
-worker_processes 1;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
+nginx_conf "$TMP/nginx.conf" "$TMP" <<NGX
   server { listen 127.0.0.1:${B[0]}; listen 127.0.0.1:${B[1]}; listen 127.0.0.1:${B[2]}; listen 127.0.0.1:${B[3]};
            location / { return 200 "ok\n"; } }
   server { listen 127.0.0.1:$MARATHON; location = /v2/apps { default_type application/json; alias $TMP/apps.json; } }
-}
 NGX
 
 apps_json() { # n -> Marathon /v2/apps body with n running tasks

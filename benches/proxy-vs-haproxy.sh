@@ -8,33 +8,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
 ROUNDS=${2:-3}
-for t in nginx haproxy wrk taskset; do command -v $t >/dev/null || { echo "missing $t (apt-get install nginx haproxy wrk)"; exit 1; }; done
-[ -x target/release/rattan ] || cargo build --release --bin rattan >/dev/null
+source benches/lib.sh
+need nginx haproxy wrk taskset
 TMP=$(mktemp -d)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND=$(free_port); MARATHON=$(free_port); HAP=$(free_port); RAT=$(free_port); API=$(free_port)
 HAPTCP=$(free_port); RATTCP=$(free_port)
 NCPU=$(nproc)
 LOAD_CPU=$(( NCPU > 1 ? 1 : 0 ))
 
-cat > "$TMP/nginx.conf" <<NGX
-worker_processes 1;
-pid $TMP/nginx.pid;
-error_log $TMP/nginx.err;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
+nginx_conf "$TMP/nginx.conf" "$TMP" <<NGX
   server { listen 127.0.0.1:$BACKEND; location / { return 200 "ok\n"; } }
   server { listen 127.0.0.1:$MARATHON; location = /v2/apps { default_type application/json;
     return 200 '{"apps":[{"id":"/bench","tasks":[{"id":"bench.1","host":"127.0.0.1","ports":[$BACKEND],"state":"TASK_RUNNING"}]},
       {"id":"/benchtcp","labels":{"HAPROXY_0_MODE":"tcp","HAPROXY_0_PORT":"$RATTCP"},"portDefinitions":[{"port":0}],
        "tasks":[{"id":"benchtcp.1","host":"127.0.0.1","ports":[$BACKEND],"state":"TASK_RUNNING"}]}]}'; } }
-}
 NGX
 taskset -c "$LOAD_CPU" nginx -c "$TMP/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 

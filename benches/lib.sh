@@ -1,0 +1,28 @@
+# Shared by the benchmark scripts (sourced from the repository root, not run).
+
+# need TOOL...: stops with the apt hint when one is missing; builds the release binary when there is none.
+need() {
+  for t in "$@"; do command -v "$t" >/dev/null || { echo "missing $t (apt-get install nginx haproxy wrk)"; exit 1; }; done
+  [ -x target/release/rattan ] || cargo build --release --bin rattan >/dev/null
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# nginx_conf FILE DIR <<<SERVERS: nginx as the fast backend and Marathon stand-in (one worker, no logs, endless
+# keep-alive), its files in DIR, with the server blocks read from standard input.
+nginx_conf() {
+  local servers
+  servers=$(cat)
+  cat > "$1" <<NGX
+worker_processes 1;
+pid $2/nginx.pid;
+error_log $2/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  client_body_temp_path $2; proxy_temp_path $2; fastcgi_temp_path $2; uwsgi_temp_path $2; scgi_temp_path $2;
+$servers
+}
+NGX
+}
