@@ -82,7 +82,7 @@ fn measure(kind: &str) {
                 path,
                 method: "GET",
                 host: Some(host),
-                headers: &headers,
+                headers: (&headers).into(),
                 src: None,
             };
             if black_box(t.find(black_box(&r))).is_some() {

@@ -139,6 +139,8 @@ pub struct Publisher {
     current: ArcSwap<Snapshot>,
     inputs: Mutex<(Arc<Apps>, Arc<Rules>)>,
     version: AtomicU64,
+    /// The version of the snapshot in `current`, stored after it: a reader holding that version has the newest.
+    published: AtomicU64,
     route_opts: RouteOptions,
     /// Whether discovery has ever had a good Marathon snapshot (a process that never reached Marathon serves
     /// an empty table; one that did never falls back to empty on an outage).
@@ -160,6 +162,7 @@ impl Publisher {
             current: ArcSwap::from_pointee(Snapshot::empty()),
             inputs: Mutex::new((Arc::default(), Arc::default())),
             version: AtomicU64::new(0),
+            published: AtomicU64::new(0),
             route_opts,
             marathon_synced: Default::default(),
             changed: tokio::sync::watch::channel(0).0,
@@ -177,6 +180,13 @@ impl Publisher {
 
     pub fn load_full(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// `held` if it is still the current snapshot (one atomic load), else the current one.
+    pub fn refresh(&self, held: &mut Arc<Snapshot>) {
+        if held.version != self.published.load(Ordering::Acquire) {
+            *held = self.load_full();
+        }
     }
 
     pub fn set_apps(&self, apps: Arc<Apps>) {
@@ -226,6 +236,7 @@ impl Publisher {
                 .unwrap_or_default(),
         );
         self.current.store(Arc::new(snap));
+        self.published.store(version, Ordering::Release);
         self.changed.send_replace(version);
     }
 }

@@ -23,8 +23,10 @@ pub struct Slot {
     connect_failures: AtomicU32,
     /// Passive health: not chosen before this time (ms since process start).
     ejected_until: AtomicU64,
-    /// Keep-alive connections to this backend (HTTP only).
+    /// Keep-alive connections to this backend (HTTP only): hyper's, for the HTTP/2 and fallback path.
     pub idle: std::sync::Mutex<Vec<super::pool::Idle>>,
+    /// Keep-alive connections the HTTP/1 fast path drives itself, with when each went idle.
+    pub raw_idle: std::sync::Mutex<Vec<(tokio::net::TcpStream, std::time::Instant)>>,
 }
 
 impl Slot {
@@ -46,7 +48,7 @@ impl InFlight {
 }
 
 impl InFlight {
-    pub fn slot(&self) -> &Slot {
+    pub fn slot(&self) -> &Arc<Slot> {
         &self.0
     }
 }
@@ -60,7 +62,8 @@ impl Drop for InFlight {
 pub struct Balancer {
     eject_after: u32,
     eject_for: Duration,
-    slots: RwLock<HashMap<Endpoint, Arc<Slot>>>,
+    /// Fx: looked up on every request; keys come from Marathon, not from clients.
+    slots: RwLock<rustc_hash::FxHashMap<Endpoint, Arc<Slot>>>,
     cursors: RwLock<HashMap<(String, usize), Arc<AtomicUsize>>>,
     /// When the last ejection ends: before it, candidates are checked one by one; after it (the usual case),
     /// a pick touches no slot but the chosen ones.
@@ -127,12 +130,14 @@ impl Balancer {
         backends: &'a [Endpoint],
         avoid: &[Endpoint],
     ) -> Option<(&'a Endpoint, InFlight)> {
-        let now = now_ms();
-        // Filter only when something must be left out; otherwise choose straight from the slice.
+        // Filter only when something must be left out; otherwise choose straight from the slice (and read no
+        // clock while no backend was ever ejected).
+        let until = self.ejections_until.load(Ordering::Relaxed);
         let filtered: Option<Vec<&Endpoint>> =
-            if avoid.is_empty() && now >= self.ejections_until.load(Ordering::Relaxed) {
+            if avoid.is_empty() && (until == 0 || now_ms() >= until) {
                 None
             } else {
+                let now = now_ms();
                 let healthy: Vec<&Endpoint> = backends
                     .iter()
                     .filter(|b| !avoid.contains(b) && !self.slot(b).ejected(now))

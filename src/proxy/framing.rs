@@ -25,14 +25,176 @@ impl Heads {
     }
 }
 
-enum State {
-    Head,
-    Body(u64),
-    ChunkSize,
+/// Where an HTTP/1 message body ends, followed across reads of any size: a length, or chunked coding (chunk-size
+/// lines with extensions, data, trailers). Used by the smuggling guard on request bodies and by the fast path to
+/// pass bodies through unchanged, byte for byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyState {
+    Length(u64),
+    /// In a chunk-size line: the size so far, whether a digit was seen, whether past the size (extensions).
+    ChunkSize {
+        size: u64,
+        digits: bool,
+        ext: bool,
+        len: u16,
+    },
     ChunkData(u64),
     /// The CRLF after chunk data.
     ChunkEnd,
-    Trailers,
+    /// Trailer lines after the last chunk; `len` is the current line's length so far.
+    Trailers {
+        len: u16,
+    },
+    Done,
+}
+
+/// The body's framing is broken: the stream cannot be followed any further.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadFraming;
+
+/// Longest chunk-size or trailer line followed.
+const MAX_LINE: u16 = 8192;
+
+impl BodyState {
+    pub fn chunked() -> BodyState {
+        BodyState::ChunkSize {
+            size: 0,
+            digits: false,
+            ext: false,
+            len: 0,
+        }
+    }
+
+    pub fn length(n: u64) -> BodyState {
+        if n == 0 {
+            BodyState::Done
+        } else {
+            BodyState::Length(n)
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        *self == BodyState::Done
+    }
+
+    /// Consumes the part of `data` that belongs to the body; returns its length. What follows it (when the body
+    /// ends inside `data`) is the next message.
+    pub fn advance(&mut self, data: &[u8]) -> Result<usize, BadFraming> {
+        let mut used = 0;
+        while used < data.len() {
+            let rest = &data[used..];
+            match self {
+                BodyState::Done => break,
+                BodyState::Length(n) | BodyState::ChunkData(n) => {
+                    let take = (rest.len() as u64).min(*n);
+                    used += take as usize;
+                    *n -= take;
+                    if *n == 0 {
+                        *self = match self {
+                            BodyState::Length(_) => BodyState::Done,
+                            _ => BodyState::ChunkEnd,
+                        };
+                    }
+                }
+                BodyState::ChunkEnd => {
+                    let b = rest[0];
+                    used += 1;
+                    match b {
+                        b'\r' => {}
+                        b'\n' => *self = BodyState::chunked(),
+                        _ => return Err(BadFraming),
+                    }
+                }
+                BodyState::ChunkSize {
+                    size,
+                    digits,
+                    ext,
+                    len,
+                } => {
+                    let b = rest[0];
+                    used += 1;
+                    *len += 1;
+                    if *len > MAX_LINE {
+                        return Err(BadFraming);
+                    }
+                    match b {
+                        b'\n' if *digits => {
+                            *self = match *size {
+                                0 => BodyState::Trailers { len: 0 },
+                                n => BodyState::ChunkData(n),
+                            };
+                        }
+                        b'\n' => return Err(BadFraming),
+                        _ if *ext => {}
+                        b'\r' => *ext = true,
+                        b';' | b' ' | b'\t' if *digits => *ext = true,
+                        _ => {
+                            let d = (b as char).to_digit(16).ok_or(BadFraming)?;
+                            *size = size
+                                .checked_mul(16)
+                                .and_then(|s| s.checked_add(u64::from(d)))
+                                .ok_or(BadFraming)?;
+                            *digits = true;
+                        }
+                    }
+                }
+                BodyState::Trailers { len } => {
+                    let b = rest[0];
+                    used += 1;
+                    match b {
+                        b'\n' if *len == 0 => *self = BodyState::Done,
+                        b'\n' => *len = 0,
+                        b'\r' => {}
+                        _ => {
+                            *len += 1;
+                            if *len > MAX_LINE {
+                                return Err(BadFraming);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(used)
+    }
+}
+
+/// The body a request head announces: `None` for an empty body, `Err` for framing that cannot be followed
+/// (a transfer coding that does not end in `chunked`, a bad length).
+pub fn request_body(te: Option<&[u8]>, cl: Option<&[u8]>) -> Result<Option<BodyState>, BadFraming> {
+    if let Some(te) = te {
+        let last = te.rsplit(|b| *b == b',').next().unwrap_or_default();
+        return if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            Ok(Some(BodyState::chunked()))
+        } else {
+            Err(BadFraming)
+        };
+    }
+    match cl {
+        None => Ok(None),
+        Some(cl) => match parse_length(cl) {
+            Some(0) => Ok(None),
+            Some(n) => Ok(Some(BodyState::Length(n))),
+            None => Err(BadFraming),
+        },
+    }
+}
+
+/// A Content-Length value: digits only (no sign, no spaces inside), no overflow.
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, b| {
+        let d = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(d))
+    })
+}
+
+enum State {
+    Head,
+    Body(BodyState),
     /// Upgrades, CONNECT, HTTP/2, anything not understood: stop watching (hyper still parses what it gets).
     Off,
 }
@@ -91,45 +253,28 @@ impl Tracker {
         self.state = if conflicting || upgrade || req.method == Some("CONNECT") {
             // hyper closes after a conflicting request; an upgrade may turn the stream into anything.
             State::Off
-        } else if let Some(te) = te {
-            let last = te.rsplit(|b| *b == b',').next().unwrap_or_default();
-            if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                State::ChunkSize
-            } else {
-                State::Off
-            }
-        } else if let Some(cl) = cl {
-            match std::str::from_utf8(cl)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-            {
-                Some(0) => State::Head,
-                Some(n) => State::Body(n),
-                None => State::Off,
-            }
         } else {
-            State::Head
+            match request_body(te, cl) {
+                Ok(None) => State::Head,
+                Ok(Some(body)) => State::Body(body),
+                Err(BadFraming) => State::Off,
+            }
         };
-    }
-
-    /// Takes one line (through `\n`) into `buf`; returns how much of `data` it used and whether the line is whole.
-    fn line(&mut self, data: &[u8]) -> (usize, bool) {
-        match data.iter().position(|b| *b == b'\n') {
-            Some(i) => {
-                self.buf.extend_from_slice(&data[..=i]);
-                (i + 1, true)
-            }
-            None => {
-                self.buf.extend_from_slice(data);
-                (data.len(), false)
-            }
-        }
     }
 
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            match self.state {
+            match &mut self.state {
                 State::Off => return,
+                State::Body(body) => match body.advance(data) {
+                    Ok(used) => {
+                        data = &data[used..];
+                        if body.done() {
+                            self.state = State::Head;
+                        }
+                    }
+                    Err(BadFraming) => self.state = State::Off,
+                },
                 State::Head => {
                     if self.buf.is_empty() {
                         // Stray CRLFs between requests are allowed.
@@ -165,52 +310,6 @@ impl Tracker {
                         }
                         None => return,
                     }
-                }
-                State::Body(n) => {
-                    let take = (data.len() as u64).min(n);
-                    data = &data[take as usize..];
-                    self.state = if n == take {
-                        State::Head
-                    } else {
-                        State::Body(n - take)
-                    };
-                }
-                State::ChunkData(n) => {
-                    let take = (data.len() as u64).min(n);
-                    data = &data[take as usize..];
-                    self.state = if n == take {
-                        State::ChunkEnd
-                    } else {
-                        State::ChunkData(n - take)
-                    };
-                }
-                State::ChunkSize | State::ChunkEnd | State::Trailers => {
-                    let (used, whole) = self.line(data);
-                    data = &data[used..];
-                    if !whole {
-                        if self.buf.len() > 8192 {
-                            self.state = State::Off;
-                        }
-                        continue;
-                    }
-                    let line = std::mem::take(&mut self.buf);
-                    let text = line.trim_ascii();
-                    self.state = match self.state {
-                        State::ChunkEnd => State::ChunkSize,
-                        State::Trailers if text.is_empty() => State::Head,
-                        State::Trailers => State::Trailers,
-                        _ => {
-                            let size = text.split(|b| *b == b';').next().unwrap_or_default();
-                            match std::str::from_utf8(size)
-                                .ok()
-                                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
-                            {
-                                Some(0) => State::Trailers,
-                                Some(n) => State::ChunkData(n),
-                                None => State::Off,
-                            }
-                        }
-                    };
                 }
             }
         }
@@ -314,6 +413,68 @@ POST /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked
             flags(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n"]),
             vec![true]
         );
+    }
+
+    /// Feeds `stream` to a body in pieces of `step` bytes; returns the bytes consumed when it ended.
+    fn body_end(
+        mut state: BodyState,
+        stream: &[u8],
+        step: usize,
+    ) -> Result<Option<usize>, BadFraming> {
+        let mut at = 0;
+        for piece in stream.chunks(step) {
+            let used = state.advance(piece)?;
+            at += used;
+            if state.done() {
+                return Ok(Some(at));
+            }
+            assert_eq!(
+                used,
+                piece.len(),
+                "a body that has not ended takes all it is given"
+            );
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn body_framing() {
+        let chunked: &[u8] = b"5;ext=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for step in [1, 3, 7, chunked.len()] {
+            assert_eq!(
+                body_end(BodyState::chunked(), chunked, step),
+                Ok(Some(chunked.len() - 4))
+            );
+            assert_eq!(
+                body_end(BodyState::length(5), b"helloNEXT", step),
+                Ok(Some(5))
+            );
+        }
+        assert_eq!(body_end(BodyState::chunked(), b"0\r\n\r\n", 1), Ok(Some(5)));
+        assert_eq!(body_end(BodyState::chunked(), b"5\r\nhel", 2), Ok(None));
+        assert_eq!(
+            body_end(BodyState::chunked(), b"zz\r\n", 1),
+            Err(BadFraming)
+        );
+        assert_eq!(body_end(BodyState::chunked(), b"\r\n", 1), Err(BadFraming));
+        assert_eq!(
+            body_end(BodyState::chunked(), b"5\r\nhelloXX", 1),
+            Err(BadFraming)
+        );
+        assert_eq!(
+            body_end(BodyState::chunked(), b"fffffffffffffffff\r\n", 1),
+            Err(BadFraming)
+        );
+        assert!(BodyState::length(0).done());
+        assert_eq!(parse_length(b" 12 "), Some(12));
+        assert_eq!(parse_length(b"+12"), None);
+        assert_eq!(parse_length(b"1 2"), None);
+        assert_eq!(
+            request_body(Some(b"gzip, chunked"), None),
+            Ok(Some(BodyState::chunked()))
+        );
+        assert_eq!(request_body(Some(b"chunked, gzip"), None), Err(BadFraming));
+        assert_eq!(request_body(None, Some(b"0")), Ok(None));
     }
 
     #[test]

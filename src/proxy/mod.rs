@@ -3,13 +3,14 @@
 
 pub mod balance;
 pub mod framing;
+pub mod h1;
 pub mod pool;
 pub mod tcp;
 pub mod tls;
 
 use crate::config::AccessLog;
 use crate::marathon::address::Endpoint;
-use crate::rules::acl::Request as AclRequest;
+use crate::rules::acl::{Headers, Request as AclRequest};
 use crate::snapshot::Publisher;
 use balance::{Balancer, InFlight};
 use bytes::Bytes;
@@ -23,7 +24,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -181,15 +182,18 @@ fn sticky_token(e: &Endpoint) -> String {
     format!("{h:016x}")
 }
 
-fn sticky_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == STICKY_COOKIE)
-        .map(|(_, v)| v)
+/// The sticky cookie's value, from any `Cookie` header.
+fn sticky_cookie<'a>(headers: Headers<'a>) -> Option<&'a [u8]> {
+    headers.find_map("cookie", |v| {
+        v.split(|b| *b == b';')
+            .filter_map(|kv| {
+                let kv = kv.trim_ascii();
+                let eq = kv.iter().position(|b| *b == b'=')?;
+                Some((&kv[..eq], &kv[eq + 1..]))
+            })
+            .find(|(k, _)| *k == STICKY_COOKIE.as_bytes())
+            .map(|(_, v)| v)
+    })
 }
 
 fn bodyless(req: &Request<Incoming>) -> bool {
@@ -216,41 +220,112 @@ impl Proxy {
         }
     }
 
+    /// Matches the request against the snapshot's routes and says what to do with it: forward to the route's
+    /// routable backends, or answer here (404 no route, 301 to HTTPS, 503 no backend). One decision for both
+    /// front ends.
+    pub(crate) fn route<'s>(
+        &self,
+        snap: &'s crate::snapshot::Snapshot,
+        req: &AclRequest<'_>,
+        raw_host: Option<&str>,
+        path_and_query: &str,
+        tls: bool,
+    ) -> Routed<'s> {
+        let Some(route) = snap.routes.find(req) else {
+            return Routed::Answer(
+                None,
+                Answer::new(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "rattan: no route for {}{}\n",
+                        raw_host.unwrap_or(""),
+                        req.path
+                    ),
+                ),
+            );
+        };
+        if route.redirect_https && !tls {
+            return Routed::Answer(Some(route), self.redirect_https(raw_host, path_and_query));
+        }
+        // Borrowed from the snapshot the request holds: a swap meanwhile does not change its backends.
+        let backends: &[Endpoint] = snap
+            .apps
+            .get(&route.app_id)
+            .map(|a| a.healthy_backends(route.port_index))
+            .unwrap_or(&[]);
+        if backends.is_empty() {
+            return Routed::Answer(
+                Some(route),
+                Answer::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("rattan: {} has no healthy backend\n", route.app_id),
+                ),
+            );
+        }
+        Routed::Forward(route, backends)
+    }
+
     /// marathon-lb's `redirect scheme https code 301`: same host and path, on the HTTPS port.
-    fn redirect_https(&self, host: Option<&str>, req: &Request<Incoming>) -> Response<ProxyBody> {
-        let host = host.unwrap_or("");
+    fn redirect_https(&self, host: Option<&str>, path_and_query: &str) -> Answer {
         // Drop the client's port (the plain listener's).
-        let name = host_name(host);
+        let name = host_name(host.unwrap_or(""));
         let port = match self.https_port {
             443 => String::new(),
             p => format!(":{p}"),
         };
-        let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let location = format!("https://{name}{port}{pq}");
-        let mut r = plain(
-            StatusCode::MOVED_PERMANENTLY,
-            format!("rattan: moved to {location}\n"),
-        );
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            r.headers_mut().insert(header::LOCATION, v);
+        let location = format!("https://{name}{port}{path_and_query}");
+        Answer {
+            status: StatusCode::MOVED_PERMANENTLY,
+            body: format!("rattan: moved to {location}\n"),
+            location: Some(location),
         }
-        r
+    }
+
+    /// Counts the request by app and status class, with its time to the response head; returns the time now.
+    fn record(
+        route: Option<&crate::rules::table::Route>,
+        status: u16,
+        started: Instant,
+    ) -> Instant {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(started);
+        match route {
+            Some(route) => route
+                .metrics
+                .get_or_init(|| crate::metrics::AppMetrics::new(&route.app_id))
+                .record(status, took),
+            None => {
+                static NO_ROUTE: std::sync::OnceLock<crate::metrics::AppMetrics> =
+                    std::sync::OnceLock::new();
+                NO_ROUTE
+                    .get_or_init(|| crate::metrics::AppMetrics::new(""))
+                    .record(status, took)
+            }
+        }
+        now
+    }
+
+    fn smuggling_refused(peer: SocketAddr) -> Answer {
+        crate::metrics::metrics()
+            .http_rejected
+            .with_label_values(&["smuggling"])
+            .inc();
+        tracing::warn!(client = %peer, "request with both Content-Length and Transfer-Encoding refused");
+        Answer::new(
+            StatusCode::BAD_REQUEST,
+            "rattan: conflicting Content-Length and Transfer-Encoding\n".into(),
+        )
     }
 
     /// Proxies one request and records it: by app and status class, with its time to the response head.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let m = crate::metrics::metrics();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         // Taken for every HTTP/1 request, so the flags stay in step with the heads.
         let conflicting = req.version() <= Version::HTTP_11
             && conn.heads.as_ref().is_some_and(|h| h.next_conflicting());
         if conflicting {
-            m.http_rejected.with_label_values(&["smuggling"]).inc();
-            tracing::warn!(client = %conn.peer, "request with both Content-Length and Transfer-Encoding refused");
-            let mut r = plain(
-                StatusCode::BAD_REQUEST,
-                "rattan: conflicting Content-Length and Transfer-Encoding\n".into(),
-            );
+            let mut r = Self::smuggling_refused(conn.peer).into_response();
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
@@ -273,20 +348,7 @@ impl Proxy {
                 .append(header::VIA, HeaderValue::from_static("1.1 rattan"));
         }
         let status = resp.status().as_u16();
-        match trace.route {
-            Some(route) => route
-                .metrics
-                .get_or_init(|| crate::metrics::AppMetrics::new(&route.app_id))
-                .record(status, started.elapsed()),
-            None => {
-                static NO_ROUTE: std::sync::OnceLock<crate::metrics::AppMetrics> =
-                    std::sync::OnceLock::new();
-                NO_ROUTE
-                    .get_or_init(|| crate::metrics::AppMetrics::new(""))
-                    .record(status, started.elapsed())
-            }
-        }
-        let app = trace.route.map_or("", |r| r.app_id.as_str());
+        Self::record(trace.route, status, started);
         if let Some((method, uri, version, host)) = log {
             access_log(
                 self.opts.access_log,
@@ -296,13 +358,13 @@ impl Proxy {
                     uri: &uri,
                     version,
                     host: host.as_ref().and_then(|h| h.to_str().ok()),
-                    status: resp.status().as_u16(),
+                    status,
                     size: resp
                         .headers()
                         .get(header::CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok()),
-                    app,
+                    app: trace.route.map_or("", |r| r.app_id.as_str()),
                     backend: trace.backend,
                     tls: conn.tls,
                     duration: started.elapsed(),
@@ -312,7 +374,7 @@ impl Proxy {
         resp
     }
 
-    /// Routes and forwards; `app` is set to the app the request was routed to (left empty when none).
+    /// Routes and forwards; `trace` learns the route and the backend.
     async fn forward<'s>(
         &self,
         mut req: Request<Incoming>,
@@ -329,40 +391,28 @@ impl Proxy {
                     .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
         let host = host_value.as_ref().and_then(|h| h.to_str().ok());
-        let route = snap.routes.find(&AclRequest {
-            path: req.uri().path(),
-            method: req.method().as_str(),
-            // Rules name hosts; a port (always in HTTP/2's :authority, in Host off port 80/443) is not part of it.
-            host: host.map(host_name),
-            headers: req.headers(),
-            src: Some(client_addr.ip()),
-        });
-        let Some(route) = route else {
-            return plain(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "rattan: no route for {}{}\n",
-                    host.unwrap_or(""),
-                    req.uri().path()
-                ),
-            );
+        let routed = self.route(
+            snap,
+            &AclRequest {
+                path: req.uri().path(),
+                method: req.method().as_str(),
+                // Rules name hosts; a port (always in HTTP/2's :authority, in Host off port 80/443) is not part of it.
+                host: host.map(host_name),
+                headers: req.headers().into(),
+                src: Some(client_addr.ip()),
+            },
+            host,
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            conn.tls,
+        );
+        let (route, backends) = match routed {
+            Routed::Forward(route, backends) => (route, backends),
+            Routed::Answer(route, answer) => {
+                trace.route = route;
+                return answer.into_response();
+            }
         };
         trace.route = Some(route);
-        if route.redirect_https && !conn.tls {
-            return self.redirect_https(host, &req);
-        }
-        // Borrowed from the snapshot this request holds: a swap meanwhile does not change its backends.
-        let backends: &[Endpoint] = snap
-            .apps
-            .get(&route.app_id)
-            .map(|a| a.healthy_backends(route.port_index))
-            .unwrap_or(&[]);
-        if backends.is_empty() {
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("rattan: {} has no healthy backend\n", route.app_id),
-            );
-        }
 
         let retryable = bodyless(&req);
         // WebSocket and other upgrades: keep `Upgrade` and say `Connection: upgrade` to the backend, then splice the
@@ -422,33 +472,16 @@ impl Proxy {
             )
         };
         *out.version_mut() = Version::HTTP_11;
-        let request_headers_cookie = if route.sticky {
-            sticky_cookie(&parts.headers).map(str::to_string)
-        } else {
-            None
-        };
+        let mut picker = Picker::new(
+            &self.balancer,
+            route,
+            backends,
+            sticky_cookie(Headers::Map(&parts.headers)),
+        );
         *out.headers_mut() = parts.headers;
-        let mut failed: Vec<Endpoint> = Vec::new();
-        // Sticky sessions: the backend the cookie names, while it is routable.
-        let mut pinned = request_headers_cookie
-            .as_deref()
-            .and_then(|t| backends.iter().find(|b| sticky_token(b) == t));
         loop {
-            let picked = match pinned.take() {
-                Some(b) => Some((b, self.balancer.take(b))),
-                None => self.balancer.pick(
-                    &route.app_id,
-                    route.port_index,
-                    route.balance,
-                    backends,
-                    &failed,
-                ),
-            };
-            let Some((backend, guard)) = picked else {
-                return plain(
-                    StatusCode::BAD_GATEWAY,
-                    format!("rattan: no backend of {} answered\n", route.app_id),
-                );
+            let Some((backend, guard)) = picker.next() else {
+                return picker.exhausted().into_response();
             };
             trace.backend = Some(backend);
             let sent = pool::send(
@@ -461,16 +494,7 @@ impl Proxy {
             );
             let result = match tokio::time::timeout(self.opts.backend_timeout, sent).await {
                 Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!(backend = %backend, app = %route.app_id, timeout = ?self.opts.backend_timeout, "backend response timeout");
-                    return plain(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "rattan: backend {backend} did not answer within {:?}\n",
-                            self.opts.backend_timeout
-                        ),
-                    );
-                }
+                Err(_) => return self.backend_timed_out(route, backend).into_response(),
             };
             match result {
                 Ok(resp) => {
@@ -482,13 +506,9 @@ impl Proxy {
                     }
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
-                    if route.sticky {
-                        let token = sticky_token(backend);
-                        if request_headers_cookie.as_deref() != Some(token.as_str()) {
-                            let cookie = format!("{STICKY_COOKIE}={token}; Path=/; HttpOnly");
-                            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                                rparts.headers.append(header::SET_COOKIE, v);
-                            }
+                    if let Some(cookie) = picker.set_cookie(backend) {
+                        if let Ok(v) = HeaderValue::from_str(&cookie) {
+                            rparts.headers.append(header::SET_COOKIE, v);
                         }
                     }
                     let body = Guarded {
@@ -498,43 +518,167 @@ impl Proxy {
                     return Response::from_parts(rparts, body.boxed());
                 }
                 Err(pool::Failure::Connect(error, back)) => {
-                    if self.balancer.connect_failed(backend) {
-                        crate::metrics::metrics().backend_ejections.inc();
-                        tracing::warn!(backend = %backend, app = %route.app_id, seconds = self.balancer.eject_for().as_secs(),
-                            "backend ejected after repeated connect failures");
+                    match picker.connect_failed(backend, &error) {
+                        Ok(()) => out = *back,
+                        Err(answer) => return answer.into_response(),
                     }
-                    // Nothing was sent: safe to try another backend. A scale-down can take several at once,
-                    // before Marathon's event arrives.
-                    if failed.len() + 1 < MAX_CONNECT_ATTEMPTS.min(backends.len()) {
-                        tracing::warn!(backend = %backend, app = %route.app_id, %error, "backend connect failed; retrying on another");
-                        failed.push(backend.clone());
-                        out = *back;
-                        continue;
-                    }
-                    tracing::warn!(backend = %backend, app = %route.app_id, %error, "backend connect failed");
-                    return plain(
-                        StatusCode::BAD_GATEWAY,
-                        format!("rattan: backend {backend} failed: {error}\n"),
-                    );
                 }
                 Err(pool::Failure::Request(e)) => {
-                    tracing::warn!(backend = %backend, app = %route.app_id, error = %e, "backend request failed");
-                    return plain(
-                        StatusCode::BAD_GATEWAY,
-                        format!("rattan: backend {backend} failed: {e}\n"),
-                    );
+                    return backend_failed(route, backend, &e.to_string()).into_response()
                 }
             }
         }
+    }
+
+    fn backend_timed_out(&self, route: &crate::rules::table::Route, backend: &Endpoint) -> Answer {
+        tracing::warn!(backend = %backend, app = %route.app_id, timeout = ?self.opts.backend_timeout, "backend response timeout");
+        Answer::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "rattan: backend {backend} did not answer within {:?}\n",
+                self.opts.backend_timeout
+            ),
+        )
+    }
+}
+
+/// A request that reached a backend and failed there (after it was sent): 502, never retried.
+fn backend_failed(route: &crate::rules::table::Route, backend: &Endpoint, error: &str) -> Answer {
+    tracing::warn!(backend = %backend, app = %route.app_id, %error, "backend request failed");
+    Answer::new(
+        StatusCode::BAD_GATEWAY,
+        format!("rattan: backend {backend} failed: {error}\n"),
+    )
+}
+
+/// A short plain-text response the proxy gives itself, without a backend.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub body: String,
+    pub location: Option<String>,
+}
+
+impl Answer {
+    fn new(status: StatusCode, body: String) -> Answer {
+        Answer {
+            status,
+            body,
+            location: None,
+        }
+    }
+
+    fn into_response(self) -> Response<ProxyBody> {
+        let mut r = plain(self.status, self.body);
+        if let Some(v) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        r
+    }
+}
+
+/// What routing decided: forward to the route's backends, or answer here (with the route when one matched, for
+/// the metrics).
+pub(crate) enum Routed<'s> {
+    Forward(&'s crate::rules::table::Route, &'s [Endpoint]),
+    Answer(Option<&'s crate::rules::table::Route>, Answer),
+}
+
+/// Backends for one request, in the order they are tried: the sticky cookie's, then the balancer's picks, leaving
+/// out those whose connect failed (nothing was sent to them, so moving on is always safe).
+pub(crate) struct Picker<'p, 's> {
+    balancer: &'p Balancer,
+    route: &'s crate::rules::table::Route,
+    backends: &'s [Endpoint],
+    /// The backend the sticky cookie names, while it is routable.
+    cookie: Option<&'s Endpoint>,
+    pinned: Option<&'s Endpoint>,
+    failed: Vec<Endpoint>,
+}
+
+impl<'p, 's> Picker<'p, 's> {
+    pub fn new(
+        balancer: &'p Balancer,
+        route: &'s crate::rules::table::Route,
+        backends: &'s [Endpoint],
+        cookie: Option<&[u8]>,
+    ) -> Self {
+        let cookie = cookie
+            .filter(|_| route.sticky)
+            .and_then(|t| backends.iter().find(|b| sticky_token(b).as_bytes() == t));
+        Picker {
+            balancer,
+            route,
+            backends,
+            cookie,
+            pinned: cookie,
+            failed: Vec::new(),
+        }
+    }
+
+    pub fn next(&mut self) -> Option<(&'s Endpoint, InFlight)> {
+        match self.pinned.take() {
+            Some(b) => Some((b, self.balancer.take(b))),
+            None => self.balancer.pick(
+                &self.route.app_id,
+                self.route.port_index,
+                self.route.balance,
+                self.backends,
+                &self.failed,
+            ),
+        }
+    }
+
+    /// The 502 when every backend tried failed to connect.
+    pub fn exhausted(&self) -> Answer {
+        Answer::new(
+            StatusCode::BAD_GATEWAY,
+            format!("rattan: no backend of {} answered\n", self.route.app_id),
+        )
+    }
+
+    /// A connect to `backend` failed before anything was sent: counts toward its ejection, then `Ok` when another
+    /// backend is to be tried, or the 502 to give. A scale-down can take several at once, before Marathon's event.
+    pub fn connect_failed(&mut self, backend: &Endpoint, error: &str) -> Result<(), Answer> {
+        let app = &self.route.app_id;
+        if self.balancer.connect_failed(backend) {
+            crate::metrics::metrics().backend_ejections.inc();
+            tracing::warn!(backend = %backend, %app, seconds = self.balancer.eject_for().as_secs(),
+                "backend ejected after repeated connect failures");
+        }
+        if self.failed.len() + 1 < MAX_CONNECT_ATTEMPTS.min(self.backends.len()) {
+            tracing::warn!(backend = %backend, %app, %error, "backend connect failed; retrying on another");
+            self.failed.push(backend.clone());
+            return Ok(());
+        }
+        tracing::warn!(backend = %backend, %app, %error, "backend connect failed");
+        Err(Answer::new(
+            StatusCode::BAD_GATEWAY,
+            format!("rattan: backend {backend} failed: {error}\n"),
+        ))
+    }
+
+    /// The `Set-Cookie` that pins the client to `backend`, unless its cookie names it already.
+    pub fn set_cookie(&self, backend: &Endpoint) -> Option<String> {
+        (self.route.sticky && self.cookie != Some(backend)).then(|| {
+            format!(
+                "{STICKY_COOKIE}={}; Path=/; HttpOnly",
+                sticky_token(backend)
+            )
+        })
     }
 }
 
 /// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
 fn host_name(host: &str) -> &str {
-    match host.strip_prefix('[').and_then(|h| h.find(']')) {
-        Some(end) => &host[..end + 2],
-        None => host.split(':').next().unwrap_or(""),
-    }
+    // Bytes, not chars: this runs on every request.
+    let b = host.as_bytes();
+    let end = if b.first() == Some(&b'[') {
+        b.iter().position(|c| *c == b']').map_or(b.len(), |i| i + 1)
+    } else {
+        b.iter().position(|c| *c == b':').unwrap_or(b.len())
+    };
+    &host[..end]
 }
 
 /// The protocol a request asks to upgrade to, when it is a real HTTP/1.1 upgrade request.
@@ -636,10 +780,17 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(opts.header_read_timeout)
         .max_buf_size(opts.max_header_bytes.max(8192));
-    let builder = Arc::new(builder);
+    let front = Arc::new(h1::Front {
+        proxy,
+        builder,
+        stop: shutdown.clone(),
+        draining: Default::default(),
+        drain: Default::default(),
+    });
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
     let task = tokio::spawn(async move {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // Every connection task holds a sender: the drain is over when the last one is dropped.
+        let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
         let stopped = |rx: &mut tokio::sync::watch::Receiver<bool>| {
             let mut rx = rx.clone();
             async move { drop(rx.wait_for(|stop| *stop).await) }
@@ -670,52 +821,34 @@ pub async fn serve(
                 }
             };
             let _ = stream.set_nodelay(true);
-            let proxy = proxy.clone();
-            let builder = builder.clone();
-            let watcher = graceful.watcher();
+            let front = front.clone();
             let acceptor = acceptor.clone();
             let handshake_timeout = opts.header_read_timeout;
-            let max_head = opts.max_header_bytes;
             let port = if tls {
                 https_addr.map_or(443, |a| a.port())
             } else {
                 http_addr.port()
             };
+            let open = open.clone();
             tokio::spawn(async move {
                 let m = crate::metrics::metrics();
                 m.http_connections.inc();
                 match acceptor.filter(|_| tls) {
-                    None => {
-                        let (io, heads) = framing::Watched::new(stream, max_head);
-                        let info = ConnInfo {
-                            peer,
-                            tls: false,
-                            port,
-                            heads: Some(heads),
-                        };
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(io), service(proxy, info));
-                        let _ = watcher.watch(conn.into_owned()).await;
-                    }
+                    None => h1::serve(stream, front, h1::Peer::new(peer, false, port)).await,
                     Some(acceptor) => {
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                         {
-                            Ok(Ok(s)) => {
-                                let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                                // HTTP/2 has no Content-Length/Transfer-Encoding ambiguity to watch for.
-                                let (io, heads) = framing::Watched::new(s, max_head);
+                            // HTTP/2 has no Content-Length/Transfer-Encoding ambiguity to watch for.
+                            Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
                                 let info = ConnInfo {
                                     peer,
                                     tls: true,
                                     port,
-                                    heads: (!h2).then_some(heads),
+                                    heads: None,
                                 };
-                                let conn = builder.serve_connection_with_upgrades(
-                                    TokioIo::new(io),
-                                    service(proxy, info),
-                                );
-                                let _ = watcher.watch(conn.into_owned()).await;
+                                h1::serve_hyper(s, &front, info).await
                             }
+                            Ok(Ok(s)) => h1::serve(s, front, h1::Peer::new(peer, true, port)).await,
                             Ok(Err(e)) => {
                                 m.tls_handshake_failures.inc();
                                 tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -728,13 +861,18 @@ pub async fn serve(
                     }
                 }
                 m.http_connections.dec();
-                drop(permit);
+                drop((permit, open));
             });
         }
         drop(http);
         drop(https);
+        front
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        front.drain.notify_waiters();
         tracing::info!("proxy draining: no new connections, finishing in-flight requests");
-        graceful.shutdown().await;
+        drop(open);
+        let _ = all_closed.recv().await;
     });
     Ok((
         Listeners {

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
 
 /// Idle connections kept per backend.
 const MAX_IDLE: usize = 256;
@@ -42,6 +43,49 @@ fn put_idle(slot: &Slot, sender: SendRequest<ProxyBody>) {
             sender,
             since: Instant::now(),
         });
+    }
+}
+
+/// An idle connection of the fast path's, most recent first, still open as far as the reactor knows: a backend
+/// that closed it has sent a FIN, which `try_read` sees without a syscall when nothing arrived.
+pub fn take_raw(slot: &Slot, idle_timeout: Duration, now: Instant) -> Option<TcpStream> {
+    let mut idle = slot.raw_idle.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some((s, since)) = idle.pop() {
+        if now.saturating_duration_since(since) >= idle_timeout {
+            // The rest went idle earlier still.
+            idle.clear();
+            return None;
+        }
+        if still_open(&s) {
+            return Some(s);
+        }
+    }
+    None
+}
+
+/// Whether an idle connection can carry a request: no FIN and no stray bytes arrived on it. Costs no syscall
+/// while the reactor has seen nothing on it.
+pub fn still_open(s: &TcpStream) -> bool {
+    matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
+pub fn put_raw(slot: &Slot, s: TcpStream, now: Instant) {
+    let mut idle = slot.raw_idle.lock().unwrap_or_else(|p| p.into_inner());
+    if idle.len() < MAX_IDLE {
+        idle.push((s, now));
+    }
+}
+
+/// A new connection to `backend`, within `timeout`, with Nagle off (heads and bodies go out in one write each).
+pub async fn connect(backend: &Endpoint, timeout: Duration) -> Result<TcpStream, String> {
+    let addr = backend.to_string();
+    match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("connect timeout after {timeout:?}")),
     }
 }
 
@@ -85,19 +129,10 @@ pub async fn send(
             },
         }
     }
-    let addr = backend.to_string();
-    let stream =
-        match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(Failure::Connect(e.to_string(), Box::new(req))),
-            Err(_) => {
-                return Err(Failure::Connect(
-                    format!("connect timeout after {connect_timeout:?}"),
-                    Box::new(req),
-                ))
-            }
-        };
-    let _ = stream.set_nodelay(true);
+    let stream = match connect(backend, connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => return Err(Failure::Connect(e, Box::new(req))),
+    };
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(x) => x,

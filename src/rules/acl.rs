@@ -70,8 +70,39 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// `Host` (HTTP/1) or `:authority` (HTTP/2), as sent.
     pub host: Option<&'a str>,
-    pub headers: &'a http::HeaderMap,
+    pub headers: Headers<'a>,
     pub src: Option<IpAddr>,
+}
+
+/// A request's headers as either front end holds them: hyper's map, or the fast path's parsed head (no map built).
+#[derive(Clone, Copy)]
+pub enum Headers<'a> {
+    Map(&'a http::HeaderMap),
+    Raw(&'a [httparse::Header<'a>]),
+}
+
+impl<'a> From<&'a http::HeaderMap> for Headers<'a> {
+    fn from(m: &'a http::HeaderMap) -> Self {
+        Headers::Map(m)
+    }
+}
+
+impl<'a> Headers<'a> {
+    /// The first `f(value)` that is `Some`, over the values of the header `name` (lower case) in order.
+    pub fn find_map<T>(self, name: &str, mut f: impl FnMut(&'a [u8]) -> Option<T>) -> Option<T> {
+        match self {
+            Headers::Map(m) => m.get_all(name).iter().find_map(|v| f(v.as_bytes())),
+            Headers::Raw(hs) => hs
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .find_map(|h| f(h.value)),
+        }
+    }
+
+    /// Whether `f` holds for some value of the header `name` (lower case).
+    pub fn any(self, name: &str, mut f: impl FnMut(&'a [u8]) -> bool) -> bool {
+        self.find_map(name, |v| f(v).then_some(())).is_some()
+    }
 }
 
 /// Splits the text into tokens with their byte offsets; `"…"` and `'…'` quote, `\` escapes.
@@ -395,14 +426,12 @@ impl Criterion {
                 _ => false,
             },
             Fetch::Hdr(name) if name == "host" => req.host.is_some_and(|h| self.match_str(h)),
-            Fetch::Hdr(name) => req
-                .headers
-                .get_all(name.as_str())
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                // Like HAProxy's hdr(): every comma-separated value is an occurrence.
-                .flat_map(|v| v.split(','))
-                .any(|v| self.match_str(v.trim())),
+            Fetch::Hdr(name) => req.headers.any(name, |v| {
+                std::str::from_utf8(v).is_ok_and(|v| {
+                    // Like HAProxy's hdr(): every comma-separated value is an occurrence.
+                    v.split(',').any(|v| self.match_str(v.trim()))
+                })
+            }),
         }
     }
 
@@ -458,7 +487,7 @@ mod tests {
             path,
             method: "GET",
             host,
-            headers,
+            headers: headers.into(),
             src: Some("10.1.2.3".parse().unwrap()),
         }
     }
@@ -632,7 +661,7 @@ mod tests {
                     path: &path,
                     method: "GET",
                     host: Some(&path),
-                    headers: &h,
+                    headers: (&h).into(),
                     src: None,
                 });
             }
@@ -647,7 +676,7 @@ mod tests {
             path: "/",
             method: "GET",
             host: None,
-            headers: &h,
+            headers: (&h).into(),
             src: Some("::ffff:10.9.9.9".parse().unwrap()),
         };
         assert!(c.matches(&r));

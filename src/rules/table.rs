@@ -10,7 +10,7 @@ use super::labels;
 use super::Service;
 use crate::snapshot::Apps;
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -154,8 +154,9 @@ pub struct RouteTable {
     /// In precedence order.
     pub routes: Vec<Route>,
     pub errors: Vec<RouteError>,
-    exact_ci: HashMap<String, u32>,
-    exact_cs: HashMap<String, u32>,
+    // Fx: hashed on every request; the keys are the operator's, so a client cannot steer collisions into them.
+    exact_ci: rustc_hash::FxHashMap<String, u32>,
+    exact_cs: rustc_hash::FxHashMap<String, u32>,
     prefix_ci: Trie,
     prefix_cs: Trie,
     /// Routes no index covers, in precedence order.
@@ -411,7 +412,7 @@ mod tests {
             path,
             method: "GET",
             host: Some(host),
-            headers: &h,
+            headers: (&h).into(),
             src: None,
         })
         .map(|r| r.app_id.as_str())
@@ -513,7 +514,7 @@ mod tests {
                     path,
                     method: "GET",
                     host: Some(host),
-                    headers: &h,
+                    headers: (&h).into(),
                     src: None,
                 };
                 let linear = t.routes.iter().find(|r| r.matches(&req)).map(|r| &r.app_id);

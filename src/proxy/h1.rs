@@ -1,0 +1,1418 @@
+//! The HTTP/1.1 fast path. One task per client connection reads each request head once (httparse, no header map),
+//! routes it, writes the rewritten head to a pooled backend connection that it drives itself, and passes the
+//! response back with its body bytes untouched: two reads and two writes per request, nothing else in between.
+//!
+//! What it does not take on goes to the hyper path for the rest of the connection, with the bytes already read
+//! replayed: HTTP/2 (prior knowledge), HTTP/1.0, absolute-form targets, `Expect`, chunked request bodies and bodies
+//! over [`MAX_BUFFERED_BODY`]. Everything else behaves as the hyper path does (same routing, answers, retries,
+//! metrics and logs, through the same functions).
+
+use super::balance::{InFlight, Slot};
+use super::framing::{self, BodyState};
+use super::{pool, Answer, ConnInfo, Picker, Proxy, Routed};
+use crate::config::AccessLog;
+use crate::marathon::address::Endpoint;
+use crate::rules::acl::{Headers, Request as AclRequest};
+use crate::rules::table::Route;
+use crate::snapshot::Snapshot;
+use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::future::Future;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+/// Request bodies up to this size are read whole before the request goes out (so a connect failure can send them
+/// again elsewhere, and a backend that answers early can never stall the upload); larger ones stream through hyper.
+pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+/// Backend reads: a response head and what of the body comes with it, then the body in pieces of this size.
+const BACKEND_BUF: usize = 16 * 1024;
+const CLIENT_BUF: usize = 4 * 1024;
+
+/// What every connection of the listeners shares.
+pub struct Front {
+    pub proxy: Arc<Proxy>,
+    /// The hyper path, for what the fast path hands over.
+    pub builder: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Set once the drain begins: responses then say `Connection: close`, idle connections close.
+    pub draining: AtomicBool,
+    /// Notified once `draining` is set, for the connections waiting idle.
+    pub drain: tokio::sync::Notify,
+}
+
+/// The client side of a connection, as the forwarded headers tell it.
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    /// The port the client connected to (X-Forwarded-Port).
+    pub port: u16,
+    ip: String,
+    port_text: String,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, tls: bool, port: u16) -> Peer {
+        Peer {
+            addr,
+            tls,
+            port,
+            ip: addr.ip().to_string(),
+            port_text: port.to_string(),
+        }
+    }
+}
+
+/// Bytes read and not used yet.
+struct Buf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Buf {
+    fn new() -> Buf {
+        Buf {
+            data: Vec::new(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start >= self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Reads once more (0 at the end of the stream), making room first: unread bytes move to the front, and the
+    /// buffer grows up to `max` (from `initial` the first time).
+    async fn fill<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        initial: usize,
+        max: usize,
+    ) -> io::Result<usize> {
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.data.len() < max {
+                let grown = (self.data.len() * 2).clamp(initial, max);
+                self.data.resize(grown, 0);
+            } else {
+                return Err(io::Error::other("buffer full"));
+            }
+        }
+        let n = r.read(&mut self.data[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+/// `fut`, unless `after` passes from `at` first. One timer per connection serves every request: it is moved only
+/// when `fut` has to wait (most writes finish on the first poll), to `at` plus `after`, where `at` is a time the
+/// request read anyway. Moving a tokio timer later is an atomic store.
+async fn within_from<F: Future>(
+    mut timer: Pin<&mut Sleep>,
+    at: Instant,
+    after: Duration,
+    fut: F,
+) -> Option<F::Output> {
+    tokio::pin!(fut);
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if !armed {
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::from_std(at + after));
+            armed = true;
+        }
+        timer.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
+/// `fut`, unless `after` passes first.
+async fn within<F: Future>(timer: Pin<&mut Sleep>, after: Duration, fut: F) -> Option<F::Output> {
+    within_from(timer, Instant::now(), after, fut).await
+}
+
+/// `name` is `lower` in any case. `lower` has only lower-case letters and '-', onto which `| 0x20` maps nothing
+/// else but CR, a byte httparse never leaves in a name or a value: one OR per byte instead of a case fold.
+fn is(name: &[u8], lower: &[u8]) -> bool {
+    name.len() == lower.len() && name.iter().zip(lower).all(|(a, b)| a | 0x20 == *b)
+}
+
+/// Header lines by index, as bits (a head has at most `MAX_HEADERS`).
+type Lines = u128;
+const _: () = assert!(MAX_HEADERS <= Lines::BITS as usize);
+
+/// What one pass over a head's fields finds: the framing and connection fields, and which lines are
+/// connection-specific (RFC 9110 §7.6.1: never forwarded, in either direction).
+#[derive(Default)]
+struct Fields<'a> {
+    host: Option<&'a [u8]>,
+    hosts: usize,
+    content_length: Option<&'a [u8]>,
+    content_length_conflict: bool,
+    content_length_lines: Lines,
+    /// The last Transfer-Encoding value (its last coding is the one that frames).
+    transfer_encoding: Option<&'a [u8]>,
+    expect: bool,
+    upgrade: Option<&'a [u8]>,
+    conn: ConnectionTokens<'a>,
+    hop_by_hop: Lines,
+    x_forwarded_for: Lines,
+    /// X-Forwarded-Host, -Proto, -Port: replaced by the proxy's own.
+    x_forwarded: Lines,
+}
+
+impl<'a> Fields<'a> {
+    fn scan(headers: &[httparse::Header<'a>]) -> Fields<'a> {
+        let mut f = Fields::default();
+        for (i, h) in headers.iter().enumerate() {
+            let (n, bit) = (h.name.as_bytes(), 1 << i);
+            // By length first: most names are settled there.
+            match n.len() {
+                2 if is(n, b"te") => f.hop_by_hop |= bit,
+                4 if is(n, b"host") => {
+                    f.host = f.host.or(Some(h.value));
+                    f.hosts += 1;
+                }
+                6 if is(n, b"expect") => f.expect = true,
+                7 if is(n, b"upgrade") => {
+                    f.upgrade = Some(h.value);
+                    f.hop_by_hop |= bit;
+                }
+                7 if is(n, b"trailer") => f.hop_by_hop |= bit,
+                10 if is(n, b"connection") => {
+                    f.conn.add(h.value);
+                    f.hop_by_hop |= bit;
+                }
+                10 if is(n, b"keep-alive") => f.hop_by_hop |= bit,
+                14 if is(n, b"content-length") => {
+                    match f.content_length {
+                        Some(prev) if prev.trim_ascii() != h.value.trim_ascii() => {
+                            f.content_length_conflict = true
+                        }
+                        _ => f.content_length = Some(h.value),
+                    }
+                    f.content_length_lines |= bit;
+                }
+                15 if is(n, b"x-forwarded-for") => f.x_forwarded_for |= bit,
+                16 if is(n, b"proxy-connection") => f.hop_by_hop |= bit,
+                16 if is(n, b"x-forwarded-host") || is(n, b"x-forwarded-port") => {
+                    f.x_forwarded |= bit
+                }
+                17 if is(n, b"transfer-encoding") => {
+                    f.transfer_encoding = Some(h.value);
+                    f.hop_by_hop |= bit;
+                }
+                17 if is(n, b"x-forwarded-proto") => f.x_forwarded |= bit,
+                18 if is(n, b"proxy-authenticate") => f.hop_by_hop |= bit,
+                19 if is(n, b"proxy-authorization") => f.hop_by_hop |= bit,
+                _ => {}
+            }
+        }
+        // Fields that `Connection` names are connection-specific too (rare: a second pass only then).
+        if !f.conn.named.is_empty() {
+            for (i, h) in headers.iter().enumerate() {
+                if f.conn.names(h.name) {
+                    f.hop_by_hop |= 1 << i;
+                }
+            }
+        }
+        f
+    }
+}
+
+/// The comma-separated tokens of a `Connection` value.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// What `Connection` headers say: `close`, `upgrade`, and the other fields they name (hop-by-hop too).
+#[derive(Default)]
+struct ConnectionTokens<'a> {
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    named: Vec<&'a [u8]>,
+}
+
+impl<'a> ConnectionTokens<'a> {
+    fn add(&mut self, value: &'a [u8]) {
+        // The usual value, without splitting.
+        if is(value, b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
+        for t in tokens(value) {
+            if is(t, b"close") {
+                self.close = true;
+            } else if is(t, b"keep-alive") {
+                self.keep_alive = true;
+            } else if is(t, b"upgrade") {
+                self.upgrade = true;
+            } else {
+                self.named.push(t);
+            }
+        }
+    }
+
+    fn names(&self, name: &str) -> bool {
+        !self.named.is_empty()
+            && self
+                .named
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+}
+
+fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// An answer of the proxy's own, as HTTP/1.1 bytes.
+fn write_answer(out: &mut Vec<u8>, a: &Answer, close: bool, via: bool) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    number(out, u64::from(a.status.as_u16()));
+    out.push(b' ');
+    out.extend_from_slice(a.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    number(out, a.body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    if let Some(l) = &a.location {
+        header(out, b"location", l.as_bytes());
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    if via {
+        out.extend_from_slice(b"via: 1.1 rattan\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(a.body.as_bytes());
+}
+
+/// What the access log keeps of a request (taken only when it is on).
+struct LogInfo {
+    method: http::Method,
+    uri: http::Uri,
+    host: Option<String>,
+}
+
+/// A request head read and routed, with its rewritten head in the connection's `out`.
+struct Forward<'s> {
+    route: &'s Route,
+    picker: Picker<'s, 's>,
+    /// Content-Length of the body that follows the head (0: none).
+    body: u64,
+    /// The client asked to close after this request.
+    close: bool,
+    upgrade: bool,
+    head_request: bool,
+}
+
+enum Plan<'s> {
+    /// The head is not complete yet.
+    More,
+    /// Not for the fast path: the rest of the connection goes to hyper.
+    Fallback,
+    /// Answered without a backend; `close` ends the connection after it.
+    Answer {
+        route: Option<&'s Route>,
+        answer: Answer,
+        close: bool,
+    },
+    Forward(Forward<'s>),
+}
+
+/// Reads the request head in `buf` (when whole), routes it and writes the head to send into `out`; `log` gets
+/// what the access log needs, when it is on.
+#[allow(clippy::too_many_arguments)]
+fn plan<'s>(
+    proxy: &'s Proxy,
+    snap: &'s Snapshot,
+    buf: &[u8],
+    peer: &Peer,
+    out: &mut Vec<u8>,
+    head_len: &mut usize,
+    log: &mut Option<LogInfo>,
+) -> Plan<'s> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let bad = |msg: &str| Plan::Answer {
+        route: None,
+        answer: Answer::new(StatusCode::BAD_REQUEST, format!("rattan: {msg}\n")),
+        close: true,
+    };
+    match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(n)) => *head_len = n,
+        Ok(httparse::Status::Partial) => return Plan::More,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Plan::Answer {
+                route: None,
+                answer: Answer::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "rattan: too many header fields\n".into(),
+                ),
+                close: true,
+            }
+        }
+        // HTTP/2's preface, HTTP/0.9 and the like are hyper's to judge.
+        Err(httparse::Error::Version) => return Plan::Fallback,
+        Err(e) => return bad(&format!("malformed request head ({e})")),
+    }
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Plan::Fallback;
+    };
+    if !target.starts_with('/') {
+        return Plan::Fallback;
+    }
+    let headers: &[httparse::Header<'_>] = req.headers;
+    let f = Fields::scan(headers);
+    if f.transfer_encoding.is_some() && f.content_length.is_some() {
+        return Plan::Answer {
+            route: None,
+            answer: Proxy::smuggling_refused(peer.addr),
+            close: true,
+        };
+    }
+    if f.content_length_conflict {
+        return bad("conflicting Content-Length values");
+    }
+    if f.hosts > 1 {
+        return bad("more than one Host header");
+    }
+    let body = match f.content_length.map(framing::parse_length) {
+        None => 0,
+        Some(Some(n)) => n,
+        Some(None) => return bad("invalid Content-Length"),
+    };
+    if f.transfer_encoding.is_some() || f.expect || body > MAX_BUFFERED_BODY {
+        return Plan::Fallback;
+    }
+    let Some(host) = f.host.map(std::str::from_utf8).transpose().ok() else {
+        return bad("Host is not UTF-8");
+    };
+    let path = &target[..target
+        .bytes()
+        .position(|b| b == b'?')
+        .unwrap_or(target.len())];
+    if proxy.opts.access_log != AccessLog::Off {
+        *log = Some(LogInfo {
+            method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
+            uri: target.parse().unwrap_or_default(),
+            host: host.map(str::to_string),
+        });
+    }
+    let routed = proxy.route(
+        snap,
+        &AclRequest {
+            path,
+            method,
+            host: host.map(super::host_name),
+            headers: Headers::Raw(headers),
+            src: Some(peer.addr.ip()),
+        },
+        host,
+        target,
+        peer.tls,
+    );
+    let (route, backends) = match routed {
+        Routed::Forward(route, backends) => (route, backends),
+        Routed::Answer(route, answer) => {
+            return Plan::Answer {
+                route,
+                answer,
+                // Its body was not read: the next request could not be found.
+                close: body > 0 || f.conn.close,
+            };
+        }
+    };
+    let upgrade = f.upgrade.filter(|_| f.conn.upgrade);
+    // The head to send: the request line (HTTP/1.1 to every backend), the client's lines as they came without the
+    // hop-by-hop ones, then the forwarded ones.
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let head = &buf[..*head_len];
+    copy_lines(
+        out,
+        head,
+        headers,
+        f.hop_by_hop | f.x_forwarded_for | f.x_forwarded,
+    );
+    // Every X-Forwarded-For line as one list, in order, then this client.
+    out.extend_from_slice(b"x-forwarded-for: ");
+    if f.x_forwarded_for != 0 {
+        for (i, h) in headers.iter().enumerate() {
+            if f.x_forwarded_for & (1 << i) != 0 {
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b", ");
+            }
+        }
+    }
+    out.extend_from_slice(peer.ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(h) = host {
+        header(out, b"x-forwarded-host", h.as_bytes());
+    }
+    out.extend_from_slice(if peer.tls {
+        b"x-forwarded-proto: https\r\n"
+    } else {
+        b"x-forwarded-proto: http\r\n"
+    });
+    header(out, b"x-forwarded-port", peer.port_text.as_bytes());
+    if proxy.opts.via {
+        out.extend_from_slice(b"via: 1.1 rattan\r\n");
+    }
+    if let Some(proto) = upgrade {
+        header(out, b"upgrade", proto);
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let cookie = route
+        .sticky
+        .then(|| super::sticky_cookie(Headers::Raw(headers)))
+        .flatten();
+    Plan::Forward(Forward {
+        route,
+        picker: Picker::new(&proxy.balancer, route, backends, cookie),
+        body,
+        close: f.conn.close,
+        upgrade: upgrade.is_some(),
+        head_request: method == "HEAD",
+    })
+}
+
+/// Copies the header lines of `head` (a whole head, through its blank line) but those in `leave`, as they came:
+/// runs of kept lines in one copy each. A line not ended by CRLF (httparse accepts a bare LF) is written anew.
+fn copy_lines(out: &mut Vec<u8>, head: &[u8], headers: &[httparse::Header<'_>], leave: Lines) {
+    let base = head.as_ptr() as usize;
+    // Where the blank line that ends the head begins (CRLF or a bare LF).
+    let last_end = head.len() - if head.ends_with(b"\n\r\n") { 2 } else { 1 };
+    let start_of = |h: &httparse::Header<'_>| h.name.as_ptr() as usize - base;
+    let mut run = headers.first().map_or(last_end, start_of);
+    for (i, h) in headers.iter().enumerate() {
+        let start = start_of(h);
+        let end = headers.get(i + 1).map_or(last_end, start_of);
+        let kept = leave & (1 << i) == 0;
+        if !kept || !head[start..end].ends_with(b"\r\n") {
+            out.extend_from_slice(&head[run..start]);
+            if kept {
+                header(out, h.name.as_bytes(), h.value);
+            }
+            run = end;
+        }
+    }
+    out.extend_from_slice(&head[run..last_end]);
+}
+
+/// How a response's body ends.
+struct Framing {
+    /// `None`: at the end of the stream (no length, no chunked coding).
+    body: Option<BodyState>,
+    /// The backend connection can carry another request afterwards.
+    reusable: bool,
+    status: u16,
+    content_length: Option<u64>,
+}
+
+/// Writes the head to give the client for a backend's response head, and says how its body ends. `Err` for a
+/// head no client should get.
+fn response_head(
+    resp: &httparse::Response<'_, '_>,
+    head: &[u8],
+    head_request: bool,
+    set_cookie: Option<&str>,
+    close: &mut bool,
+    via: bool,
+    out: &mut Vec<u8>,
+) -> Result<Framing, &'static str> {
+    let status = resp.code.ok_or("no status")?;
+    let f = Fields::scan(resp.headers);
+    if f.content_length_conflict {
+        return Err("conflicting Content-Length values");
+    }
+    let (cl, te) = (f.content_length, f.transfer_encoding);
+    let chunked = te.is_some_and(|te| {
+        let last = te.rsplit(|b| *b == b',').next().unwrap_or_default();
+        last.trim_ascii().eq_ignore_ascii_case(b"chunked")
+    });
+    let length = match cl {
+        Some(v) if te.is_none() => Some(framing::parse_length(v).ok_or("invalid Content-Length")?),
+        _ => None,
+    };
+    // RFC 9112 §6.3, in its order.
+    let body = if head_request || (100..200).contains(&status) || status == 204 || status == 304 {
+        Some(BodyState::Done)
+    } else if te.is_some() {
+        chunked.then(BodyState::chunked)
+    } else {
+        length.map(BodyState::length)
+    };
+    if body.is_none() {
+        *close = true;
+    }
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    number(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // Content-Length stays when it frames the body (no Transfer-Encoding); chunked coding passes through as is.
+    let lengths = if te.is_some() {
+        f.content_length_lines
+    } else {
+        0
+    };
+    copy_lines(out, head, resp.headers, f.hop_by_hop | lengths);
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if let Some(c) = set_cookie {
+        header(out, b"set-cookie", c.as_bytes());
+    }
+    if via {
+        out.extend_from_slice(b"via: 1.1 rattan\r\n");
+    }
+    if *close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Framing {
+        body,
+        reusable: resp.version == Some(1) && !f.conn.close && body.is_some(),
+        status,
+        content_length: length,
+    })
+}
+
+/// A client connection on the fast path.
+struct Client<S> {
+    io: S,
+    buf: Buf,
+    /// Backend reads, kept with the connection so a request costs no allocation.
+    rbuf: Buf,
+    /// The head (and body) being written, to the backend and then to the client.
+    out: Vec<u8>,
+    /// When the last response head went out (the keep-alive idle clock starts there).
+    idle_since: Instant,
+    held: Option<Held>,
+}
+
+/// The backend connection the client's last request used, kept for its next request while the balancer picks
+/// the same backend: no pool lock, and it stays warm. Back to that backend's pool when the client goes elsewhere
+/// or leaves.
+struct Held {
+    slot: Arc<Slot>,
+    conn: Option<TcpStream>,
+    since: Instant,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            pool::put_raw(&self.slot, conn, self.since);
+        }
+    }
+}
+
+impl<S> Client<S> {
+    /// The held connection, when it is to `slot`'s backend and still usable.
+    fn take_held(
+        &mut self,
+        slot: &Arc<Slot>,
+        idle_timeout: Duration,
+        now: Instant,
+    ) -> Option<TcpStream> {
+        let held = self.held.as_mut()?;
+        if !Arc::ptr_eq(&held.slot, slot) {
+            self.held = None;
+            return None;
+        }
+        let conn = held.conn.take()?;
+        (now.saturating_duration_since(held.since) < idle_timeout && pool::still_open(&conn))
+            .then_some(conn)
+    }
+
+    fn hold(&mut self, slot: &Arc<Slot>, conn: TcpStream, since: Instant) {
+        match &mut self.held {
+            Some(h) if Arc::ptr_eq(&h.slot, slot) => {
+                h.conn = Some(conn);
+                h.since = since;
+            }
+            _ => {
+                self.held = Some(Held {
+                    slot: slot.clone(),
+                    conn: Some(conn),
+                    since,
+                })
+            }
+        }
+    }
+}
+
+/// What ended a wait for the client's next bytes.
+enum Woke {
+    Read(io::Result<usize>),
+    Stop,
+    Timeout,
+}
+
+/// How one request ended for the connection.
+enum Next {
+    /// Read the next request.
+    KeepAlive,
+    /// Close the connection.
+    Close,
+}
+
+/// Why a backend got no response out of a request.
+enum SendError {
+    /// Nothing reached it (or a bodyless request met a new connection that died before answering): another
+    /// backend may be tried.
+    Connect(String),
+    /// It had the request and failed: 502.
+    Failed(String),
+    Timeout,
+}
+
+/// Serves a client connection; returns when it closes.
+pub async fn serve<S>(io: S, front: Arc<Front>, peer: Peer)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let opts = &front.proxy.opts;
+    let mut c = Client {
+        io,
+        buf: Buf::new(),
+        rbuf: Buf::new(),
+        out: Vec::new(),
+        idle_since: Instant::now(),
+        held: None,
+    };
+    // Registered from the start, polled once (to leave this task's waker); after that `draining` tells.
+    let drained = front.drain.notified();
+    tokio::pin!(drained);
+    let mut drain_polled = false;
+    let mut snap = front.proxy.publisher.load_full();
+    let client_timer = tokio::time::sleep(opts.header_read_timeout);
+    let backend_timer = tokio::time::sleep(opts.backend_timeout);
+    tokio::pin!(client_timer, backend_timer);
+    let max_head = opts.max_header_bytes.max(1024);
+    let mut first = true;
+    loop {
+        let mut head_len = 0;
+        let mut log = None;
+        // Waits for a whole head: at most the header timeout (also the keep-alive idle timeout), and an idle
+        // connection closes as soon as the drain begins.
+        let plan = loop {
+            if !c.buf.is_empty() {
+                if first && is_h2_preface(c.buf.bytes()) {
+                    if c.buf.len() >= H2_PREFACE.len() {
+                        break Plan::Fallback;
+                    }
+                } else {
+                    // Loaded when the head is here: a keep-alive connection may have waited through many swaps.
+                    front.proxy.publisher.refresh(&mut snap);
+                    match plan(
+                        &front.proxy,
+                        &snap,
+                        c.buf.bytes(),
+                        &peer,
+                        &mut c.out,
+                        &mut head_len,
+                        &mut log,
+                    ) {
+                        Plan::More if c.buf.len() >= max_head => {
+                            break Plan::Answer {
+                                route: None,
+                                answer: Answer::new(
+                                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                    "rattan: request head too large\n".into(),
+                                ),
+                                close: true,
+                            }
+                        }
+                        Plan::More => {}
+                        p => break p,
+                    }
+                }
+            }
+            let (idle, idle_since) = (c.buf.is_empty(), c.idle_since);
+            let woke = {
+                let read = c.buf.fill(&mut c.io, CLIENT_BUF, max_head);
+                tokio::pin!(read);
+                let mut armed = false;
+                // Bytes, else the drain (only between requests), else the header timeout; the timer moves only when
+                // the read has to wait.
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = read.as_mut().poll(cx) {
+                        return Poll::Ready(Woke::Read(r));
+                    }
+                    if idle && !drain_polled {
+                        drain_polled = true;
+                        let _ = drained.as_mut().poll(cx);
+                    }
+                    if idle && front.draining.load(Ordering::Relaxed) {
+                        return Poll::Ready(Woke::Stop);
+                    }
+                    if !armed {
+                        let at = idle_since + opts.header_read_timeout;
+                        client_timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::from_std(at));
+                        armed = true;
+                    }
+                    client_timer.as_mut().poll(cx).map(|()| Woke::Timeout)
+                })
+                .await
+            };
+            match woke {
+                Woke::Read(Ok(n)) if n > 0 => {}
+                Woke::Timeout if !idle => {
+                    let a = Answer::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "rattan: request head not received in time\n".into(),
+                    );
+                    write_answer(&mut c.out, &a, true, opts.via);
+                    let _ = within(
+                        backend_timer.as_mut(),
+                        opts.header_read_timeout,
+                        write(&mut c.io, &c.out),
+                    )
+                    .await;
+                    return;
+                }
+                _ => return,
+            }
+        };
+        first = false;
+        let started = Instant::now();
+        let fwd = match plan {
+            Plan::More => continue,
+            Plan::Fallback => {
+                let rest = std::mem::replace(&mut c.buf, Buf::new());
+                let io = Rewind {
+                    prefix: rest.data,
+                    at: rest.start,
+                    end: rest.end,
+                    inner: c.io,
+                };
+                let (io, heads) = framing::Watched::new(io, opts.max_header_bytes);
+                let info = ConnInfo {
+                    peer: peer.addr,
+                    tls: peer.tls,
+                    port: peer.port,
+                    heads: Some(heads),
+                };
+                serve_hyper(io, &front, info).await;
+                return;
+            }
+            Plan::Answer {
+                route,
+                answer,
+                close,
+            } => {
+                let close = close || front.draining.load(Ordering::Relaxed);
+                write_answer(&mut c.out, &answer, close, opts.via);
+                c.idle_since = Proxy::record(route, answer.status.as_u16(), started);
+                if let Some(l) = &log {
+                    entry(
+                        &front.proxy,
+                        &peer,
+                        l,
+                        answer.status.as_u16(),
+                        route,
+                        None,
+                        started,
+                        Some(answer.body.len() as u64),
+                    );
+                }
+                let written = within_from(
+                    backend_timer.as_mut(),
+                    c.idle_since,
+                    opts.backend_timeout,
+                    write(&mut c.io, &c.out),
+                )
+                .await;
+                if close || !matches!(written, Some(Ok(()))) {
+                    return;
+                }
+                c.buf.consume(head_len);
+                continue;
+            }
+            Plan::Forward(f) => f,
+        };
+        c.buf.consume(head_len);
+        // A small body is read whole, after the head in `out`.
+        let mut need = fwd.body as usize;
+        while need > 0 {
+            if c.buf.is_empty() {
+                let read = within(
+                    client_timer.as_mut(),
+                    opts.header_read_timeout,
+                    c.buf.fill(
+                        &mut c.io,
+                        CLIENT_BUF,
+                        CLIENT_BUF.max(MAX_BUFFERED_BODY as usize),
+                    ),
+                )
+                .await;
+                if !matches!(read, Some(Ok(n)) if n > 0) {
+                    return;
+                }
+            }
+            let take = need.min(c.buf.len());
+            c.out.extend_from_slice(&c.buf.bytes()[..take]);
+            c.buf.consume(take);
+            need -= take;
+        }
+        let m = crate::metrics::metrics();
+        m.http_in_flight.inc();
+        let next = forward(
+            &front,
+            &mut c,
+            &peer,
+            fwd,
+            started,
+            log.as_ref(),
+            backend_timer.as_mut(),
+        )
+        .await;
+        m.http_in_flight.dec();
+        match next {
+            Next::KeepAlive => {}
+            Next::Close => {
+                let _ = c.io.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+async fn write<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn is_h2_preface(b: &[u8]) -> bool {
+    H2_PREFACE.starts_with(&b[..b.len().min(H2_PREFACE.len())])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn entry(
+    proxy: &Proxy,
+    peer: &Peer,
+    l: &LogInfo,
+    status: u16,
+    route: Option<&Route>,
+    backend: Option<&Endpoint>,
+    started: Instant,
+    size: Option<u64>,
+) {
+    super::access_log(
+        proxy.opts.access_log,
+        &super::AccessEntry {
+            peer: peer.addr,
+            method: &l.method,
+            uri: &l.uri,
+            version: http::Version::HTTP_11,
+            host: l.host.as_deref(),
+            status,
+            size,
+            app: route.map_or("", |r| r.app_id.as_str()),
+            backend,
+            tls: peer.tls,
+            duration: started.elapsed(),
+        },
+    );
+}
+
+/// Sends the request in `c.out` to the route's backends until one answers, and passes its response to the client.
+async fn forward<S>(
+    front: &Front,
+    c: &mut Client<S>,
+    peer: &Peer,
+    f: Forward<'_>,
+    started: Instant,
+    log: Option<&LogInfo>,
+    mut timer: Pin<&mut Sleep>,
+) -> Next
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let proxy = &front.proxy;
+    let opts = &proxy.opts;
+    let Forward {
+        route,
+        mut picker,
+        body,
+        close,
+        upgrade,
+        head_request,
+    } = f;
+    let replayable = body == 0;
+    let answer = |c: &mut Client<S>, a: Answer, backend: Option<&Endpoint>| {
+        write_answer(&mut c.out, &a, close, opts.via);
+        c.idle_since = Proxy::record(Some(route), a.status.as_u16(), started);
+        if let Some(l) = log {
+            entry(
+                proxy,
+                peer,
+                l,
+                a.status.as_u16(),
+                Some(route),
+                backend,
+                started,
+                Some(a.body.len() as u64),
+            );
+        }
+    };
+    let (backend, guard, mut conn) = loop {
+        let Some((backend, guard)) = picker.next() else {
+            answer(c, picker.exhausted(), None);
+            return reply(c, close, opts, timer).await;
+        };
+        match send(
+            guard.slot(),
+            backend,
+            c,
+            replayable,
+            opts,
+            started,
+            timer.as_mut(),
+        )
+        .await
+        {
+            Ok(s) => break (backend, guard, s),
+            Err(SendError::Connect(error)) => {
+                if let Err(a) = picker.connect_failed(backend, &error) {
+                    answer(c, a, Some(backend));
+                    return reply(c, close, opts, timer).await;
+                }
+            }
+            Err(SendError::Failed(error)) => {
+                answer(
+                    c,
+                    super::backend_failed(route, backend, &error),
+                    Some(backend),
+                );
+                return reply(c, close, opts, timer).await;
+            }
+            Err(SendError::Timeout) => {
+                answer(c, proxy.backend_timed_out(route, backend), Some(backend));
+                return reply(c, close, opts, timer).await;
+            }
+        }
+    };
+    guard.connected();
+    let mut close = close || front.draining.load(Ordering::Relaxed);
+    // The response head: interim (1xx) heads pass through as they come.
+    let framing = loop {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut resp,
+            c.rbuf.bytes(),
+            &mut slots,
+        );
+        let failure = match parsed {
+            Ok(httparse::Status::Complete(n)) => match resp.code {
+                Some(101) if upgrade => {
+                    // Switching protocols: the backend's head as it is, then bytes both ways until either side ends.
+                    Proxy::record(Some(route), 101, started);
+                    if let Some(l) = log {
+                        entry(
+                            proxy,
+                            peer,
+                            l,
+                            101,
+                            Some(route),
+                            Some(backend),
+                            started,
+                            None,
+                        );
+                    }
+                    return tunnel(c, conn, guard).await;
+                }
+                Some(101) => Some("101 to a request that asked for no upgrade".to_string()),
+                Some(code) if (100..200).contains(&code) => {
+                    c.out.clear();
+                    c.out.extend_from_slice(&c.rbuf.bytes()[..n]);
+                    c.rbuf.consume(n);
+                    if within(
+                        timer.as_mut(),
+                        opts.backend_timeout,
+                        write(&mut c.io, &c.out),
+                    )
+                    .await
+                    .is_none_or(|r| r.is_err())
+                    {
+                        return Next::Close;
+                    }
+                    continue;
+                }
+                _ => {
+                    let cookie = picker.set_cookie(backend);
+                    match response_head(
+                        &resp,
+                        &c.rbuf.bytes()[..n],
+                        head_request,
+                        cookie.as_deref(),
+                        &mut close,
+                        opts.via,
+                        &mut c.out,
+                    ) {
+                        Ok(framing) => {
+                            c.rbuf.consume(n);
+                            break framing;
+                        }
+                        Err(e) => Some(format!("bad response head: {e}")),
+                    }
+                }
+            },
+            Ok(httparse::Status::Partial) if c.rbuf.len() >= BACKEND_BUF => {
+                Some("response head too large".to_string())
+            }
+            Ok(httparse::Status::Partial) => {
+                // Until the response head, across every backend tried.
+                match within_from(
+                    timer.as_mut(),
+                    started,
+                    opts.backend_timeout,
+                    c.rbuf.fill(&mut conn, BACKEND_BUF, BACKEND_BUF),
+                )
+                .await
+                {
+                    None => {
+                        answer(c, proxy.backend_timed_out(route, backend), Some(backend));
+                        return reply(c, close, opts, timer).await;
+                    }
+                    Some(Ok(n)) if n > 0 => continue,
+                    Some(Ok(_)) => Some("connection closed in the response head".to_string()),
+                    Some(Err(e)) => Some(e.to_string()),
+                }
+            }
+            Err(e) => Some(format!("bad response head: {e}")),
+        };
+        if let Some(error) = failure {
+            answer(
+                c,
+                super::backend_failed(route, backend, &error),
+                Some(backend),
+            );
+            return reply(c, close, opts, timer).await;
+        }
+    };
+    c.idle_since = Proxy::record(Some(route), framing.status, started);
+    if let Some(l) = log {
+        entry(
+            proxy,
+            peer,
+            l,
+            framing.status,
+            Some(route),
+            Some(backend),
+            started,
+            framing.content_length,
+        );
+    }
+    // The body: what came with the head goes out in the same write, the rest as it arrives.
+    let mut state = framing.body;
+    let mut reusable = framing.reusable && !upgrade;
+    let take = match &mut state {
+        Some(s) => match s.advance(c.rbuf.bytes()) {
+            Ok(n) => n,
+            Err(_) => return Next::Close,
+        },
+        None => c.rbuf.len(),
+    };
+    c.out.extend_from_slice(&c.rbuf.bytes()[..take]);
+    c.rbuf.consume(take);
+    if within_from(
+        timer.as_mut(),
+        c.idle_since,
+        opts.backend_timeout,
+        write(&mut c.io, &c.out),
+    )
+    .await
+    .is_none_or(|r| r.is_err())
+    {
+        return Next::Close;
+    }
+    while !state.as_ref().is_some_and(BodyState::done) {
+        let read = within(
+            timer.as_mut(),
+            opts.backend_timeout,
+            c.rbuf.fill(&mut conn, BACKEND_BUF, BACKEND_BUF),
+        )
+        .await;
+        match read {
+            Some(Ok(0)) if state.is_none() => break,
+            Some(Ok(n)) if n > 0 => {}
+            // A body cut short: the client must see the connection end, not a complete response.
+            _ => {
+                tracing::debug!(backend = %backend, app = %route.app_id, "backend response body cut short");
+                return Next::Close;
+            }
+        }
+        let take = match &mut state {
+            Some(s) => match s.advance(c.rbuf.bytes()) {
+                Ok(n) => n,
+                Err(_) => return Next::Close,
+            },
+            None => c.rbuf.len(),
+        };
+        let written = within(
+            timer.as_mut(),
+            opts.backend_timeout,
+            write(&mut c.io, &c.rbuf.bytes()[..take]),
+        )
+        .await;
+        c.rbuf.consume(take);
+        if written.is_none_or(|r| r.is_err()) {
+            return Next::Close;
+        }
+    }
+    // Bytes past the response: the backend is out of step; never reuse it.
+    reusable &= c.rbuf.is_empty();
+    c.rbuf.clear();
+    if reusable {
+        c.hold(guard.slot(), conn, c.idle_since);
+    }
+    drop(guard);
+    if close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+/// Writes the answer in `c.out` to the client.
+async fn reply<S: AsyncWrite + Unpin>(
+    c: &mut Client<S>,
+    close: bool,
+    opts: &super::ProxyOptions,
+    timer: Pin<&mut Sleep>,
+) -> Next {
+    match within(timer, opts.backend_timeout, write(&mut c.io, &c.out)).await {
+        Some(Ok(())) if !close => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
+/// Writes the request in `c.out` to `backend` on an idle connection or a new one and waits for the first bytes of
+/// its response (in `c.rbuf`). A reused connection that fails before answering was closed by the backend as we
+/// wrote: a request with no body goes once more on a new connection; one with a body is not sent twice.
+async fn send<S>(
+    slot: &Arc<Slot>,
+    backend: &Endpoint,
+    c: &mut Client<S>,
+    replayable: bool,
+    opts: &super::ProxyOptions,
+    started: Instant,
+    mut timer: Pin<&mut Sleep>,
+) -> Result<TcpStream, SendError> {
+    let mut fresh_only = false;
+    loop {
+        let idle = if fresh_only {
+            None
+        } else {
+            c.take_held(slot, opts.idle_timeout, started)
+                .or_else(|| pool::take_raw(slot, opts.idle_timeout, started))
+        };
+        let reused = idle.is_some();
+        let mut s = match idle {
+            Some(s) => s,
+            None => pool::connect(backend, opts.connect_timeout)
+                .await
+                .map_err(SendError::Connect)?,
+        };
+        c.rbuf.clear();
+        if let Err(e) = s.write_all(&c.out).await {
+            if reused {
+                // Closed before it could carry anything: the next idle connection, or a new one.
+                continue;
+            }
+            return Err(SendError::Connect(format!("{e} (new connection, writing)")));
+        }
+        // Until the response head, across every backend tried.
+        let read = within_from(
+            timer.as_mut(),
+            started,
+            opts.backend_timeout,
+            c.rbuf.fill(&mut s, BACKEND_BUF, BACKEND_BUF),
+        )
+        .await;
+        let error = match read {
+            None => return Err(SendError::Timeout),
+            Some(Ok(n)) if n > 0 => return Ok(s),
+            Some(Ok(_)) => "connection closed before any response".to_string(),
+            Some(Err(e)) => e.to_string(),
+        };
+        match (replayable, reused) {
+            (true, true) => {
+                tracing::debug!(backend = %backend, %error, "reused connection failed; sending again on a new one");
+                fresh_only = true;
+            }
+            // A task dying with connections in its backlog: for a request without a body, as good as a connect
+            // failure.
+            (true, false) => {
+                return Err(SendError::Connect(format!(
+                    "{error} (new connection, before any response)"
+                )))
+            }
+            (false, _) => return Err(SendError::Failed(error)),
+        }
+    }
+}
+
+/// After a 101: the backend's head to the client, then bytes both ways until either side closes. The tunnel counts
+/// as one request in flight on the backend for its whole life.
+async fn tunnel<S>(c: &mut Client<S>, mut conn: TcpStream, guard: InFlight) -> Next
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _guard = guard;
+    if write(&mut c.io, c.rbuf.bytes()).await.is_err() {
+        return Next::Close;
+    }
+    c.rbuf.clear();
+    if !c.buf.is_empty() {
+        if conn.write_all(c.buf.bytes()).await.is_err() {
+            return Next::Close;
+        }
+        c.buf.clear();
+    }
+    let _ = tokio::io::copy_bidirectional(&mut c.io, &mut conn).await;
+    Next::Close
+}
+
+/// The hyper path for a whole connection: HTTP/2, or what the fast path handed over. On drain, idle HTTP/1
+/// connections close at once and HTTP/2 gets a GOAWAY; in-flight requests finish.
+pub async fn serve_hyper<I>(io: I, front: &Front, info: ConnInfo)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = front.builder.serve_connection_with_upgrades(
+        TokioIo::new(io),
+        super::service(front.proxy.clone(), info),
+    );
+    tokio::pin!(conn);
+    let mut stop = front.stop.clone();
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// A stream that first gives back bytes already read from it.
+struct Rewind<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    end: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.end {
+            let n = (self.end - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            if self.at == self.end {
+                self.prefix = Vec::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
