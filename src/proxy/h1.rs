@@ -8,6 +8,7 @@
 //! metrics and logs, through the same functions).
 
 use super::balance::{InFlight, Slot};
+use super::deadline::{Deadline, Deadlines};
 use super::framing::{self, BodyState};
 use super::{pool, Answer, ConnInfo, Picker, Proxy, Routed};
 use crate::config::AccessLog;
@@ -28,7 +29,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 /// Request bodies up to this size are read whole before the request goes out (so a connect failure can send them
 /// again elsewhere, and a backend that answers early can never stall the upload); larger ones stream through hyper.
@@ -48,6 +48,7 @@ pub struct Front {
     pub draining: AtomicBool,
     /// Notified once `draining` is set, for the connections waiting idle.
     pub drain: tokio::sync::Notify,
+    pub deadlines: Arc<Deadlines>,
 }
 
 /// The client side of a connection, as the forwarded headers tell it.
@@ -139,35 +140,31 @@ impl Buf {
     }
 }
 
-/// `fut`, unless `after` passes from `at` first. One timer per connection serves every request: it is moved only
-/// when `fut` has to wait (most writes finish on the first poll), to `at` plus `after`, where `at` is a time the
-/// request read anyway. Moving a tokio timer later is an atomic store.
-async fn within_from<F: Future>(
-    mut timer: Pin<&mut Sleep>,
-    at: Instant,
-    after: Duration,
-    fut: F,
-) -> Option<F::Output> {
-    tokio::pin!(fut);
-    let mut armed = false;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(r) = fut.as_mut().poll(cx) {
-            return Poll::Ready(Some(r));
-        }
-        if !armed {
-            timer
-                .as_mut()
-                .reset(tokio::time::Instant::from_std(at + after));
-            armed = true;
-        }
-        timer.as_mut().poll(cx).map(|()| None)
-    })
-    .await
+/// The connection's deadline, with the sweeper's clock.
+#[derive(Clone, Copy)]
+struct Timeouts<'a> {
+    all: &'a Deadlines,
+    mine: &'a Deadline,
 }
 
-/// `fut`, unless `after` passes first.
-async fn within<F: Future>(timer: Pin<&mut Sleep>, after: Duration, fut: F) -> Option<F::Output> {
-    within_from(timer, Instant::now(), after, fut).await
+impl Timeouts<'_> {
+    /// `fut`, unless `after` passes first. The deadline is set only when `fut` has to wait: most writes finish on
+    /// their first poll.
+    async fn within<F: Future>(self, after: Duration, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        let mut armed = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if !armed {
+                self.all.arm(self.mine, after);
+                armed = true;
+            }
+            self.mine.poll_expired(cx).map(|()| None)
+        })
+        .await
+    }
 }
 
 /// `name` is `lower` in any case. `lower` has only lower-case letters and '-', onto which `| 0x20` maps nothing
@@ -744,9 +741,11 @@ where
     tokio::pin!(drained);
     let mut drain_polled = false;
     let mut snap = front.proxy.publisher.load_full();
-    let client_timer = tokio::time::sleep(opts.header_read_timeout);
-    let backend_timer = tokio::time::sleep(opts.backend_timeout);
-    tokio::pin!(client_timer, backend_timer);
+    let deadline = front.deadlines.register();
+    let t = Timeouts {
+        all: &front.deadlines,
+        mine: &deadline,
+    };
     let max_head = opts.max_header_bytes.max(1024);
     let mut first = true;
     loop {
@@ -787,12 +786,12 @@ where
                     }
                 }
             }
-            let (idle, idle_since) = (c.buf.is_empty(), c.idle_since);
+            let idle = c.buf.is_empty();
             let woke = {
                 let read = c.buf.fill(&mut c.io, CLIENT_BUF, max_head);
                 tokio::pin!(read);
                 let mut armed = false;
-                // Bytes, else the drain (only between requests), else the header timeout; the timer moves only when
+                // Bytes, else the drain (only between requests), else the header timeout; the deadline is set only when
                 // the read has to wait.
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(r) = read.as_mut().poll(cx) {
@@ -806,13 +805,10 @@ where
                         return Poll::Ready(Woke::Stop);
                     }
                     if !armed {
-                        let at = idle_since + opts.header_read_timeout;
-                        client_timer
-                            .as_mut()
-                            .reset(tokio::time::Instant::from_std(at));
+                        t.all.arm(t.mine, opts.header_read_timeout);
                         armed = true;
                     }
-                    client_timer.as_mut().poll(cx).map(|()| Woke::Timeout)
+                    t.mine.poll_expired(cx).map(|()| Woke::Timeout)
                 })
                 .await
             };
@@ -824,12 +820,9 @@ where
                         "rattan: request head not received in time\n".into(),
                     );
                     write_answer(&mut c.out, &a, true, opts.via);
-                    let _ = within(
-                        backend_timer.as_mut(),
-                        opts.header_read_timeout,
-                        write(&mut c.io, &c.out),
-                    )
-                    .await;
+                    let _ = t
+                        .within(opts.header_read_timeout, write(&mut c.io, &c.out))
+                        .await;
                     return;
                 }
                 _ => return,
@@ -877,13 +870,9 @@ where
                         Some(answer.body.len() as u64),
                     );
                 }
-                let written = within_from(
-                    backend_timer.as_mut(),
-                    c.idle_since,
-                    opts.backend_timeout,
-                    write(&mut c.io, &c.out),
-                )
-                .await;
+                let written = t
+                    .within(opts.backend_timeout, write(&mut c.io, &c.out))
+                    .await;
                 if close || !matches!(written, Some(Ok(()))) {
                     return;
                 }
@@ -897,16 +886,16 @@ where
         let mut need = fwd.body as usize;
         while need > 0 {
             if c.buf.is_empty() {
-                let read = within(
-                    client_timer.as_mut(),
-                    opts.header_read_timeout,
-                    c.buf.fill(
-                        &mut c.io,
-                        CLIENT_BUF,
-                        CLIENT_BUF.max(MAX_BUFFERED_BODY as usize),
-                    ),
-                )
-                .await;
+                let read = t
+                    .within(
+                        opts.header_read_timeout,
+                        c.buf.fill(
+                            &mut c.io,
+                            CLIENT_BUF,
+                            CLIENT_BUF.max(MAX_BUFFERED_BODY as usize),
+                        ),
+                    )
+                    .await;
                 if !matches!(read, Some(Ok(n)) if n > 0) {
                     return;
                 }
@@ -918,16 +907,7 @@ where
         }
         let m = crate::metrics::metrics();
         m.http_in_flight.inc();
-        let next = forward(
-            &front,
-            &mut c,
-            &peer,
-            fwd,
-            started,
-            log.as_ref(),
-            backend_timer.as_mut(),
-        )
-        .await;
+        let next = forward(&front, &mut c, &peer, fwd, started, log.as_ref(), t).await;
         m.http_in_flight.dec();
         match next {
             Next::KeepAlive => {}
@@ -987,7 +967,7 @@ async fn forward<S>(
     f: Forward<'_>,
     started: Instant,
     log: Option<&LogInfo>,
-    mut timer: Pin<&mut Sleep>,
+    t: Timeouts<'_>,
 ) -> Next
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -1022,24 +1002,14 @@ where
     let (backend, guard, mut conn) = loop {
         let Some((backend, guard)) = picker.next() else {
             answer(c, picker.exhausted(), None);
-            return reply(c, close, opts, timer).await;
+            return reply(c, close, opts, t).await;
         };
-        match send(
-            guard.slot(),
-            backend,
-            c,
-            replayable,
-            opts,
-            started,
-            timer.as_mut(),
-        )
-        .await
-        {
+        match send(guard.slot(), backend, c, replayable, opts, started, t).await {
             Ok(s) => break (backend, guard, s),
             Err(SendError::Connect(error)) => {
                 if let Err(a) = picker.connect_failed(backend, &error) {
                     answer(c, a, Some(backend));
-                    return reply(c, close, opts, timer).await;
+                    return reply(c, close, opts, t).await;
                 }
             }
             Err(SendError::Failed(error)) => {
@@ -1048,11 +1018,11 @@ where
                     super::backend_failed(route, backend, &error),
                     Some(backend),
                 );
-                return reply(c, close, opts, timer).await;
+                return reply(c, close, opts, t).await;
             }
             Err(SendError::Timeout) => {
                 answer(c, proxy.backend_timed_out(route, backend), Some(backend));
-                return reply(c, close, opts, timer).await;
+                return reply(c, close, opts, t).await;
             }
         }
     };
@@ -1091,13 +1061,9 @@ where
                     c.out.clear();
                     c.out.extend_from_slice(&c.rbuf.bytes()[..n]);
                     c.rbuf.consume(n);
-                    if within(
-                        timer.as_mut(),
-                        opts.backend_timeout,
-                        write(&mut c.io, &c.out),
-                    )
-                    .await
-                    .is_none_or(|r| r.is_err())
+                    if t.within(opts.backend_timeout, write(&mut c.io, &c.out))
+                        .await
+                        .is_none_or(|r| r.is_err())
                     {
                         return Next::Close;
                     }
@@ -1127,17 +1093,16 @@ where
             }
             Ok(httparse::Status::Partial) => {
                 // Until the response head, across every backend tried.
-                match within_from(
-                    timer.as_mut(),
-                    started,
-                    opts.backend_timeout,
-                    c.rbuf.fill(&mut conn, BACKEND_BUF, BACKEND_BUF),
-                )
-                .await
+                match t
+                    .within(
+                        opts.backend_timeout,
+                        c.rbuf.fill(&mut conn, BACKEND_BUF, BACKEND_BUF),
+                    )
+                    .await
                 {
                     None => {
                         answer(c, proxy.backend_timed_out(route, backend), Some(backend));
-                        return reply(c, close, opts, timer).await;
+                        return reply(c, close, opts, t).await;
                     }
                     Some(Ok(n)) if n > 0 => continue,
                     Some(Ok(_)) => Some("connection closed in the response head".to_string()),
@@ -1152,7 +1117,7 @@ where
                 super::backend_failed(route, backend, &error),
                 Some(backend),
             );
-            return reply(c, close, opts, timer).await;
+            return reply(c, close, opts, t).await;
         }
     };
     c.idle_since = Proxy::record(Some(route), framing.status, started);
@@ -1180,24 +1145,19 @@ where
     };
     c.out.extend_from_slice(&c.rbuf.bytes()[..take]);
     c.rbuf.consume(take);
-    if within_from(
-        timer.as_mut(),
-        c.idle_since,
-        opts.backend_timeout,
-        write(&mut c.io, &c.out),
-    )
-    .await
-    .is_none_or(|r| r.is_err())
+    if t.within(opts.backend_timeout, write(&mut c.io, &c.out))
+        .await
+        .is_none_or(|r| r.is_err())
     {
         return Next::Close;
     }
     while !state.as_ref().is_some_and(BodyState::done) {
-        let read = within(
-            timer.as_mut(),
-            opts.backend_timeout,
-            c.rbuf.fill(&mut conn, BACKEND_BUF, BACKEND_BUF),
-        )
-        .await;
+        let read = t
+            .within(
+                opts.backend_timeout,
+                c.rbuf.fill(&mut conn, BACKEND_BUF, BACKEND_BUF),
+            )
+            .await;
         match read {
             Some(Ok(0)) if state.is_none() => break,
             Some(Ok(n)) if n > 0 => {}
@@ -1214,12 +1174,12 @@ where
             },
             None => c.rbuf.len(),
         };
-        let written = within(
-            timer.as_mut(),
-            opts.backend_timeout,
-            write(&mut c.io, &c.rbuf.bytes()[..take]),
-        )
-        .await;
+        let written = t
+            .within(
+                opts.backend_timeout,
+                write(&mut c.io, &c.rbuf.bytes()[..take]),
+            )
+            .await;
         c.rbuf.consume(take);
         if written.is_none_or(|r| r.is_err()) {
             return Next::Close;
@@ -1244,9 +1204,12 @@ async fn reply<S: AsyncWrite + Unpin>(
     c: &mut Client<S>,
     close: bool,
     opts: &super::ProxyOptions,
-    timer: Pin<&mut Sleep>,
+    t: Timeouts<'_>,
 ) -> Next {
-    match within(timer, opts.backend_timeout, write(&mut c.io, &c.out)).await {
+    match t
+        .within(opts.backend_timeout, write(&mut c.io, &c.out))
+        .await
+    {
         Some(Ok(())) if !close => Next::KeepAlive,
         _ => Next::Close,
     }
@@ -1262,7 +1225,7 @@ async fn send<S>(
     replayable: bool,
     opts: &super::ProxyOptions,
     started: Instant,
-    mut timer: Pin<&mut Sleep>,
+    t: Timeouts<'_>,
 ) -> Result<TcpStream, SendError> {
     let mut fresh_only = false;
     loop {
@@ -1288,13 +1251,12 @@ async fn send<S>(
             return Err(SendError::Connect(format!("{e} (new connection, writing)")));
         }
         // Until the response head, across every backend tried.
-        let read = within_from(
-            timer.as_mut(),
-            started,
-            opts.backend_timeout,
-            c.rbuf.fill(&mut s, BACKEND_BUF, BACKEND_BUF),
-        )
-        .await;
+        let read = t
+            .within(
+                opts.backend_timeout,
+                c.rbuf.fill(&mut s, BACKEND_BUF, BACKEND_BUF),
+            )
+            .await;
         let error = match read {
             None => return Err(SendError::Timeout),
             Some(Ok(n)) if n > 0 => return Ok(s),

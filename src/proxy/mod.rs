@@ -2,6 +2,7 @@
 //! backend, forwards over pooled keep-alive connections.
 
 pub mod balance;
+pub mod deadline;
 pub mod framing;
 pub mod h1;
 pub mod pool;
@@ -786,7 +787,9 @@ pub async fn serve(
         stop: shutdown.clone(),
         draining: Default::default(),
         drain: Default::default(),
+        deadlines: Default::default(),
     });
+    tokio::spawn(front.deadlines.clone().run());
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
     let task = tokio::spawn(async move {
         // Every connection task holds a sender: the drain is over when the last one is dropped.

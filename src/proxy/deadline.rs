@@ -1,0 +1,171 @@
+//! Coarse deadlines for the fast path's connections: one atomic per connection, set when a wait begins and checked
+//! by a sweeper task every [`TICK`], instead of a tokio timer moved and polled on every wait (which cost more than
+//! all the rest of a small request's bookkeeping). Deadlines fire between their time and two ticks after it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// `Deadline::at` values that are not ticks.
+const UNSET: u64 = 0;
+const FIRED: u64 = u64::MAX;
+const CLOSED: u64 = u64::MAX - 1;
+
+pub struct Deadlines {
+    start: Instant,
+    /// Ticks since `start`, as of the last sweep.
+    now: AtomicU64,
+    all: Mutex<Vec<Arc<Deadline>>>,
+}
+
+/// One connection's deadline. It must be polled from one task only (the connection's): the first poll keeps that
+/// task's waker for the sweeper.
+#[derive(Default)]
+pub struct Deadline {
+    at: AtomicU64,
+    waker: OnceLock<Waker>,
+}
+
+/// A registered deadline; dropping it unregisters it (at the next sweep).
+pub struct Registered(Arc<Deadline>);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.at.store(CLOSED, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for Registered {
+    type Target = Deadline;
+    fn deref(&self) -> &Deadline {
+        &self.0
+    }
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            start: Instant::now(),
+            // Tick 0 would read as "unset".
+            now: AtomicU64::new(1),
+            all: Mutex::default(),
+        }
+    }
+}
+
+impl Deadlines {
+    pub fn register(&self) -> Registered {
+        let d = Arc::new(Deadline::default());
+        self.all
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(d.clone());
+        Registered(d)
+    }
+
+    /// Sets `d` to fire `after` from now (never earlier, at most two ticks later).
+    pub fn arm(&self, d: &Deadline, after: Duration) {
+        let ticks = after.as_millis().div_ceil(TICK.as_millis()) as u64;
+        d.at.store(
+            self.now.load(Ordering::Relaxed) + ticks + 1,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Fires what is due and forgets closed deadlines.
+    fn sweep(&self, now: u64) {
+        self.now.store(now, Ordering::Relaxed);
+        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|d| {
+            let at = d.at.load(Ordering::Relaxed);
+            if at == CLOSED {
+                return false;
+            }
+            // Only the deadline read here: one set anew meanwhile is left alone.
+            if at != UNSET
+                && at != FIRED
+                && at <= now
+                && d.at
+                    .compare_exchange(at, FIRED, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                if let Some(w) = d.waker.get() {
+                    w.wake_by_ref();
+                }
+            }
+            true
+        });
+    }
+
+    /// The sweeper: runs for the life of the process.
+    pub async fn run(self: Arc<Self>) {
+        let mut every = tokio::time::interval(TICK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let now = (self.start.elapsed().as_millis() / TICK.as_millis()) as u64 + 1;
+            self.sweep(now);
+        }
+    }
+}
+
+impl Deadline {
+    /// Ready once the deadline set last has passed.
+    pub fn poll_expired(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.at.load(Ordering::Relaxed) == FIRED {
+            return Poll::Ready(());
+        }
+        if self.waker.get().is_none() {
+            let _ = self.waker.set(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn fires_when_due_and_only_the_deadline_set_last() {
+        let ds = Deadlines::default();
+        let d = ds.register();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        ds.arm(&d, Duration::from_millis(250));
+        assert!(d.poll_expired(&mut cx).is_pending());
+        // 250 ms from tick 1: three ticks, plus one for the sweep that set "now".
+        ds.sweep(4);
+        assert!(d.poll_expired(&mut cx).is_pending(), "not before its time");
+        ds.sweep(5);
+        assert!(d.poll_expired(&mut cx).is_ready());
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the waiting task is woken"
+        );
+        // Set anew: the old firing is forgotten.
+        ds.arm(&d, Duration::from_secs(1));
+        assert!(d.poll_expired(&mut cx).is_pending());
+        ds.sweep(6);
+        assert!(d.poll_expired(&mut cx).is_pending());
+        // Dropped: gone at the next sweep.
+        drop(d);
+        ds.sweep(100);
+        assert!(ds.all.lock().unwrap().is_empty());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+}
