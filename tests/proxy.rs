@@ -1044,3 +1044,326 @@ async fn reused_connection_failures_are_resent_only_without_a_body() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 502);
 }
+
+// ---- the HTTP/1 fast path on the wire -----------------------------------------------------------------------
+
+/// What a scripted backend received: (request head, body).
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Reads one request (head and body, by length or chunked) off a raw connection; `None` at the end.
+async fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let head = read_head(s).await;
+    if head.is_empty() {
+        return None;
+    }
+    let mut body = Vec::new();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        loop {
+            let size_line = read_line(s).await;
+            let size = usize::from_str_radix(size_line.trim().split(';').next()?, 16).ok()?;
+            if size == 0 {
+                // Trailers up to the blank line.
+                while !read_line(s).await.trim().is_empty() {}
+                break;
+            }
+            let mut chunk = vec![0u8; size + 2];
+            s.read_exact(&mut chunk).await.ok()?;
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(n) = content_length(&head) {
+        body = vec![0u8; n];
+        s.read_exact(&mut body).await.ok()?;
+    }
+    Some((head, body))
+}
+
+async fn read_line(s: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\n") {
+        match s.read(&mut byte).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => line.push(byte[0]),
+        }
+    }
+    String::from_utf8_lossy(&line).into_owned()
+}
+
+/// A backend that answers each request by its path with raw bytes (written in the pieces given, 30 ms apart),
+/// closing the connection after the `/close` and `/cut` answers. `/100` sends an interim 100 first when asked.
+fn scripted_backend(seen: Seen) -> (u16, tokio::task::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let l = TcpListener::from_std(l).unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                while let Some((head, body)) = read_request(&mut s).await {
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let head_request = head.starts_with("HEAD ");
+                    seen.lock().unwrap().push((head, body.clone()));
+                    let pieces: Vec<Vec<u8>> = match path.split('?').next().unwrap_or("") {
+                        "/w/hop" => vec![b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\nok".to_vec()],
+                        "/w/chunked" => vec![
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel".to_vec(),
+                            b"lo\r\n6;ext=1\r\n world\r\n".to_vec(),
+                            b"0\r\nX-Trailer: t\r\n\r\n".to_vec(),
+                        ],
+                        "/w/close" => vec![
+                            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil ".to_vec(),
+                            b"the end".to_vec(),
+                        ],
+                        "/w/head" if head_request => {
+                            vec![b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec()]
+                        }
+                        "/w/early" => vec![
+                            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n".to_vec(),
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlater".to_vec(),
+                        ],
+                        "/w/bad" => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello".to_vec()],
+                        "/w/cut" => vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this".to_vec()],
+                        "/w/coded" => vec![b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 99\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec()],
+                        "/w/cookies" => vec![format!(
+                            "HTTP/1.1 200 OK\r\nSet-Cookie: big={}\r\nContent-Length: 2\r\n\r\nok",
+                            "c".repeat(40 * 1024)
+                        )
+                        .into_bytes()],
+                        _ => {
+                            // Echo: the body back, and the query in a header, so replies can be told apart.
+                            let q = path.split_once('?').map_or("", |(_, q)| q).to_string();
+                            vec![[
+                                format!("HTTP/1.1 200 OK\r\nX-Query: {q}\r\nContent-Length: {}\r\n\r\n", body.len())
+                                    .into_bytes(),
+                                body,
+                            ]
+                            .concat()]
+                        }
+                    };
+                    for (i, p) in pieces.iter().enumerate() {
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                        }
+                        if s.write_all(p).await.is_err() {
+                            return;
+                        }
+                    }
+                    if path == "/w/close" || path == "/w/cut" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+/// Sends raw bytes on a new connection and reads until the proxy closes it (or 5 s pass).
+async fn raw_exchange(addr: &str, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fast_path_on_the_wire() {
+    let seen: Seen = Default::default();
+    let (port, _backend) = scripted_backend(seen.clone());
+    let m = cluster().await;
+    app_on(&m, "/w", port);
+    let r = start(&m);
+    let c = reqwest::Client::new();
+    let t = Instant::now();
+    while get(&c, &r, "h", "/w/ready").await.0 != 200 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", r.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addr = r.proxy.trim_start_matches("http://").to_string();
+
+    // Response hop-by-hop fields (and those Connection names) stop at the proxy; the rest pass.
+    let (s, body, h) = get(&c, &r, "h", "/w/hop").await;
+    assert_eq!((s, body.as_str()), (200, "ok"));
+    assert_eq!(h["x-kept"], "yes");
+    for gone in ["x-hop", "keep-alive", "proxy-connection", "upgrade"] {
+        assert!(h.get(gone).is_none(), "{gone} passed: {h:?}");
+    }
+
+    // One keep-alive connection through chunked, close-free HEAD, interim and plain responses, in order.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /w/chunked HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await.to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut body = Vec::new();
+    while !body.ends_with(b"0\r\nX-Trailer: t\r\n\r\n") {
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed inside the chunked body: {}",
+            String::from_utf8_lossy(&body)
+        );
+        body.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        body, b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+        "passed through byte for byte"
+    );
+    s.write_all(b"HEAD /w/head HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await.to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("content-length: 1000"),
+        "{head}"
+    );
+    s.write_all(b"GET /w/early HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let interim = read_head(&mut s).await;
+    assert!(
+        interim.starts_with("HTTP/1.1 103 Early Hints") && interim.contains("rel=preload"),
+        "{interim}"
+    );
+    let fin = read_head(&mut s).await;
+    assert!(fin.starts_with("HTTP/1.1 200"), "{fin}");
+    let mut later = [0u8; 5];
+    s.read_exact(&mut later).await.unwrap();
+    assert_eq!(&later, b"later");
+
+    // The body passes through as coded, so all its transfer codings do too (and no Content-Length beside them);
+    // a 40 KiB response head is within the head limit.
+    let all = raw_exchange(
+        &addr,
+        b"GET /w/coded HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let lower = all.to_ascii_lowercase();
+    assert!(
+        lower.contains("transfer-encoding: gzip, chunked\r\n") && !lower.contains("content-length"),
+        "{all}"
+    );
+    assert!(all.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{all}");
+    let (s, body, h) = get(&c, &r, "h", "/w/cookies").await;
+    assert_eq!((s, body.as_str()), (200, "ok"));
+    assert_eq!(h["set-cookie"].len(), 4 + 40 * 1024);
+
+    // Pipelined requests: answered in order on the same connection.
+    let all = raw_exchange(
+        &addr,
+        b"GET /w/echo?1 HTTP/1.1\r\nHost: h\r\n\r\nGET /w/echo?2 HTTP/1.1\r\nHost: h\r\n\r\nGET /w/echo?3 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let order: Vec<&str> = all
+        .match_indices("X-Query: ")
+        .map(|(i, _)| &all[i + 9..i + 10])
+        .collect();
+    assert_eq!(order, ["1", "2", "3"], "{all}");
+    assert!(
+        all.to_ascii_lowercase().contains("connection: close"),
+        "{all}"
+    );
+
+    // A response delimited by the backend closing: passed whole, then the client connection closes too.
+    let all = raw_exchange(&addr, b"GET /w/close HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert!(
+        all.starts_with("HTTP/1.1 200") && all.ends_with("\r\n\r\nuntil the end"),
+        "{all}"
+    );
+    assert!(
+        all.to_ascii_lowercase().contains("connection: close"),
+        "{all}"
+    );
+
+    // A head no client should get (two lengths) is a 502; a body cut short ends the client connection early.
+    assert_eq!(get(&c, &r, "h", "/w/bad").await.0, 502);
+    let all = raw_exchange(&addr, b"GET /w/cut HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    assert!(
+        all.starts_with("HTTP/1.1 200") && all.ends_with("only this"),
+        "{all}"
+    );
+
+    // Several X-Forwarded-For lines reach the backend as one list, then this client; a body split across
+    // writes arrives whole.
+    seen.lock().unwrap().clear();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"POST /w/echo HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 192.0.2.1\r\nX-Forwarded-For: 192.0.2.2\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"world").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut echoed = [0u8; 10];
+    s.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"helloworld");
+    let (got, body) = seen.lock().unwrap()[0].clone();
+    let got = got.to_ascii_lowercase();
+    assert_eq!(got.matches("x-forwarded-for:").count(), 1, "{got}");
+    assert!(
+        got.contains("x-forwarded-for: 192.0.2.1, 192.0.2.2, 127.0.0.1\r\n"),
+        "{got}"
+    );
+    assert_eq!(body, b"helloworld");
+
+    // What the fast path hands to hyper still works: HTTP/1.0, a chunked upload, Expect: 100-continue, a large body.
+    let all = raw_exchange(&addr, b"GET /w/echo?old HTTP/1.0\r\nHost: h\r\n\r\n").await;
+    assert!(
+        all.starts_with("HTTP/1.") && all.contains(" 200 ") && all.contains("old"),
+        "{all}"
+    );
+    seen.lock().unwrap().clear();
+    let all = raw_exchange(
+        &addr,
+        b"POST /w/echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n chunk\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        all.starts_with("HTTP/1.1 200") && all.ends_with("hello chunk"),
+        "{all}"
+    );
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        b"POST /w/echo HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let cont = tokio::time::timeout(Duration::from_secs(5), read_head(&mut s))
+        .await
+        .unwrap();
+    assert!(cont.starts_with("HTTP/1.1 100"), "{cont}");
+    s.write_all(b"ping").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let big = vec![b'x'; 200 * 1024];
+    let resp = c
+        .post(format!("{}/w/echo", r.proxy))
+        .header("Host", "h")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().len(), big.len());
+    let seen = seen.lock().unwrap();
+    let bodies: Vec<&[u8]> = seen.iter().map(|(_, b)| b.as_slice()).collect();
+    assert!(
+        bodies.contains(&&b"hello chunk"[..]) && bodies.contains(&&b"ping"[..]),
+        "{:?}",
+        seen.len()
+    );
+    assert!(bodies.iter().any(|b| b.len() == big.len()));
+}

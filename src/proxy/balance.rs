@@ -27,6 +27,8 @@ pub struct Slot {
     pub idle: std::sync::Mutex<Vec<super::pool::Idle>>,
     /// Keep-alive connections the HTTP/1 fast path drives itself, with when each went idle.
     pub raw_idle: std::sync::Mutex<Vec<(tokio::net::TcpStream, std::time::Instant)>>,
+    /// Connections to this backend kept by their clients between requests (the fast path's `Held`).
+    pub held: AtomicUsize,
 }
 
 impl Slot {

@@ -10,6 +10,7 @@
 use super::balance::{InFlight, Slot};
 use super::deadline::{Deadline, Deadlines};
 use super::framing::{self, BodyState};
+use super::head;
 use super::{pool, Answer, ConnInfo, Picker, Proxy, Routed};
 use crate::config::AccessLog;
 use crate::marathon::address::Endpoint;
@@ -188,6 +189,7 @@ struct Fields<'a> {
     content_length_lines: Lines,
     /// The last Transfer-Encoding value (its last coding is the one that frames).
     transfer_encoding: Option<&'a [u8]>,
+    transfer_encoding_lines: Lines,
     expect: bool,
     upgrade: Option<&'a [u8]>,
     conn: ConnectionTokens<'a>,
@@ -236,6 +238,7 @@ impl<'a> Fields<'a> {
                 }
                 17 if is(n, b"transfer-encoding") => {
                     f.transfer_encoding = Some(h.value);
+                    f.transfer_encoding_lines |= bit;
                     f.hop_by_hop |= bit;
                 }
                 17 if is(n, b"x-forwarded-proto") => f.x_forwarded |= bit,
@@ -552,6 +555,16 @@ fn copy_lines(out: &mut Vec<u8>, head: &[u8], headers: &[httparse::Header<'_>], 
     out.extend_from_slice(&head[run..last_end]);
 }
 
+/// A backend's response head, read by `head` or by httparse.
+struct RespHead<'a> {
+    minor: u8,
+    code: u16,
+    reason: &'a str,
+    /// Bytes up to and including the blank line.
+    len: usize,
+    headers: &'a [httparse::Header<'a>],
+}
+
 /// How a response's body ends.
 struct Framing {
     /// `None`: at the end of the stream (no length, no chunked coding).
@@ -565,7 +578,7 @@ struct Framing {
 /// Writes the head to give the client for a backend's response head, and says how its body ends. `Err` for a
 /// head no client should get.
 fn response_head(
-    resp: &httparse::Response<'_, '_>,
+    resp: &RespHead<'_>,
     head: &[u8],
     head_request: bool,
     set_cookie: Option<&str>,
@@ -573,7 +586,7 @@ fn response_head(
     via: bool,
     out: &mut Vec<u8>,
 ) -> Result<Framing, &'static str> {
-    let status = resp.code.ok_or("no status")?;
+    let status = resp.code;
     let f = Fields::scan(resp.headers);
     if f.content_length_conflict {
         return Err("conflicting Content-Length values");
@@ -602,18 +615,22 @@ fn response_head(
     out.extend_from_slice(b"HTTP/1.1 ");
     number(out, u64::from(status));
     out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     // Content-Length stays when it frames the body (no Transfer-Encoding); chunked coding passes through as is.
+    // The body passes through as it is coded, so Transfer-Encoding does too (all its codings, not just chunked);
+    // Content-Length goes when Transfer-Encoding frames the body.
     let lengths = if te.is_some() {
         f.content_length_lines
     } else {
         0
     };
-    copy_lines(out, head, resp.headers, f.hop_by_hop | lengths);
-    if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    }
+    copy_lines(
+        out,
+        head,
+        resp.headers,
+        (f.hop_by_hop & !f.transfer_encoding_lines) | lengths,
+    );
     if let Some(c) = set_cookie {
         header(out, b"set-cookie", c.as_bytes());
     }
@@ -626,7 +643,7 @@ fn response_head(
     out.extend_from_slice(b"\r\n");
     Ok(Framing {
         body,
-        reusable: resp.version == Some(1) && !f.conn.close && body.is_some(),
+        reusable: resp.minor == 1 && !f.conn.close && body.is_some(),
         status,
         content_length: length,
     })
@@ -656,6 +673,7 @@ struct Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
+        self.slot.held.fetch_sub(1, Ordering::Relaxed);
         if let Some(conn) = self.conn.take() {
             pool::put_raw(&self.slot, conn, self.since);
         }
@@ -685,6 +703,12 @@ impl<S> Client<S> {
             Some(h) if Arc::ptr_eq(&h.slot, slot) => {
                 h.conn = Some(conn);
                 h.since = since;
+            }
+            // As many held as the pool keeps idle, per backend: idle clients must not pin more than that.
+            _ if slot.held.fetch_add(1, Ordering::Relaxed) >= pool::MAX_IDLE => {
+                slot.held.fetch_sub(1, Ordering::Relaxed);
+                self.held = None;
+                pool::put_raw(slot, conn, since);
             }
             _ => {
                 self.held = Some(Held {
@@ -974,6 +998,7 @@ where
 {
     let proxy = &front.proxy;
     let opts = &proxy.opts;
+    let max_head = BACKEND_BUF.max(opts.max_header_bytes);
     let Forward {
         route,
         mut picker,
@@ -1030,16 +1055,34 @@ where
     let mut close = close || front.draining.load(Ordering::Relaxed);
     // The response head: interim (1xx) heads pass through as they come.
     let framing = loop {
+        let mut fast = [httparse::EMPTY_HEADER; head::MAX];
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut resp,
-            c.rbuf.bytes(),
-            &mut slots,
-        );
+        let bytes = c.rbuf.bytes();
+        let parsed = match head::response(bytes, &mut fast) {
+            Some(h) => Ok(httparse::Status::Complete(RespHead {
+                minor: h.minor,
+                code: h.code,
+                reason: h.reason,
+                len: h.len,
+                headers: &fast[..h.fields],
+            })),
+            None => httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut resp, bytes, &mut slots)
+                .map(|status| match status {
+                    httparse::Status::Complete(len) => httparse::Status::Complete(RespHead {
+                        minor: resp.version.unwrap_or(1),
+                        code: resp.code.unwrap_or(0),
+                        reason: resp.reason.unwrap_or(""),
+                        len,
+                        headers: resp.headers,
+                    }),
+                    httparse::Status::Partial => httparse::Status::Partial,
+                }),
+        };
         let failure = match parsed {
-            Ok(httparse::Status::Complete(n)) => match resp.code {
-                Some(101) if upgrade => {
+            Ok(httparse::Status::Complete(r)) => match r.code {
+                101 if upgrade => {
                     // Switching protocols: the backend's head as it is, then bytes both ways until either side ends.
                     Proxy::record(Some(route), 101, started);
                     if let Some(l) = log {
@@ -1056,8 +1099,9 @@ where
                     }
                     return tunnel(c, conn, guard).await;
                 }
-                Some(101) => Some("101 to a request that asked for no upgrade".to_string()),
-                Some(code) if (100..200).contains(&code) => {
+                101 => Some("101 to a request that asked for no upgrade".to_string()),
+                100..=199 => {
+                    let n = r.len;
                     c.out.clear();
                     c.out.extend_from_slice(&c.rbuf.bytes()[..n]);
                     c.rbuf.consume(n);
@@ -1071,8 +1115,9 @@ where
                 }
                 _ => {
                     let cookie = picker.set_cookie(backend);
+                    let n = r.len;
                     match response_head(
-                        &resp,
+                        &r,
                         &c.rbuf.bytes()[..n],
                         head_request,
                         cookie.as_deref(),
@@ -1088,7 +1133,7 @@ where
                     }
                 }
             },
-            Ok(httparse::Status::Partial) if c.rbuf.len() >= BACKEND_BUF => {
+            Ok(httparse::Status::Partial) if c.rbuf.len() >= max_head => {
                 Some("response head too large".to_string())
             }
             Ok(httparse::Status::Partial) => {
@@ -1096,7 +1141,7 @@ where
                 match t
                     .within(
                         opts.backend_timeout,
-                        c.rbuf.fill(&mut conn, BACKEND_BUF, BACKEND_BUF),
+                        c.rbuf.fill(&mut conn, BACKEND_BUF, max_head),
                     )
                     .await
                 {
@@ -1254,7 +1299,8 @@ async fn send<S>(
         let read = t
             .within(
                 opts.backend_timeout,
-                c.rbuf.fill(&mut s, BACKEND_BUF, BACKEND_BUF),
+                c.rbuf
+                    .fill(&mut s, BACKEND_BUF, BACKEND_BUF.max(opts.max_header_bytes)),
             )
             .await;
         let error = match read {
@@ -1376,5 +1422,172 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_req(head: &[u8]) -> (usize, Vec<httparse::Header<'_>>) {
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Request::new(&mut hs);
+        let n = match r.parse(head) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!("{other:?}"),
+        };
+        (n, r.headers.to_vec())
+    }
+
+    #[test]
+    fn fields_are_classified_in_one_pass() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nCONNECTION: keep-alive, X-Hop\r\nx-hop: 1\r\nTE: trailers\r\nX-Forwarded-For: 1.2.3.4\r\nX-Forwarded-Proto: https\r\nContent-Length: 3\r\ncontent-length:  3 \r\nKeep-Alive: 5\r\nX-Other: y\r\n\r\n";
+        let (_, hs) = parse_req(head);
+        let f = Fields::scan(&hs);
+        assert_eq!(f.host, Some(&b"a"[..]));
+        assert!(f.conn.keep_alive && !f.conn.close);
+        // Connection (1), the field it names (2), TE (3), Keep-Alive (8).
+        assert_eq!(f.hop_by_hop, 1 << 1 | 1 << 2 | 1 << 3 | 1 << 8);
+        assert_eq!((f.x_forwarded_for, f.x_forwarded), (1 << 4, 1 << 5));
+        assert!(!f.content_length_conflict, "equal values are one length");
+        let (_, hs) =
+            parse_req(b"GET / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n");
+        assert!(Fields::scan(&hs).content_length_conflict);
+        // Case folding by OR is exact for these names: no other byte lands on them.
+        assert!(is(b"Transfer-Encoding", b"transfer-encoding"));
+        // The one byte OR maps onto '-' besides '-' is CR, which never gets past either parser.
+        let mut hs = [httparse::EMPTY_HEADER; 4];
+        assert!(httparse::Request::new(&mut hs)
+            .parse(b"GET / HTTP/1.1\r\nTransfer\rEncoding: chunked\r\n\r\n")
+            .is_err());
+        let mut fast = [httparse::EMPTY_HEADER; head::MAX];
+        assert!(head::response(
+            b"HTTP/1.1 200 OK\r\nConnection: close\rX\r\n\r\n",
+            &mut fast
+        )
+        .is_none());
+        assert!(!is(b"Transfer_Encoding", b"transfer-encoding"));
+    }
+
+    #[test]
+    fn lines_are_copied_as_they_came_without_the_left_ones() {
+        let head =
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Drop: 1\r\nX-Keep:  v \r\nX-Drop-Too: 2\r\n\r\n";
+        let (n, hs) = parse_req(head);
+        let mut out = Vec::new();
+        copy_lines(&mut out, &head[..n], &hs, 1 << 1 | 1 << 3);
+        assert_eq!(out, b"Host: a\r\nX-Keep:  v \r\n");
+        // A bare LF line is written anew with CRLF; the rest stay as they came.
+        let head = b"GET / HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n";
+        let (n, hs) = parse_req(head);
+        let mut out = Vec::new();
+        copy_lines(&mut out, &head[..n], &hs, 0);
+        assert_eq!(out, b"A: 1\r\nB: 2\r\n");
+        let (n, hs) = parse_req(b"GET / HTTP/1.1\r\n\r\n");
+        let mut out = Vec::new();
+        copy_lines(&mut out, &b"GET / HTTP/1.1\r\n\r\n"[..n], &hs, 0);
+        assert!(out.is_empty());
+    }
+
+    /// (body framing and reusable, or the error; the head written for the client; whether it closes)
+    type Framed = (
+        Result<(Option<BodyState>, bool), &'static str>,
+        String,
+        bool,
+    );
+
+    fn framing_of(resp: &[u8], head_request: bool) -> Framed {
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut hs);
+        let n = match r.parse(resp) {
+            Ok(httparse::Status::Complete(n)) => n,
+            other => panic!("{other:?}"),
+        };
+        let head = RespHead {
+            minor: r.version.unwrap_or(1),
+            code: r.code.unwrap_or(0),
+            reason: r.reason.unwrap_or(""),
+            len: n,
+            headers: r.headers,
+        };
+        let (mut close, mut out) = (false, Vec::new());
+        let f = response_head(
+            &head,
+            &resp[..n],
+            head_request,
+            Some("c=1"),
+            &mut close,
+            false,
+            &mut out,
+        )
+        .map(|f| (f.body, f.reusable));
+        (f, String::from_utf8(out).unwrap(), close)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let (f, out, close) = framing_of(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n",
+            false,
+        );
+        assert_eq!(f, Ok((Some(BodyState::Length(5)), true)));
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nset-cookie: c=1\r\n\r\n"
+        );
+        assert!(!close);
+        // HEAD, 204 and 304 have no body whatever their fields say.
+        for (resp, head) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"[..], true),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false,
+            ),
+        ] {
+            assert_eq!(framing_of(resp, head).0, Ok((Some(BodyState::Done), true)));
+        }
+        // Transfer-Encoding frames and stays; the length goes.
+        let (f, out, _) = framing_of(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false,
+        );
+        assert_eq!(f, Ok((Some(BodyState::chunked()), true)));
+        assert!(
+            out.contains("Transfer-Encoding: chunked\r\n") && !out.contains("Content-Length"),
+            "{out}"
+        );
+        // No length, or a coding that is not chunked last: the body ends with the connection, the client's too.
+        for resp in [
+            &b"HTTP/1.1 200 OK\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+        ] {
+            let (f, out, close) = framing_of(resp, false);
+            assert_eq!(f, Ok((None, false)));
+            assert!(close && out.ends_with("connection: close\r\n\r\n"), "{out}");
+        }
+        // HTTP/1.0 and `Connection: close` backends are not reused; HTTP/1.1 goes to the client.
+        let (f, out, _) = framing_of(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
+        assert_eq!(f, Ok((Some(BodyState::Length(1)), false)));
+        assert!(out.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert_eq!(
+            framing_of(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                false
+            )
+            .0,
+            Ok((Some(BodyState::Length(1)), false))
+        );
+        assert!(framing_of(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            false
+        )
+        .0
+        .is_err());
+        assert!(
+            framing_of(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false)
+                .0
+                .is_err()
+        );
     }
 }

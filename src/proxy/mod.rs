@@ -5,6 +5,7 @@ pub mod balance;
 pub mod deadline;
 pub mod framing;
 pub mod h1;
+pub mod head;
 pub mod pool;
 pub mod tcp;
 pub mod tls;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per backend.
-const MAX_IDLE: usize = 256;
+pub const MAX_IDLE: usize = 256;
 
 pub struct Idle {
     sender: SendRequest<ProxyBody>,
