@@ -170,6 +170,9 @@ pub struct Opts {
     /// Slowloris guard: a client must send its request headers within this time [default: 10s].
     #[arg(long, global = true, env = "RATTAN_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
+    /// How long a client connection may wait idle for its next request (HTTP/1.1 keep-alive) [default: 60s].
+    #[arg(long, global = true, env = "RATTAN_KEEP_ALIVE_TIMEOUT")]
+    pub keep_alive_timeout: Option<String>,
     /// On SIGTERM, how long in-flight requests may take before the process exits anyway [default: 30s].
     #[arg(long, global = true, env = "RATTAN_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<String>,
@@ -287,6 +290,7 @@ pub struct FileConfig {
     pub callback_check_interval: Option<String>,
     pub drain_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
+    pub keep_alive_timeout: Option<String>,
     pub ignore_health: Option<bool>,
     pub prefer_host_port: Option<bool>,
     pub https_bind: Option<String>,
@@ -364,6 +368,7 @@ pub struct Settings {
     pub callback_check_interval: Duration,
     pub drain_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
     pub ignore_health: bool,
     pub prefer_host_port: bool,
     pub proxy: ProxySettings,
@@ -703,6 +708,12 @@ impl Settings {
             file.header_read_timeout,
             "10s",
         )?;
+        let keep_alive_timeout = dur(
+            "keep-alive-timeout",
+            o.keep_alive_timeout,
+            file.keep_alive_timeout,
+            "60s",
+        )?;
         for (key, d) in [
             ("resync-interval", resync_interval),
             ("poll-interval", poll_interval),
@@ -710,6 +721,8 @@ impl Settings {
             ("marathon-timeout", marathon_timeout),
             ("callback-check-interval", callback_check_interval),
             ("reconnect-min", reconnect_min),
+            ("header-read-timeout", header_read_timeout),
+            ("keep-alive-timeout", keep_alive_timeout),
         ] {
             if d.is_zero() {
                 return Err(bad(key, "must be greater than zero"));
@@ -992,6 +1005,7 @@ impl Settings {
             callback_check_interval,
             drain_timeout,
             header_read_timeout,
+            keep_alive_timeout,
             ignore_health: o.ignore_health.or(file.ignore_health).unwrap_or(false),
             prefer_host_port: o
                 .prefer_host_port
@@ -1134,6 +1148,13 @@ mod tests {
                     ..base.clone()
                 },
                 "haproxy-command-timeout",
+            ),
+            (
+                Opts {
+                    keep_alive_timeout: Some("0s".into()),
+                    ..base.clone()
+                },
+                "keep-alive-timeout",
             ),
             (
                 Opts {

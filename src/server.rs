@@ -176,6 +176,7 @@ async fn start_proxy(
         crate::proxy::ProxyOptions {
             connect_timeout: ps.connect_timeout,
             header_read_timeout: settings.header_read_timeout,
+            keep_alive_timeout: settings.keep_alive_timeout,
             idle_timeout: ps.backend_idle_timeout,
             backend_timeout: ps.backend_timeout,
             max_header_bytes: ps.max_header_size,

@@ -332,7 +332,14 @@ async fn no_smuggling_and_slow_headers_time_out() {
     let m = cluster().await;
     app_on(&m, "/x", port);
     let url = m.url();
-    let mut args = vec!["--marathon", url.as_str(), "--header-read-timeout", "1s"];
+    let mut args = vec![
+        "--marathon",
+        url.as_str(),
+        "--header-read-timeout",
+        "1s",
+        "--keep-alive-timeout",
+        "2500ms",
+    ];
     args.extend_from_slice(FAST);
     let r = Rattan::start(&args);
     let c = reqwest::Client::new();
@@ -389,6 +396,58 @@ async fn no_smuggling_and_slow_headers_time_out() {
         t.elapsed() < Duration::from_secs(4),
         "closed after {:?}",
         t.elapsed()
+    );
+
+    // Drip-fed, a byte every 200 ms: the header timeout runs from the head's first byte, not from the last read.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let t = Instant::now();
+    let mut cut = None;
+    for b in b"GET /x HTTP/1.1\r\nHost: h\r\nX-Slow: 1234567890abcdefghijklmnopqrstuvwxyz" {
+        if s.write_all(&[*b]).await.is_err() {
+            cut = Some(t.elapsed());
+            break;
+        }
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut byte)).await {
+            Ok(_) => {
+                cut = Some(t.elapsed());
+                break;
+            }
+            Err(_) => continue,
+        }
+    }
+    let cut = cut.expect("a drip-fed head was never cut off");
+    assert!(cut < Duration::from_millis(2500), "cut after {cut:?}");
+
+    // Keep-alive: an idle connection outlives the header timeout, then closes at its own.
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut ok = [0u8; 2];
+    s.read_exact(&mut ok).await.unwrap();
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_head(&mut s).await.starts_with("HTTP/1.1 200"),
+        "closed at the header timeout"
+    );
+    s.read_exact(&mut ok).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok() && rest.is_empty(),
+        "idle connection still open"
+    );
+    let idle = t.elapsed() - Duration::from_millis(1500);
+    assert!(
+        idle >= Duration::from_millis(2400),
+        "closed after {idle:?} idle"
     );
 }
 

@@ -777,6 +777,9 @@ where
         let mut log = None;
         // Waits for a whole head: at most the header timeout (also the keep-alive idle timeout), and an idle
         // connection closes as soon as the drain begins.
+        // Which deadline is set for this head: the keep-alive one while no byte of it has come (after the first
+        // request), then the header one from its first byte on, whatever the number of reads it takes.
+        let mut armed: Option<bool> = None;
         let plan = loop {
             if !c.buf.is_empty() {
                 if first && is_h2_preface(c.buf.bytes()) {
@@ -814,9 +817,9 @@ where
             let woke = {
                 let read = c.buf.fill(&mut c.io, CLIENT_BUF, max_head);
                 tokio::pin!(read);
-                let mut armed = false;
-                // Bytes, else the drain (only between requests), else the header timeout; the deadline is set only when
-                // the read has to wait.
+                let keep_alive = idle && !first;
+                // Bytes, else the drain (only between requests), else the deadline, set only when the read has to
+                // wait.
                 std::future::poll_fn(|cx| {
                     if let Poll::Ready(r) = read.as_mut().poll(cx) {
                         return Poll::Ready(Woke::Read(r));
@@ -828,9 +831,14 @@ where
                     if idle && front.draining.load(Ordering::Relaxed) {
                         return Poll::Ready(Woke::Stop);
                     }
-                    if !armed {
-                        t.all.arm(t.mine, opts.header_read_timeout);
-                        armed = true;
+                    if armed != Some(keep_alive) {
+                        let after = if keep_alive {
+                            opts.keep_alive_timeout
+                        } else {
+                            opts.header_read_timeout
+                        };
+                        t.all.arm(t.mine, after);
+                        armed = Some(keep_alive);
                     }
                     t.mine.poll_expired(cx).map(|()| Woke::Timeout)
                 })

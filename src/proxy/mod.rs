@@ -38,9 +38,11 @@ pub(crate) fn empty() -> ProxyBody {
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
     pub connect_timeout: Duration,
-    /// Slowloris guard; hyper runs the same clock while a keep-alive connection waits for its next request, so it
-    /// is the client idle timeout too.
+    /// Slowloris guard: a request head must be whole this long after its first byte. (hyper, serving HTTP/1.0 and
+    /// what the fast path hands over, runs this clock from the end of the previous request instead.)
     pub header_read_timeout: Duration,
+    /// A client connection waiting for its next request is closed after this long (HTTP/1.1 fast path).
+    pub keep_alive_timeout: Duration,
     /// Idle pooled backend connections.
     pub idle_timeout: Duration,
     pub backend_timeout: Duration,
@@ -55,6 +57,7 @@ impl Default for ProxyOptions {
         ProxyOptions {
             connect_timeout: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
             backend_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
