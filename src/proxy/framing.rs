@@ -316,19 +316,24 @@ impl Tracker {
     }
 }
 
-/// The client connection as hyper sees it, with every byte read shown to the tracker first.
+/// The client connection as hyper sees it, with every byte read shown to the tracker first. It starts with the
+/// bytes the fast path had read already (`replay`), then reads on.
 pub struct Watched<T> {
     inner: T,
     tracker: Tracker,
+    replay: Vec<u8>,
+    at: usize,
 }
 
 impl<T> Watched<T> {
-    pub fn new(inner: T, max_head: usize) -> (Watched<T>, Arc<Heads>) {
+    pub fn new(inner: T, replay: &[u8], max_head: usize) -> (Watched<T>, Arc<Heads>) {
         let heads = Arc::new(Heads::default());
         (
             Watched {
                 inner,
                 tracker: Tracker::new(max_head, heads.clone()),
+                replay: replay.to_vec(),
+                at: 0,
             },
             heads,
         )
@@ -343,7 +348,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let r = if this.at < this.replay.len() {
+            let n = (this.replay.len() - this.at).min(buf.remaining());
+            buf.put_slice(&this.replay[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.replay.len() {
+                this.replay = Vec::new();
+                this.at = 0;
+            }
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        };
         if let Poll::Ready(Ok(())) = r {
             this.tracker.feed(&buf.filled()[before..]);
         }
@@ -475,6 +491,26 @@ POST /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked
         );
         assert_eq!(request_body(Some(b"chunked, gzip"), None), Err(BadFraming));
         assert_eq!(request_body(None, Some(b"0")), Ok(None));
+    }
+
+    #[tokio::test]
+    async fn replayed_bytes_come_first_and_are_watched() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1024);
+        let replay = b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (mut w, heads) = Watched::new(server, replay, 65536);
+        client
+            .write_all(b"0\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        drop(client);
+        let mut all = Vec::new();
+        w.read_to_end(&mut all).await.unwrap();
+        assert_eq!(
+            all,
+            [&replay[..], b"0\r\n\r\nGET /b HTTP/1.1\r\n\r\n"].concat()
+        );
+        assert!(heads.next_conflicting(), "the replayed head is tracked");
     }
 
     #[test]
