@@ -230,9 +230,14 @@ fn content_length(head: &str) -> Option<usize> {
 }
 
 async fn read_head(s: &mut TcpStream) -> String {
+    read_until(s, b"\r\n\r\n").await
+}
+
+/// Reads byte by byte (never past `end`, so what follows stays on the socket) until `end` or the end of the stream.
+async fn read_until(s: &mut TcpStream, end: &[u8]) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
+    while !buf.ends_with(end) {
         match s.read(&mut byte).await {
             Ok(0) | Err(_) => break,
             Ok(_) => buf.push(byte[0]),
@@ -1121,11 +1126,11 @@ async fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
         .contains("transfer-encoding: chunked")
     {
         loop {
-            let size_line = read_line(s).await;
+            let size_line = read_until(s, b"\n").await;
             let size = usize::from_str_radix(size_line.trim().split(';').next()?, 16).ok()?;
             if size == 0 {
                 // Trailers up to the blank line.
-                while !read_line(s).await.trim().is_empty() {}
+                while !read_until(s, b"\n").await.trim().is_empty() {}
                 break;
             }
             let mut chunk = vec![0u8; size + 2];
@@ -1137,18 +1142,6 @@ async fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
         s.read_exact(&mut body).await.ok()?;
     }
     Some((head, body))
-}
-
-async fn read_line(s: &mut TcpStream) -> String {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while !line.ends_with(b"\n") {
-        match s.read(&mut byte).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => line.push(byte[0]),
-        }
-    }
-    String::from_utf8_lossy(&line).into_owned()
 }
 
 /// A backend that answers each request by its path with raw bytes (written in the pieces given, 30 ms apart),

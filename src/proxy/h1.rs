@@ -1105,10 +1105,7 @@ where
                     c.out.clear();
                     c.out.extend_from_slice(&c.rbuf.bytes()[..n]);
                     c.rbuf.consume(n);
-                    if t.within(opts.backend_timeout, write(&mut c.io, &c.out))
-                        .await
-                        .is_none_or(|r| r.is_err())
-                    {
+                    if !write_out(c, opts, t).await {
                         return Next::Close;
                     }
                     continue;
@@ -1190,10 +1187,7 @@ where
     };
     c.out.extend_from_slice(&c.rbuf.bytes()[..take]);
     c.rbuf.consume(take);
-    if t.within(opts.backend_timeout, write(&mut c.io, &c.out))
-        .await
-        .is_none_or(|r| r.is_err())
-    {
+    if !write_out(c, opts, t).await {
         return Next::Close;
     }
     while !state.as_ref().is_some_and(BodyState::done) {
@@ -1251,13 +1245,24 @@ async fn reply<S: AsyncWrite + Unpin>(
     opts: &super::ProxyOptions,
     t: Timeouts<'_>,
 ) -> Next {
-    match t
-        .within(opts.backend_timeout, write(&mut c.io, &c.out))
-        .await
-    {
-        Some(Ok(())) if !close => Next::KeepAlive,
-        _ => Next::Close,
+    if write_out(c, opts, t).await && !close {
+        Next::KeepAlive
+    } else {
+        Next::Close
     }
+}
+
+/// Writes `c.out` to the client, within the backend timeout; false when that failed.
+async fn write_out<S: AsyncWrite + Unpin>(
+    c: &mut Client<S>,
+    opts: &super::ProxyOptions,
+    t: Timeouts<'_>,
+) -> bool {
+    matches!(
+        t.within(opts.backend_timeout, write(&mut c.io, &c.out))
+            .await,
+        Some(Ok(()))
+    )
 }
 
 /// Writes the request in `c.out` to `backend` on an idle connection or a new one and waits for the first bytes of
