@@ -774,10 +774,9 @@ where
     loop {
         let mut head_len = 0;
         let mut log = None;
-        // Waits for a whole head: at most the header timeout (also the keep-alive idle timeout), and an idle
-        // connection closes as soon as the drain begins.
-        // Which deadline is set for this head: the keep-alive one while no byte of it has come (after the first
-        // request), then the header one from its first byte on, whatever the number of reads it takes.
+        // Waits for a whole head. Which deadline is set: the keep-alive one while no byte of it has come (after
+        // the first request), then the header one from its first byte on, whatever the number of reads it takes.
+        // An idle connection closes as soon as the drain begins.
         let mut armed: Option<bool> = None;
         let plan = loop {
             if !c.buf.is_empty() {
@@ -894,10 +893,8 @@ where
                         Some(answer.body.len() as u64),
                     );
                 }
-                let written = t
-                    .within(opts.backend_timeout, write(&mut c.io, &c.out))
-                    .await;
-                if close || !matches!(written, Some(Ok(()))) {
+                if !write_out(&mut c, opts, t).await || close {
+                    let _ = c.io.shutdown().await;
                     return;
                 }
                 c.buf.consume(head_len);
@@ -906,7 +903,7 @@ where
             Plan::Forward(f) => f,
         };
         c.buf.consume(head_len);
-        // A small body is read whole, after the head in `out`.
+        // A small body is read whole, after the head in `out`; each read waits at most the header timeout.
         let mut need = fwd.body as usize;
         while need > 0 {
             if c.buf.is_empty() {
@@ -1178,12 +1175,8 @@ where
     // The body: what came with the head goes out in the same write, the rest as it arrives.
     let mut state = framing.body;
     let mut reusable = framing.reusable && !upgrade;
-    let take = match &mut state {
-        Some(s) => match s.advance(c.rbuf.bytes()) {
-            Ok(n) => n,
-            Err(_) => return Next::Close,
-        },
-        None => c.rbuf.len(),
+    let Ok(take) = body_part(&mut state, c.rbuf.bytes()) else {
+        return Next::Close;
     };
     c.out.extend_from_slice(&c.rbuf.bytes()[..take]);
     c.rbuf.consume(take);
@@ -1206,12 +1199,8 @@ where
                 return Next::Close;
             }
         }
-        let take = match &mut state {
-            Some(s) => match s.advance(c.rbuf.bytes()) {
-                Ok(n) => n,
-                Err(_) => return Next::Close,
-            },
-            None => c.rbuf.len(),
+        let Ok(take) = body_part(&mut state, c.rbuf.bytes()) else {
+            return Next::Close;
         };
         let written = t
             .within(
@@ -1235,6 +1224,14 @@ where
         Next::Close
     } else {
         Next::KeepAlive
+    }
+}
+
+/// How much of `bytes` belongs to the response body (all of it when the body runs to the end of the stream).
+fn body_part(state: &mut Option<BodyState>, bytes: &[u8]) -> Result<usize, framing::BadFraming> {
+    match state {
+        Some(s) => s.advance(bytes),
+        None => Ok(bytes.len()),
     }
 }
 
