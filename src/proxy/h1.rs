@@ -1131,7 +1131,7 @@ where
                 Some("response head too large".to_string())
             }
             Ok(httparse::Status::Partial) => {
-                // Until the response head, across every backend tried.
+                // The rest of the response head, within the backend timeout.
                 match t
                     .within(
                         opts.backend_timeout,
@@ -1290,14 +1290,16 @@ async fn send<S>(
                 .map_err(SendError::Connect)?,
         };
         c.rbuf.clear();
-        if let Err(e) = s.write_all(&c.out).await {
-            if reused {
-                // Closed before it could carry anything: the next idle connection, or a new one.
-                continue;
+        match t.within(opts.backend_timeout, s.write_all(&c.out)).await {
+            Some(Ok(())) => {}
+            // Closed before it could carry anything: the next idle connection, or a new one.
+            Some(Err(_)) if reused => continue,
+            Some(Err(e)) => {
+                return Err(SendError::Connect(format!("{e} (new connection, writing)")))
             }
-            return Err(SendError::Connect(format!("{e} (new connection, writing)")));
+            None => return Err(SendError::Timeout),
         }
-        // Until the response head, across every backend tried.
+        // The first byte of the response within the backend timeout (each backend tried has its own).
         let read = t
             .within(
                 opts.backend_timeout,
