@@ -57,18 +57,24 @@ pub struct Peer {
     pub tls: bool,
     /// The port the client connected to (X-Forwarded-Port).
     pub port: u16,
-    ip: String,
-    port_text: String,
+    /// The client's address and CRLF, to end X-Forwarded-For.
+    ip_line_end: String,
+    /// The forwarded fields that are the same for every request of the connection.
+    fixed_fields: String,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, tls: bool, port: u16) -> Peer {
+    pub fn new(addr: SocketAddr, tls: bool, port: u16, via: bool) -> Peer {
+        let proto = if tls { "https" } else { "http" };
+        let via = if via { "via: 1.1 rattan\r\n" } else { "" };
         Peer {
             addr,
             tls,
             port,
-            ip: addr.ip().to_string(),
-            port_text: port.to_string(),
+            ip_line_end: format!("{}\r\n", addr.ip()),
+            fixed_fields: format!(
+                "x-forwarded-proto: {proto}\r\nx-forwarded-port: {port}\r\n{via}"
+            ),
         }
     }
 }
@@ -435,7 +441,15 @@ fn plan<'s>(
     if f.transfer_encoding.is_some() || f.expect || body > MAX_BUFFERED_BODY {
         return Plan::Fallback;
     }
-    let Some(host) = f.host.map(std::str::from_utf8).transpose().ok() else {
+    // Host is ASCII but for the odd client: checked a word at a time, then taken as it is.
+    let host = f.host.map(|h| {
+        if h.is_ascii() {
+            Ok(head::ascii(h))
+        } else {
+            std::str::from_utf8(h)
+        }
+    });
+    let Some(host) = host.transpose().ok() else {
         return bad("Host is not UTF-8");
     };
     let path = &target[..target
@@ -498,20 +512,11 @@ fn plan<'s>(
             }
         }
     }
-    out.extend_from_slice(peer.ip.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(peer.ip_line_end.as_bytes());
     if let Some(h) = host {
         header(out, b"x-forwarded-host", h.as_bytes());
     }
-    out.extend_from_slice(if peer.tls {
-        b"x-forwarded-proto: https\r\n"
-    } else {
-        b"x-forwarded-proto: http\r\n"
-    });
-    header(out, b"x-forwarded-port", peer.port_text.as_bytes());
-    if proxy.opts.via {
-        out.extend_from_slice(b"via: 1.1 rattan\r\n");
-    }
+    out.extend_from_slice(peer.fixed_fields.as_bytes());
     if let Some(proto) = upgrade {
         header(out, b"upgrade", proto);
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -611,11 +616,19 @@ fn response_head(
         *close = true;
     }
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    number(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    // The status line as it came when it is already HTTP/1.1 with CRLF; written anew otherwise.
+    match head.iter().position(|b| *b == b'\n') {
+        Some(eol) if head.starts_with(b"HTTP/1.1 ") && head[..eol].ends_with(b"\r") => {
+            out.extend_from_slice(&head[..=eol])
+        }
+        _ => {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            number(out, u64::from(status));
+            out.push(b' ');
+            out.extend_from_slice(resp.reason.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
     // Content-Length stays when it frames the body (no Transfer-Encoding); chunked coding passes through as is.
     // The body passes through as it is coded, so Transfer-Encoding does too (all its codings, not just chunked);
     // Content-Length goes when Transfer-Encoding frames the body.

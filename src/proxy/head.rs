@@ -79,9 +79,10 @@ fn value_end(buf: &[u8], mut i: usize) -> usize {
 }
 
 /// `s`, known to be ASCII.
-fn ascii(s: &[u8]) -> &str {
+pub(crate) fn ascii(s: &[u8]) -> &str {
     debug_assert!(s.is_ascii());
-    // SAFETY: every caller has checked each byte against an ASCII-only set (tchar, or SP/HTAB/VCHAR).
+    // SAFETY: every caller has checked each byte against an ASCII-only set (tchar, SP/HTAB/VCHAR, or
+    // `is_ascii`), and ASCII is UTF-8.
     unsafe { std::str::from_utf8_unchecked(s) }
 }
 

@@ -841,7 +841,10 @@ pub async fn serve(
                 let m = crate::metrics::metrics();
                 m.http_connections.inc();
                 match acceptor.filter(|_| tls) {
-                    None => h1::serve(stream, front, h1::Peer::new(peer, false, port)).await,
+                    None => {
+                        let p = h1::Peer::new(peer, false, port, front.proxy.opts.via);
+                        h1::serve(stream, front, p).await
+                    }
                     Some(acceptor) => {
                         match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await
                         {
@@ -855,7 +858,10 @@ pub async fn serve(
                                 };
                                 h1::serve_hyper(s, &front, info).await
                             }
-                            Ok(Ok(s)) => h1::serve(s, front, h1::Peer::new(peer, true, port)).await,
+                            Ok(Ok(s)) => {
+                                let p = h1::Peer::new(peer, true, port, front.proxy.opts.via);
+                                h1::serve(s, front, p).await
+                            }
                             Ok(Err(e)) => {
                                 m.tls_handshake_failures.inc();
                                 tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
