@@ -6,6 +6,13 @@ need() {
   [ -x target/release/rattan ] || cargo build --release --bin rattan >/dev/null
 }
 
+# scratch: a temporary folder $TMP, and $PIDS, every process started into it killed when the script exits.
+scratch() {
+  TMP=$(mktemp -d)
+  PIDS=()
+  trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"' EXIT
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # nginx_conf FILE DIR <<<SERVERS: nginx as the fast backend and Marathon stand-in (one worker, no logs, endless

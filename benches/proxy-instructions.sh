@@ -11,10 +11,7 @@ DUR=${1:-8}
 TOP=${2:-25}
 source benches/lib.sh
 need nginx wrk valgrind callgrind_annotate
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
+scratch
 BACKEND=$(free_port); MARATHON=$(free_port); RAT=$(free_port); API=$(free_port)
 
 nginx_conf "$TMP/nginx.conf" "$TMP" <<NGX

@@ -10,10 +10,7 @@ DUR=${1:-10}
 ROUNDS=${2:-3}
 source benches/lib.sh
 need nginx haproxy wrk taskset
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
-trap cleanup EXIT
+scratch
 BACKEND=$(free_port); MARATHON=$(free_port); HAP=$(free_port); RAT=$(free_port); API=$(free_port)
 HAPTCP=$(free_port); RATTCP=$(free_port)
 NCPU=$(nproc)
