@@ -86,7 +86,6 @@ pub struct Proxy {
     https_port: u16,
 }
 
-/// What the access log and the metrics learn while a request is forwarded.
 /// What the access log and the metrics learn while a request is forwarded; borrows the snapshot `handle` holds.
 #[derive(Default)]
 struct Trace<'s> {

@@ -552,12 +552,24 @@ mod tests {
     fn table() {
         let mut headers = http::HeaderMap::new();
         headers.insert("x-team", "Blue, green".parse().unwrap());
+        // The same fields as the fast path holds them: parsed in place, names in any case.
+        let raw = [httparse::Header {
+            name: "X-Team",
+            value: b"Blue, green",
+        }];
         for (acl, path, host, expected) in TABLE {
             let c = parse(acl).unwrap_or_else(|e| panic!("{acl}: {e}"));
             assert_eq!(
                 c.matches(&req(path, Some(host), &headers)),
                 *expected,
                 "{acl} on {path} host {host}"
+            );
+            let mut r = req(path, Some(host), &headers);
+            r.headers = Headers::Raw(&raw);
+            assert_eq!(
+                c.matches(&r),
+                *expected,
+                "{acl} on raw fields, {path} host {host}"
             );
         }
     }
