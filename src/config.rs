@@ -170,7 +170,8 @@ pub struct Opts {
     /// Slowloris guard: a client must send its request headers within this time [default: 10s].
     #[arg(long, global = true, env = "RATTAN_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
-    /// How long a client connection may wait idle for its next request (HTTP/1.1 keep-alive) [default: 60s].
+    /// How long a client connection may wait idle for its next request (HTTP/1.x keep-alive; HTTP/2 then gets a
+    /// GOAWAY) [default: 60s].
     #[arg(long, global = true, env = "RATTAN_KEEP_ALIVE_TIMEOUT")]
     pub keep_alive_timeout: Option<String>,
     /// On SIGTERM, how long in-flight requests may take before the process exits anyway [default: 30s].

@@ -454,6 +454,90 @@ async fn no_smuggling_and_slow_headers_time_out() {
         idle >= Duration::from_millis(2400),
         "closed after {idle:?} idle"
     );
+
+    // The same timeouts on the hyper path (HTTP/1.0 keep-alive, HTTP/2), side by side to save the waits.
+    tokio::join!(
+        hyper_path_keeps_alive(&addr),
+        hyper_path_cuts_slow_heads(&addr),
+        http2_idle_gets_goaway(&addr)
+    );
+}
+
+const HTTP10: &[u8] = b"GET /x HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n";
+
+/// An HTTP/1.0 keep-alive connection outlives the header timeout (1 s) idle, then closes at the keep-alive
+/// timeout (2.5 s).
+async fn hyper_path_keeps_alive(addr: &str) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(exchange(&mut s, HTTP10).await, (200, "ok".into()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        exchange(&mut s, HTTP10).await,
+        (200, "ok".into()),
+        "closed at the header timeout"
+    );
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok() && rest.is_empty(),
+        "idle connection still open"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(2400),
+        "closed after {:?} idle",
+        t.elapsed()
+    );
+}
+
+/// Drip-fed after a first request, a head on the hyper path is cut off at the header timeout from its first byte.
+async fn hyper_path_cuts_slow_heads(addr: &str) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(exchange(&mut s, HTTP10).await, (200, "ok".into()));
+    let t = Instant::now();
+    let mut cut = None;
+    for b in b"GET /x HTTP/1.0\r\nHost: h\r\nX-Slow: 1234567890abcdefghijklmnopqrstuvwxyz" {
+        if s.write_all(&[*b]).await.is_err() {
+            cut = Some(t.elapsed());
+            break;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(200), s.read(&mut byte)).await {
+            assert!(matches!(r, Ok(0) | Err(_)), "an answer to half a head");
+            cut = Some(t.elapsed());
+            break;
+        }
+    }
+    let cut = cut.expect("a drip-fed head on the hyper path was never cut off");
+    assert!(cut < Duration::from_millis(2000), "cut after {cut:?}");
+}
+
+/// An HTTP/2 connection with no stream gets a GOAWAY at the keep-alive timeout, then closes.
+async fn http2_idle_gets_goaway(addr: &str) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The preface and an empty SETTINGS frame.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let mut all = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut all)).await;
+    assert!(closed.is_ok(), "idle HTTP/2 connection still open");
+    assert!(
+        t.elapsed() >= Duration::from_millis(2400),
+        "closed after {:?}",
+        t.elapsed()
+    );
+    // Frame type 7 is GOAWAY: walk the frames (9-byte headers) the server sent.
+    let mut at = 0;
+    let mut types = Vec::new();
+    while at + 9 <= all.len() {
+        let len =
+            usize::from(all[at]) << 16 | usize::from(all[at + 1]) << 8 | usize::from(all[at + 2]);
+        types.push(all[at + 3]);
+        at += 9 + len;
+    }
+    assert!(types.contains(&7), "no GOAWAY among frames {types:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -876,6 +876,7 @@ where
         let fwd = match plan {
             Plan::More => continue,
             Plan::Fallback => {
+                let h2 = is_h2_preface(c.buf.bytes());
                 let (io, heads) = framing::Watched::new(c.io, c.buf.bytes(), opts.max_header_bytes);
                 let info = ConnInfo {
                     peer: peer.addr,
@@ -883,7 +884,7 @@ where
                     port: peer.port,
                     heads: Some(heads),
                 };
-                serve_hyper(io, &front, info).await;
+                serve_hyper(io, &front, info, h2).await;
                 return;
             }
             Plan::Answer {
@@ -1364,24 +1365,42 @@ where
     Next::Close
 }
 
-/// The hyper path for a whole connection: HTTP/2, or what the fast path handed over. On drain, idle HTTP/1
-/// connections close at once and HTTP/2 gets a GOAWAY; in-flight requests finish.
-pub async fn serve_hyper<I>(io: I, front: &Front, info: ConnInfo)
+/// The hyper path for a whole connection: HTTP/2 (`h2`), or what the fast path handed over. It closes idle
+/// connections at the keep-alive timeout and cuts off heads at the header timeout, as the fast path does. On drain,
+/// idle HTTP/1 connections close at once and HTTP/2 gets a GOAWAY; in-flight requests finish.
+pub async fn serve_hyper<I>(io: I, front: &Front, info: ConnInfo, h2: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = super::idle::Activity::new(h2);
+    let client = info.peer;
     let conn = front.builder.serve_connection_with_upgrades(
-        TokioIo::new(io),
-        super::service(front.proxy.clone(), info),
+        TokioIo::new(super::idle::Metered::new(io, activity.clone())),
+        super::service(front.proxy.clone(), info, activity.clone()),
     );
     tokio::pin!(conn);
+    let opts = &front.proxy.opts;
     let mut stop = front.stop.clone();
-    tokio::select! {
+    let expired = tokio::select! {
         _ = conn.as_mut() => return,
-        _ = stop.wait_for(|s| *s) => {}
+        _ = stop.wait_for(|s| *s) => None,
+        why = activity.expired(opts.header_read_timeout, opts.keep_alive_timeout) => Some(why),
+    };
+    match expired {
+        Some(super::idle::Expired::Head) => {
+            tracing::debug!(client = %client, "request head not received in time");
+        }
+        Some(super::idle::Expired::Idle) => {
+            // HTTP/2's GOAWAY waits for the client's answer to a ping; a client that never answers is not waited
+            // for longer than for a head.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(opts.header_read_timeout, conn).await;
+        }
+        None => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }
 
 #[cfg(test)]

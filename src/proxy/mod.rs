@@ -6,6 +6,7 @@ pub mod deadline;
 pub mod framing;
 pub mod h1;
 pub mod head;
+pub mod idle;
 pub mod pool;
 pub mod tcp;
 pub mod tls;
@@ -38,10 +39,10 @@ pub(crate) fn empty() -> ProxyBody {
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
     pub connect_timeout: Duration,
-    /// Slowloris guard: a request head must be whole this long after its first byte. (hyper, serving HTTP/1.0 and
-    /// what the fast path hands over, runs this clock from the end of the previous request instead.)
+    /// Slowloris guard: an HTTP/1 request head must be whole this long after its first byte (the first head: after
+    /// the connect).
     pub header_read_timeout: Duration,
-    /// A client connection waiting for its next request is closed after this long (HTTP/1.1 fast path).
+    /// A client connection with no request in flight is closed this long after its last response (HTTP/2: GOAWAY).
     pub keep_alive_timeout: Duration,
     /// Idle pooled backend connections.
     pub idle_timeout: Duration,
@@ -782,7 +783,9 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        // `idle` keeps the header timeout from a head's first byte, and the keep-alive one; hyper's would also run
+        // through the idle wait.
+        .header_read_timeout(None)
         .max_buf_size(opts.max_header_bytes.max(8192));
     let front = Arc::new(h1::Front {
         proxy,
@@ -855,7 +858,7 @@ pub async fn serve(
                                     port,
                                     heads: None,
                                 };
-                                h1::serve_hyper(s, &front, info).await
+                                h1::serve_hyper(s, &front, info, true).await
                             }
                             Ok(Ok(s)) => {
                                 let p = h1::Peer::new(peer, true, port, front.proxy.opts.via);
@@ -898,18 +901,24 @@ pub async fn serve(
 fn service(
     proxy: Arc<Proxy>,
     info: ConnInfo,
+    activity: Arc<idle::Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<ProxyBody>,
+    Response = Response<idle::Tracked<ProxyBody>>,
     Error = std::convert::Infallible,
-    Future = impl std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
-                 + Send,
+    Future = impl std::future::Future<
+        Output = Result<Response<idle::Tracked<ProxyBody>>, std::convert::Infallible>,
+    > + Send,
 > + Clone {
     let info = Arc::new(info);
     hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         let info = info.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, &info).await) }
+        let busy = activity.begin();
+        async move {
+            let resp = proxy.handle(req, &info).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| idle::Tracked::new(b, busy)))
+        }
     })
 }
 

@@ -1,0 +1,312 @@
+//! Idle and header timeouts for the connections hyper serves (HTTP/2, HTTP/1.0, what the fast path hands over),
+//! the way the fast path keeps them: a connection with no request in flight closes `keep_alive_timeout` after its
+//! last response, and an HTTP/1 request head must be whole `header_read_timeout` after its first byte. hyper cannot
+//! do either: its HTTP/1 header timer also runs through the idle wait, and HTTP/2 has no idle timeout at all.
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+// tokio's clock, so the unit tests can pause it.
+use tokio::time::Instant;
+
+/// What the timers need to know of one connection, updated by its reads and its requests.
+pub struct Activity {
+    start: Instant,
+    /// Requests whose response body is not done.
+    busy: AtomicUsize,
+    /// When the connection last went idle (ms since `start`): its last response ended, or it opened.
+    idle_from: AtomicU64,
+    /// When the first byte of a head came in while idle (ms since `start`, plus one; 0: none).
+    head_from: AtomicU64,
+    /// HTTP/2 reads frames (settings, pings) while idle: only the idle timeout applies.
+    h2: bool,
+    /// Each change above, for the timer to read its deadline anew.
+    changed: tokio::sync::Notify,
+}
+
+/// Why a connection is to close.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Expired {
+    /// Idle for the keep-alive timeout: a graceful close (HTTP/2 gets a GOAWAY).
+    Idle,
+    /// A request head still incomplete at the header timeout: cut off.
+    Head,
+}
+
+impl Activity {
+    pub fn new(h2: bool) -> Arc<Activity> {
+        Arc::new(Activity {
+            start: Instant::now(),
+            busy: AtomicUsize::new(0),
+            idle_from: AtomicU64::new(0),
+            // HTTP/1: the first head counts from the connect, as on the fast path.
+            head_from: AtomicU64::new(u64::from(!h2)),
+            h2,
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    /// A request reached the service: it is in flight until its response body is dropped.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.head_from.store(0, Ordering::Relaxed);
+        self.changed.notify_one();
+        Busy(self.clone())
+    }
+
+    fn read(&self) {
+        if !self.h2
+            && self.busy.load(Ordering::Relaxed) == 0
+            && self.head_from.load(Ordering::Relaxed) == 0
+        {
+            self.head_from.store(self.now() + 1, Ordering::Relaxed);
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the next timeout falls due (ms since `start`), and which; `None` while a request is in flight.
+    fn due(&self, header: Duration, keep_alive: Duration) -> Option<(u64, Expired)> {
+        if self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        match self.head_from.load(Ordering::Relaxed) {
+            0 => Some((
+                self.idle_from.load(Ordering::Relaxed) + keep_alive.as_millis() as u64,
+                Expired::Idle,
+            )),
+            from => Some((from - 1 + header.as_millis() as u64, Expired::Head)),
+        }
+    }
+
+    /// Resolves when the connection is to close.
+    pub async fn expired(&self, header: Duration, keep_alive: Duration) -> Expired {
+        loop {
+            // Taken before the state is read, so a change made meanwhile still wakes this loop.
+            let changed = self.changed.notified();
+            let wait = match self.due(header, keep_alive) {
+                None => None,
+                Some((at, why)) => match at.checked_sub(self.now()) {
+                    None | Some(0) => return why,
+                    Some(ms) => Some(Duration::from_millis(ms)),
+                },
+            };
+            match wait {
+                None => changed.await,
+                Some(wait) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = changed => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request in flight; dropped with its response body.
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let a = &self.0;
+        a.idle_from.store(a.now(), Ordering::Relaxed);
+        a.busy.fetch_sub(1, Ordering::Relaxed);
+        a.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request in flight until hyper is done with it.
+pub struct Tracked<B> {
+    inner: B,
+    _busy: Busy,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, busy: Busy) -> Tracked<B> {
+        Tracked { inner, _busy: busy }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The connection's IO, telling `Activity` of every read that brings bytes.
+pub struct Metered<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Metered<T> {
+    pub fn new(inner: T, activity: Arc<Activity>) -> Metered<T> {
+        Metered { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.read();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: Duration = Duration::from_millis(100);
+    const IDLE: Duration = Duration::from_millis(300);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http1_connection_waits_for_its_first_head_the_header_timeout() {
+        let a = Activity::new(false);
+        let t = tokio::time::Instant::now();
+        assert_eq!(a.expired(HEAD, IDLE).await, Expired::Head);
+        assert!(
+            t.elapsed() >= HEAD && t.elapsed() < IDLE,
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_after_a_response_it_waits_the_keep_alive_timeout() {
+        let a = Activity::new(false);
+        let busy = a.begin();
+        let expired = tokio::spawn({
+            let a = a.clone();
+            async move { a.expired(HEAD, IDLE).await }
+        });
+        // A request in flight longer than both timeouts is never cut by them.
+        tokio::time::sleep(IDLE * 3).await;
+        assert!(!expired.is_finished());
+        let t = tokio::time::Instant::now();
+        drop(busy);
+        assert_eq!(expired.await.ok(), Some(Expired::Idle));
+        assert!(
+            t.elapsed() >= IDLE - Duration::from_millis(5),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_starts_while_idle_gets_the_header_timeout_from_its_first_byte() {
+        let a = Activity::new(false);
+        drop(a.begin());
+        let expired = tokio::spawn({
+            let a = a.clone();
+            async move { a.expired(HEAD, IDLE).await }
+        });
+        tokio::time::sleep(IDLE / 2).await;
+        a.read();
+        let t = tokio::time::Instant::now();
+        // Later bytes of the same head do not move its deadline.
+        tokio::time::sleep(HEAD / 2).await;
+        a.read();
+        assert_eq!(expired.await.ok(), Some(Expired::Head));
+        let took = t.elapsed();
+        assert!(
+            took >= HEAD - Duration::from_millis(5) && took < HEAD * 2,
+            "{took:?}"
+        );
+    }
+
+    /// The timer learns of the end of a request (and of the next head) at once, not at its next deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_head_right_after_a_long_request_is_timed_from_its_first_byte() {
+        let a = Activity::new(false);
+        let busy = a.begin();
+        let expired = tokio::spawn({
+            let a = a.clone();
+            async move { a.expired(HEAD, IDLE).await }
+        });
+        tokio::time::sleep(IDLE + IDLE / 3).await;
+        let t = tokio::time::Instant::now();
+        drop(busy);
+        a.read();
+        assert_eq!(expired.await.ok(), Some(Expired::Head));
+        let took = t.elapsed();
+        assert!(
+            took >= HEAD - Duration::from_millis(5) && took < HEAD * 2,
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_reads_while_idle_do_not_start_a_head() {
+        let a = Activity::new(true);
+        let t = tokio::time::Instant::now();
+        a.read();
+        assert_eq!(a.expired(HEAD, IDLE).await, Expired::Idle);
+        assert!(
+            t.elapsed() >= IDLE - Duration::from_millis(5),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+}
