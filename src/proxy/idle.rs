@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 // tokio's clock, so the unit tests can pause it.
 use tokio::time::Instant;
 
@@ -184,96 +184,71 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+super::framing::write_through!(Metered);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::task::JoinHandle;
 
     const HEAD: Duration = Duration::from_millis(100);
     const IDLE: Duration = Duration::from_millis(300);
 
+    fn watch(a: &Arc<Activity>) -> JoinHandle<Expired> {
+        let a = a.clone();
+        tokio::spawn(async move { a.expired(HEAD, IDLE).await })
+    }
+
+    /// `timer` fires for `want`, `after` from `from` (give or take the clock's millisecond steps).
+    async fn fires(
+        timer: JoinHandle<Expired>,
+        from: tokio::time::Instant,
+        want: Expired,
+        after: Duration,
+    ) {
+        let why = tokio::time::timeout(IDLE * 10, timer)
+            .await
+            .expect("the timer never fired")
+            .expect("timer task");
+        let took = from.elapsed();
+        let slack = Duration::from_millis(5);
+        assert!(
+            why == want && took + slack >= after && took < after + slack,
+            "{why:?} after {took:?}, want {want:?} after {after:?}"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_http1_connection_waits_for_its_first_head_the_header_timeout() {
         let a = Activity::new(false);
-        let t = tokio::time::Instant::now();
-        assert_eq!(a.expired(HEAD, IDLE).await, Expired::Head);
-        assert!(
-            t.elapsed() >= HEAD && t.elapsed() < IDLE,
-            "{:?}",
-            t.elapsed()
-        );
+        fires(watch(&a), tokio::time::Instant::now(), Expired::Head, HEAD).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_after_a_response_it_waits_the_keep_alive_timeout() {
         let a = Activity::new(false);
         let busy = a.begin();
-        let expired = tokio::spawn({
-            let a = a.clone();
-            async move { a.expired(HEAD, IDLE).await }
-        });
+        let timer = watch(&a);
         // A request in flight longer than both timeouts is never cut by them.
         tokio::time::sleep(IDLE * 3).await;
-        assert!(!expired.is_finished());
+        assert!(!timer.is_finished());
         let t = tokio::time::Instant::now();
         drop(busy);
-        assert_eq!(expired.await.ok(), Some(Expired::Idle));
-        assert!(
-            t.elapsed() >= IDLE - Duration::from_millis(5),
-            "{:?}",
-            t.elapsed()
-        );
+        fires(timer, t, Expired::Idle, IDLE).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_head_that_starts_while_idle_gets_the_header_timeout_from_its_first_byte() {
         let a = Activity::new(false);
         drop(a.begin());
-        let expired = tokio::spawn({
-            let a = a.clone();
-            async move { a.expired(HEAD, IDLE).await }
-        });
+        let timer = watch(&a);
         tokio::time::sleep(IDLE / 2).await;
         a.read();
         let t = tokio::time::Instant::now();
         // Later bytes of the same head do not move its deadline.
         tokio::time::sleep(HEAD / 2).await;
         a.read();
-        assert_eq!(expired.await.ok(), Some(Expired::Head));
-        let took = t.elapsed();
-        assert!(
-            took >= HEAD - Duration::from_millis(5) && took < HEAD * 2,
-            "{took:?}"
-        );
+        fires(timer, t, Expired::Head, HEAD).await;
     }
 
     /// The timer learns of the end of a request (and of the next head) at once, not at its next deadline.
@@ -281,32 +256,18 @@ mod tests {
     async fn a_head_right_after_a_long_request_is_timed_from_its_first_byte() {
         let a = Activity::new(false);
         let busy = a.begin();
-        let expired = tokio::spawn({
-            let a = a.clone();
-            async move { a.expired(HEAD, IDLE).await }
-        });
+        let timer = watch(&a);
         tokio::time::sleep(IDLE + IDLE / 3).await;
         let t = tokio::time::Instant::now();
         drop(busy);
         a.read();
-        assert_eq!(expired.await.ok(), Some(Expired::Head));
-        let took = t.elapsed();
-        assert!(
-            took >= HEAD - Duration::from_millis(5) && took < HEAD * 2,
-            "{took:?}"
-        );
+        fires(timer, t, Expired::Head, HEAD).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn http2_reads_while_idle_do_not_start_a_head() {
         let a = Activity::new(true);
-        let t = tokio::time::Instant::now();
         a.read();
-        assert_eq!(a.expired(HEAD, IDLE).await, Expired::Idle);
-        assert!(
-            t.elapsed() >= IDLE - Duration::from_millis(5),
-            "{:?}",
-            t.elapsed()
-        );
+        fires(watch(&a), tokio::time::Instant::now(), Expired::Idle, IDLE).await;
     }
 }
