@@ -163,8 +163,7 @@ impl BodyState {
 /// (a transfer coding that does not end in `chunked`, a bad length).
 pub fn request_body(te: Option<&[u8]>, cl: Option<&[u8]>) -> Result<Option<BodyState>, BadFraming> {
     if let Some(te) = te {
-        let last = te.rsplit(|b| *b == b',').next().unwrap_or_default();
-        return if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+        return if ends_chunked(te) {
             Ok(Some(BodyState::chunked()))
         } else {
             Err(BadFraming)
@@ -178,6 +177,12 @@ pub fn request_body(te: Option<&[u8]>, cl: Option<&[u8]>) -> Result<Option<BodyS
             None => Err(BadFraming),
         },
     }
+}
+
+/// Whether a Transfer-Encoding value's last coding (the one that frames the body) is `chunked`.
+pub fn ends_chunked(te: &[u8]) -> bool {
+    let last = te.rsplit(|b| *b == b',').next().unwrap_or_default();
+    last.trim_ascii().eq_ignore_ascii_case(b"chunked")
 }
 
 /// A Content-Length value: digits only (no sign, no spaces inside), no overflow.

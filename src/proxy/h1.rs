@@ -275,26 +275,22 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 #[derive(Default)]
 struct ConnectionTokens<'a> {
     close: bool,
-    keep_alive: bool,
     upgrade: bool,
     named: Vec<&'a [u8]>,
 }
 
 impl<'a> ConnectionTokens<'a> {
     fn add(&mut self, value: &'a [u8]) {
-        // The usual value, without splitting.
+        // The usual value, without splitting (HTTP/1.1 keeps alive anyway; HTTP/1.0 goes to hyper).
         if is(value, b"keep-alive") {
-            self.keep_alive = true;
             return;
         }
         for t in tokens(value) {
             if is(t, b"close") {
                 self.close = true;
-            } else if is(t, b"keep-alive") {
-                self.keep_alive = true;
             } else if is(t, b"upgrade") {
                 self.upgrade = true;
-            } else {
+            } else if !is(t, b"keep-alive") {
                 self.named.push(t);
             }
         }
@@ -596,10 +592,7 @@ fn response_head(
         return Err("conflicting Content-Length values");
     }
     let (cl, te) = (f.content_length, f.transfer_encoding);
-    let chunked = te.is_some_and(|te| {
-        let last = te.rsplit(|b| *b == b',').next().unwrap_or_default();
-        last.trim_ascii().eq_ignore_ascii_case(b"chunked")
-    });
+    let chunked = te.is_some_and(framing::ends_chunked);
     let length = match cl {
         Some(v) if te.is_none() => Some(framing::parse_length(v).ok_or("invalid Content-Length")?),
         _ => None,
@@ -669,7 +662,7 @@ struct Client<S> {
     rbuf: Buf,
     /// The head (and body) being written, to the backend and then to the client.
     out: Vec<u8>,
-    /// When the last response head went out (the keep-alive idle clock starts there).
+    /// When the last response head went out: the backend connection it came on is idle from then.
     idle_since: Instant,
     held: Option<Held>,
 }
@@ -894,19 +887,16 @@ where
             } => {
                 let close = close || front.draining.load(Ordering::Relaxed);
                 write_answer(&mut c.out, &answer, close, opts.via);
-                c.idle_since = Proxy::record(route, answer.status.as_u16(), started);
-                if let Some(l) = &log {
-                    entry(
-                        &front.proxy,
-                        &peer,
-                        l,
-                        answer.status.as_u16(),
-                        route,
-                        None,
-                        started,
-                        Some(answer.body.len() as u64),
-                    );
-                }
+                c.idle_since = finish(
+                    &front.proxy,
+                    &peer,
+                    log.as_ref(),
+                    answer.status.as_u16(),
+                    route,
+                    None,
+                    started,
+                    Some(answer.body.len() as u64),
+                );
                 if !write_out(&mut c, opts, t).await || close {
                     let _ = c.io.shutdown().await;
                     return;
@@ -965,33 +955,38 @@ fn is_h2_preface(b: &[u8]) -> bool {
     H2_PREFACE.starts_with(&b[..b.len().min(H2_PREFACE.len())])
 }
 
+/// Counts a request done in the metrics and, with the access log on, logs it; returns the time now.
 #[allow(clippy::too_many_arguments)]
-fn entry(
+fn finish(
     proxy: &Proxy,
     peer: &Peer,
-    l: &LogInfo,
+    log: Option<&LogInfo>,
     status: u16,
     route: Option<&Route>,
     backend: Option<&Endpoint>,
     started: Instant,
     size: Option<u64>,
-) {
-    super::access_log(
-        proxy.opts.access_log,
-        &super::AccessEntry {
-            peer: peer.addr,
-            method: &l.method,
-            uri: &l.uri,
-            version: http::Version::HTTP_11,
-            host: l.host.as_deref(),
-            status,
-            size,
-            app: route.map_or("", |r| r.app_id.as_str()),
-            backend,
-            tls: peer.tls,
-            duration: started.elapsed(),
-        },
-    );
+) -> Instant {
+    let now = Proxy::record(route, status, started);
+    if let Some(l) = log {
+        super::access_log(
+            proxy.opts.access_log,
+            &super::AccessEntry {
+                peer: peer.addr,
+                method: &l.method,
+                uri: &l.uri,
+                version: http::Version::HTTP_11,
+                host: l.host.as_deref(),
+                status,
+                size,
+                app: route.map_or("", |r| r.app_id.as_str()),
+                backend,
+                tls: peer.tls,
+                duration: now.saturating_duration_since(started),
+            },
+        );
+    }
+    now
 }
 
 /// Sends the request in `c.out` to the route's backends until one answers, and passes its response to the client.
@@ -1021,19 +1016,16 @@ where
     let replayable = body == 0;
     let answer = |c: &mut Client<S>, a: Answer, backend: Option<&Endpoint>| {
         write_answer(&mut c.out, &a, close, opts.via);
-        c.idle_since = Proxy::record(Some(route), a.status.as_u16(), started);
-        if let Some(l) = log {
-            entry(
-                proxy,
-                peer,
-                l,
-                a.status.as_u16(),
-                Some(route),
-                backend,
-                started,
-                Some(a.body.len() as u64),
-            );
-        }
+        c.idle_since = finish(
+            proxy,
+            peer,
+            log,
+            a.status.as_u16(),
+            Some(route),
+            backend,
+            started,
+            Some(a.body.len() as u64),
+        );
     };
     let (backend, guard, mut conn) = loop {
         let Some((backend, guard)) = picker.next() else {
@@ -1095,19 +1087,16 @@ where
             Ok(httparse::Status::Complete(r)) => match r.code {
                 101 if upgrade => {
                     // Switching protocols: the backend's head as it is, then bytes both ways until either side ends.
-                    Proxy::record(Some(route), 101, started);
-                    if let Some(l) = log {
-                        entry(
-                            proxy,
-                            peer,
-                            l,
-                            101,
-                            Some(route),
-                            Some(backend),
-                            started,
-                            None,
-                        );
-                    }
+                    finish(
+                        proxy,
+                        peer,
+                        log,
+                        101,
+                        Some(route),
+                        Some(backend),
+                        started,
+                        None,
+                    );
                     return tunnel(c, conn, guard).await;
                 }
                 101 => Some("101 to a request that asked for no upgrade".to_string()),
@@ -1173,19 +1162,16 @@ where
             return reply(c, close, opts, t).await;
         }
     };
-    c.idle_since = Proxy::record(Some(route), framing.status, started);
-    if let Some(l) = log {
-        entry(
-            proxy,
-            peer,
-            l,
-            framing.status,
-            Some(route),
-            Some(backend),
-            started,
-            framing.content_length,
-        );
-    }
+    c.idle_since = finish(
+        proxy,
+        peer,
+        log,
+        framing.status,
+        Some(route),
+        Some(backend),
+        started,
+        framing.content_length,
+    );
     // The body: what came with the head goes out in the same write, the rest as it arrives.
     let mut state = framing.body;
     let mut reusable = framing.reusable && !upgrade;
@@ -1423,7 +1409,8 @@ mod tests {
         let (_, hs) = parse_req(head);
         let f = Fields::scan(&hs);
         assert_eq!(f.host, Some(&b"a"[..]));
-        assert!(f.conn.keep_alive && !f.conn.close);
+        // keep-alive is a token of Connection's own, not a field it names.
+        assert!(!f.conn.close && f.conn.named == [&b"X-Hop"[..]]);
         // Connection (1), the field it names (2), TE (3), Keep-Alive (8).
         assert_eq!(f.hop_by_hop, 1 << 1 | 1 << 2 | 1 << 3 | 1 << 8);
         assert_eq!((f.x_forwarded_for, f.x_forwarded), (1 << 4, 1 << 5));
