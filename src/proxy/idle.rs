@@ -3,8 +3,6 @@
 //! last response, and an HTTP/1 request head must be whole `header_read_timeout` after its first byte. hyper cannot
 //! do either: its HTTP/1 header timer also runs through the idle wait, and HTTP/2 has no idle timeout at all.
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -113,7 +111,7 @@ impl Activity {
     }
 }
 
-/// A request in flight; dropped with its response body.
+/// A request in flight; dropped with its response body (`Guarded`).
 pub struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
@@ -122,38 +120,6 @@ impl Drop for Busy {
         a.idle_from.store(a.now(), Ordering::Relaxed);
         a.busy.fetch_sub(1, Ordering::Relaxed);
         a.changed.notify_one();
-    }
-}
-
-/// A response body that keeps its request in flight until hyper is done with it.
-pub struct Tracked<B> {
-    inner: B,
-    _busy: Busy,
-}
-
-impl<B> Tracked<B> {
-    pub fn new(inner: B, busy: Busy) -> Tracked<B> {
-        Tracked { inner, _busy: busy }
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

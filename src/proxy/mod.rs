@@ -94,20 +94,30 @@ struct Trace<'s> {
     backend: Option<&'s Endpoint>,
 }
 
-/// Response body that keeps the backend counted in flight until the client has it all (or goes away).
-struct Guarded {
-    inner: Incoming,
-    _guard: InFlight,
+/// A response body that holds `guard` until hyper is done with it (the client has it all, or went away): the
+/// backend's in-flight count, or the client connection's request in flight (`idle::Busy`).
+pub(crate) struct Guarded<B, G> {
+    inner: B,
+    _guard: G,
 }
 
-impl Body for Guarded {
+impl<B, G> Guarded<B, G> {
+    pub(crate) fn new(inner: B, guard: G) -> Self {
+        Guarded {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin, G: Unpin> Body for Guarded<B, G> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -516,11 +526,7 @@ impl Proxy {
                             rparts.headers.append(header::SET_COOKIE, v);
                         }
                     }
-                    let body = Guarded {
-                        inner: rbody,
-                        _guard: guard,
-                    };
-                    return Response::from_parts(rparts, body.boxed());
+                    return Response::from_parts(rparts, Guarded::new(rbody, guard).boxed());
                 }
                 Err(pool::Failure::Connect(error, back)) => {
                     match picker.connect_failed(backend, &error) {
@@ -898,17 +904,18 @@ pub async fn serve(
     ))
 }
 
+/// What the hyper path answers with: each body keeps its request counted in flight for the idle timer.
+type TrackedResponse = Response<Guarded<ProxyBody, idle::Busy>>;
+
 fn service(
     proxy: Arc<Proxy>,
     info: ConnInfo,
     activity: Arc<idle::Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<idle::Tracked<ProxyBody>>,
+    Response = TrackedResponse,
     Error = std::convert::Infallible,
-    Future = impl std::future::Future<
-        Output = Result<Response<idle::Tracked<ProxyBody>>, std::convert::Infallible>,
-    > + Send,
+    Future = impl std::future::Future<Output = Result<TrackedResponse, std::convert::Infallible>> + Send,
 > + Clone {
     let info = Arc::new(info);
     hyper::service::service_fn(move |req| {
@@ -917,7 +924,7 @@ fn service(
         let busy = activity.begin();
         async move {
             let resp = proxy.handle(req, &info).await;
-            Ok::<_, std::convert::Infallible>(resp.map(|b| idle::Tracked::new(b, busy)))
+            Ok::<_, std::convert::Infallible>(resp.map(|b| Guarded::new(b, busy)))
         }
     })
 }
