@@ -40,6 +40,7 @@ fn task_of(body: &str) -> String {
         .to_string()
 }
 
+/// Waits up to 10 s for a 200 whose body starts with `app` (`""`: any 200).
 async fn wait_routed(client: &reqwest::Client, r: &Rattan, host: &str, path: &str, app: &str) {
     let t = Instant::now();
     loop {
@@ -348,11 +349,7 @@ async fn no_smuggling_and_slow_headers_time_out() {
     args.extend_from_slice(FAST);
     let r = Rattan::start(&args);
     let c = reqwest::Client::new();
-    let t = Instant::now();
-    while get(&c, &r, "h", "/x").await.0 != 200 {
-        assert!(t.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_routed(&c, &r, "h", "/x", "").await;
     heads.lock().unwrap().clear();
 
     // CL + TE with a request hidden behind it: refused with 400, nothing reaches the backend, and the connection
@@ -599,11 +596,7 @@ async fn sigterm_drains_in_flight_requests() {
     app_on(&m, "/slow", port);
     let mut r = start(&m);
     let c = reqwest::Client::new();
-    let t = Instant::now();
-    while get(&c, &r, "h", "/slow/ready").await.0 != 200 {
-        assert!(t.elapsed() < Duration::from_secs(10));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_routed(&c, &r, "h", "/slow/ready", "").await;
     let proxy = r.proxy.clone();
     let in_flight = tokio::spawn(async move {
         let resp = reqwest::get(format!("{proxy}/slow")).await.unwrap();
@@ -1174,11 +1167,7 @@ async fn reused_connection_failures_are_resent_only_without_a_body() {
     app_on(&m, "/flaky", port);
     let r = start(&m);
     let c = reqwest::Client::new();
-    let t = Instant::now();
-    while get(&c, &r, "h", "/flaky").await.0 != 200 {
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", r.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_routed(&c, &r, "h", "/flaky", "").await;
     // One client connection, so the proxy reuses its backend connection for each request: which connection a
     // pooling client picks would otherwise decide whether the proxy writes to a used backend connection at all.
     let addr = r.proxy.trim_start_matches("http://").to_string();
@@ -1336,11 +1325,7 @@ async fn fast_path_on_the_wire() {
     app_on(&m, "/w", port);
     let r = start(&m);
     let c = reqwest::Client::new();
-    let t = Instant::now();
-    while get(&c, &r, "h", "/w/ready").await.0 != 200 {
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", r.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_routed(&c, &r, "h", "/w/ready", "").await;
     let addr = r.proxy.trim_start_matches("http://").to_string();
 
     // Response hop-by-hop fields (and those Connection names) stop at the proxy; the rest pass.
