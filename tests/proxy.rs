@@ -910,14 +910,7 @@ async fn tls_by_sni_with_reload_redirect_and_h2() {
 
 /// One HTTP/1.1 request on an open connection; returns the body.
 async fn raw_get(s: &mut TcpStream) -> String {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: tcp\r\n\r\n")
-        .await
-        .unwrap();
-    let head = read_head(s).await;
-    let len = content_length(&head).unwrap_or_else(|| panic!("no length in {head:?}"));
-    let mut body = vec![0u8; len];
-    s.read_exact(&mut body).await.unwrap();
-    String::from_utf8_lossy(&body).into_owned()
+    exchange(s, b"GET / HTTP/1.1\r\nHost: tcp\r\n\r\n").await.1
 }
 
 async fn wait_tcp(port: u16, r: &Rattan, open: bool) {
@@ -1189,7 +1182,7 @@ async fn reused_connection_failures_are_resent_only_without_a_body() {
     assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), before + 1);
 }
 
-/// One request on an open connection; returns the status and the body (by Content-Length).
+/// One request on an open connection; returns the status and the body (by its Content-Length, which it must have).
 async fn exchange(s: &mut TcpStream, request: &[u8]) -> (u16, String) {
     s.write_all(request).await.unwrap();
     let head = read_head(s).await;
@@ -1198,7 +1191,8 @@ async fn exchange(s: &mut TcpStream, request: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let mut body = vec![0u8; content_length(&head).unwrap_or(0)];
+    let len = content_length(&head).unwrap_or_else(|| panic!("no length in {head:?}"));
+    let mut body = vec![0u8; len];
     s.read_exact(&mut body).await.unwrap();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
