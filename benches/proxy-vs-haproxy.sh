@@ -2,7 +2,8 @@
 # Side-by-side benchmark: wrk -> {HAProxy 2.6, rattan} -> nginx `return 200`, on one machine, interleaved; HTTP
 # (L7) and TCP (L4: HAProxy `mode tcp`, rattan's HAPROXY_0_MODE=tcp listener, wrk's HTTP over it).
 # Metric: requests per proxy CPU-second (from /proc/<pid>/stat) and p50/p99 latency, per round and as median
-# ratios rattan/HAProxy. Usage: benches/proxy-vs-haproxy.sh [seconds-per-round] [rounds]
+# ratios rattan/HAProxy; also the CPU time per request split into user and system (kernel) microseconds.
+# Usage: benches/proxy-vs-haproxy.sh [seconds-per-round] [rounds]
 # Needs: nginx, haproxy, wrk (Debian packages), a release build (built here if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,20 +64,23 @@ done
 curl -fs "http://127.0.0.1:$RAT/bench" >/dev/null || { echo "rattan does not route /bench"; cat "$TMP/rattan.err"; exit 1; }
 curl -fs "http://127.0.0.1:$RATTCP/" >/dev/null || { echo "rattan does not listen on TCP $RATTCP"; cat "$TMP/rattan.err"; exit 1; }
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# user and system clock ticks of a process (all its threads)
+cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
 TCK=$(getconf CLK_TCK)
-# run NAME PID PORT -> prints "name rps req/cpu-s p50 p99"
+# run NAME PID PORT -> prints "name rps req/cpu-s p50 p99 user-us/req sys-us/req"
 run() {
   local name=$1 pid=$2 port=$3 before after out
   before=$(cpu_ticks "$pid")
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c20 -d"${DUR}s" --latency "http://127.0.0.1:$port/bench")
   after=$(cpu_ticks "$pid")
-  echo "$out" | awk -v name="$name" -v ticks=$((after - before)) -v tck="$TCK" '
+  echo "$out" | awk -v name="$name" -v before="$before" -v after="$after" -v tck="$TCK" '
     /requests in/ {reqs=$1}
     /Requests\/sec/ {rps=$2}
     /^ +50%/ {p50=$2} /^ +99%/ {p99=$2}
     /Non-2xx|Socket errors/ {err=err $0}
-    END { cpu=ticks/tck; printf "%-8s %10.0f %12.0f %8s %8s %s\n", name, rps, (cpu>0? reqs/cpu : 0), p50, p99, err }'
+    END { split(before, b, " "); split(after, a, " "); user=(a[1]-b[1])/tck; sys=(a[2]-b[2])/tck; cpu=user+sys
+      printf "%-8s %10.0f %12.0f %8s %8s %8.1f %8.1f %s\n", name, rps, (cpu>0? reqs/cpu : 0), p50, p99,
+        (reqs>0? user*1e6/reqs : 0), (reqs>0? sys*1e6/reqs : 0), err }'
 }
 echo "wrk -t1 -c20 -d${DUR}s, nginx backend; proxies pinned to CPU 0, wrk and nginx to CPU $LOAD_CPU ($NCPU CPUs)"
 run warmup "$HAP_PID" "$HAP" >/dev/null; run warmup "$RAT_PID" "$RAT" >/dev/null
@@ -85,7 +89,7 @@ median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 compare() {
   local mode=$1 hport=$2 rport=$3 RESULTS=() h t
   echo "== $mode"
-  printf "%-8s %10s %12s %8s %8s\n" proxy req/s req/cpu-s p50 p99
+  printf "%-8s %10s %12s %8s %8s %8s %8s\n" proxy req/s req/cpu-s p50 p99 user-us sys-us
   for r in $(seq 1 "$ROUNDS"); do
     h=$(run haproxy "$HAP_PID" "$hport"); echo "$h"; RESULTS+=("$h")
     t=$(run rattan "$RAT_PID" "$rport"); echo "$t"; RESULTS+=("$t")

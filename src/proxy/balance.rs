@@ -3,9 +3,10 @@
 
 use crate::marathon::address::Endpoint;
 use crate::rules::table::Balance;
-use std::collections::HashMap;
+use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 /// Connect failures in a row that eject a backend, and for how long (defaults).
@@ -64,9 +65,14 @@ impl Drop for InFlight {
 pub struct Balancer {
     eject_after: u32,
     eject_for: Duration,
-    /// Fx: looked up on every request; keys come from Marathon, not from clients.
-    slots: RwLock<rustc_hash::FxHashMap<Endpoint, Arc<Slot>>>,
-    cursors: RwLock<HashMap<(String, usize), Arc<AtomicUsize>>>,
+    /// Read on every request from every worker, written only when a backend or app is new: copied on write, so a
+    /// read takes no lock (a lock's counter would be one cache line that all cores write). Fx: keys come from
+    /// Marathon, not from clients.
+    slots: ArcSwap<FxHashMap<Endpoint, Arc<Slot>>>,
+    /// Round-robin positions by app, then port index (looked up by `&str`, no key built per request).
+    cursors: ArcSwap<FxHashMap<String, FxHashMap<usize, Arc<AtomicUsize>>>>,
+    /// Serializes the copy-on-write updates of both maps.
+    writing: Mutex<()>,
     /// When the last ejection ends: before it, candidates are checked one by one; after it (the usual case),
     /// a pick touches no slot but the chosen ones.
     ejections_until: AtomicU64,
@@ -85,6 +91,7 @@ impl Balancer {
             eject_for,
             slots: Default::default(),
             cursors: Default::default(),
+            writing: Mutex::new(()),
             ejections_until: Default::default(),
         }
     }
@@ -94,33 +101,32 @@ impl Balancer {
     }
 
     fn slot(&self, e: &Endpoint) -> Arc<Slot> {
-        if let Some(s) = self.slots.read().unwrap_or_else(|p| p.into_inner()).get(e) {
+        if let Some(s) = self.slots.load().get(e) {
             return s.clone();
         }
-        self.slots
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(e.clone())
-            .or_default()
-            .clone()
+        let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        // Another request may have added it meanwhile: the map as it is now.
+        let mut map = FxHashMap::clone(&self.slots.load());
+        let slot = map.entry(e.clone()).or_default().clone();
+        self.slots.store(Arc::new(map));
+        slot
     }
 
-    fn cursor(&self, app: &str, port: usize) -> Arc<AtomicUsize> {
-        let key = (app.to_string(), port);
-        if let Some(c) = self
-            .cursors
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return c.clone();
+    /// The app port's next round-robin position.
+    fn turn(&self, app: &str, port: usize) -> usize {
+        if let Some(c) = self.cursors.load().get(app).and_then(|p| p.get(&port)) {
+            return c.fetch_add(1, Ordering::Relaxed);
         }
-        self.cursors
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
+        let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = FxHashMap::clone(&self.cursors.load());
+        let c = map
+            .entry(app.to_string())
             .or_default()
-            .clone()
+            .entry(port)
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+        self.cursors.store(Arc::new(map));
+        c
     }
 
     /// Picks a backend not in `avoid` (those that just failed), counting it in flight.
@@ -135,22 +141,25 @@ impl Balancer {
         // Filter only when something must be left out; otherwise choose straight from the slice (and read no
         // clock while no backend was ever ejected).
         let until = self.ejections_until.load(Ordering::Relaxed);
-        let filtered: Option<Vec<&Endpoint>> =
-            if avoid.is_empty() && (until == 0 || now_ms() >= until) {
-                None
+        // One map for the whole pick; counters read through it, without taking a reference to their slots.
+        let slots = self.slots.load();
+        let filtered: Option<Vec<&Endpoint>> = if avoid.is_empty()
+            && (until == 0 || now_ms() >= until)
+        {
+            None
+        } else {
+            let now = now_ms();
+            let healthy: Vec<&Endpoint> = backends
+                .iter()
+                .filter(|b| !avoid.contains(b) && !slots.get(*b).is_some_and(|s| s.ejected(now)))
+                .collect();
+            Some(if healthy.is_empty() {
+                // Every backend ejected: trying one beats refusing outright.
+                backends.iter().filter(|b| !avoid.contains(b)).collect()
             } else {
-                let now = now_ms();
-                let healthy: Vec<&Endpoint> = backends
-                    .iter()
-                    .filter(|b| !avoid.contains(b) && !self.slot(b).ejected(now))
-                    .collect();
-                Some(if healthy.is_empty() {
-                    // Every backend ejected: trying one beats refusing outright.
-                    backends.iter().filter(|b| !avoid.contains(b)).collect()
-                } else {
-                    healthy
-                })
-            };
+                healthy
+            })
+        };
         let n = filtered.as_ref().map_or(backends.len(), Vec::len);
         let at = |i: usize| -> &'a Endpoint {
             match &filtered {
@@ -162,10 +171,7 @@ impl Balancer {
             0 => return None,
             1 => at(0),
             n => match policy {
-                Balance::Roundrobin => {
-                    let i = self.cursor(app, port).fetch_add(1, Ordering::Relaxed);
-                    at(i % n)
-                }
+                Balance::Roundrobin => at(self.turn(app, port) % n),
                 Balance::Leastconn => {
                     // Power of two choices over in-flight counts: O(1), and robust to many threads seeing the same
                     // "least loaded" backend at once.
@@ -174,7 +180,11 @@ impl Balancer {
                     if b >= a {
                         b += 1;
                     }
-                    let load = |e: &Endpoint| self.slot(e).in_flight.load(Ordering::Relaxed);
+                    let load = |e: &Endpoint| {
+                        slots
+                            .get(e)
+                            .map_or(0, |s| s.in_flight.load(Ordering::Relaxed))
+                    };
                     if load(at(b)) < load(at(a)) {
                         at(b)
                     } else {
@@ -183,7 +193,10 @@ impl Balancer {
                 }
             },
         };
-        let slot = self.slot(chosen);
+        let slot = match slots.get(chosen) {
+            Some(s) => s.clone(),
+            None => self.slot(chosen),
+        };
         slot.in_flight.fetch_add(1, Ordering::Relaxed);
         Some((chosen, InFlight(slot)))
     }
@@ -210,10 +223,10 @@ impl Balancer {
 
     /// Forgets idle backends that no longer appear anywhere (called after a snapshot swap).
     pub fn retain(&self, live: impl Fn(&Endpoint) -> bool) {
-        self.slots
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|e, s| live(e) || s.in_flight.load(Ordering::Relaxed) > 0);
+        let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = FxHashMap::clone(&self.slots.load());
+        map.retain(|e, s| live(e) || s.in_flight.load(Ordering::Relaxed) > 0);
+        self.slots.store(Arc::new(map));
     }
 
     pub fn in_flight(&self, e: &Endpoint) -> usize {
@@ -224,6 +237,7 @@ impl Balancer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn eps(n: u16) -> Vec<Endpoint> {
         (0..n)
@@ -260,6 +274,28 @@ mod tests {
         }
         drop(busy);
         assert_eq!(b.in_flight(&e[0]), 0, "guards release their count");
+    }
+
+    /// Slots are added copy-on-write: threads that meet a new backend at once must still share one counter, and
+    /// pruning keeps a backend whose requests are in flight.
+    #[test]
+    fn new_backends_get_one_counter_whatever_the_race() {
+        let b = Arc::new(Balancer::default());
+        let e = eps(16);
+        let guards: Vec<InFlight> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| e.iter().map(|x| b.take(x)).collect::<Vec<_>>()))
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        for x in &e {
+            assert_eq!(b.in_flight(x), 8, "{x:?}");
+        }
+        b.retain(|_| false);
+        assert_eq!(b.in_flight(&e[0]), 8, "in flight: kept");
+        drop(guards);
+        b.retain(|x| x == &e[0]);
+        assert_eq!(b.slots.load().len(), 1, "idle and gone: pruned");
     }
 
     #[test]
