@@ -116,6 +116,20 @@ async fn routes_by_host_and_path_and_balances() {
         3.0
     );
     assert_eq!(r.metric("rattan_http_requests_in_flight").await, 0.0);
+    // Open client connections: one more while a raw client keeps its connection, as many as before once it left.
+    let open = r.metric("rattan_http_connections_active").await;
+    let mut s = TcpStream::connect(r.proxy.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (status, _) = exchange(
+        &mut s,
+        b"GET /API/v1 HTTP/1.1\r\nHost: any.example.org\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    wait_metric(&r, "rattan_http_connections_active", open + 1.0).await;
+    drop(s);
+    wait_metric(&r, "rattan_http_connections_active", open).await;
     // The path rule no longer applies to /shop/web (its stored rule replaced the default).
     let (s, _, _) = get(&c, &r, "any.example.org", "/shop/web").await;
     assert_eq!(s, 404);
@@ -913,6 +927,23 @@ async fn raw_get(s: &mut TcpStream) -> String {
     exchange(s, b"GET / HTTP/1.1\r\nHost: tcp\r\n\r\n").await.1
 }
 
+/// Waits (10 s at most) for a metric to read `want`.
+async fn wait_metric(r: &Rattan, name: &str, want: f64) {
+    let t = Instant::now();
+    loop {
+        let got = r.metric(name).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{name} is {got}, not {want}\n{}",
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_tcp(port: u16, r: &Rattan, open: bool) {
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).await.is_ok() != open {
@@ -958,6 +989,8 @@ async fn tcp_listeners_follow_apps() {
     assert!(first.starts_with("/db "), "{first}");
     let mut c = TcpStream::connect(("127.0.0.1", p_env)).await.unwrap();
     assert!(raw_get(&mut c).await.starts_with("/cache "));
+    // The two held open, the probes gone.
+    wait_metric(&r, "rattan_tcp_connections_active", 2.0).await;
 
     // More tasks: new connections spread over them; the open connection keeps its backend.
     m.scale("/db", 3).await;
@@ -984,9 +1017,12 @@ async fn tcp_listeners_follow_apps() {
             > 0.0
     );
 
-    // The app goes: its listener closes, the other stays.
+    // The app goes: its listener closes, the other stays; the open connection to it is not cut.
     m.remove_app("/cache");
     wait_tcp(p_env, &r, false).await;
+    assert!(raw_get(&mut c).await.starts_with("/cache "));
+    drop((c, held));
+    wait_metric(&r, "rattan_tcp_connections_active", 0.0).await;
     let mut s = TcpStream::connect(("127.0.0.1", p_label)).await.unwrap();
     assert!(raw_get(&mut s).await.starts_with("/db "));
     assert_eq!(r.metric("rattan_tcp_listeners").await, 1.0);
