@@ -1,11 +1,12 @@
-//! Backend picks per second from 1 and 2 threads (run with `cargo bench --bench balance`): every request makes
-//! one, so what one pick costs, and whether picks on different cores slow each other (a shared lock's counter
-//! would: one cache line that every core writes).
+//! What every request costs in shared state, from 1 and 2 threads (run with `cargo bench --bench balance`): a
+//! backend pick, and the request metrics (in flight up and down, count and duration by app). Whether requests on
+//! different cores slow each other: a lock's counter, or one counter per app, is a cache line every core writes.
 
 use rattan::marathon::address::Endpoint;
+use rattan::metrics::{metrics, AppMetrics};
 use rattan::proxy::balance::Balancer;
 use rattan::rules::table::Balance;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const PICKS: usize = 2_000_000;
 
@@ -17,6 +18,24 @@ fn run(b: &Balancer, backends: &[Endpoint], policy: Balance, threads: usize) -> 
                 for _ in 0..PICKS {
                     let picked = b.pick("/bench", 0, policy, backends, &[]);
                     std::hint::black_box(picked);
+                }
+            });
+        }
+    });
+    t.elapsed().as_nanos() as f64 / PICKS as f64
+}
+
+fn record(threads: usize) -> f64 {
+    let app = AppMetrics::for_app("/bench");
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let m = metrics();
+                for i in 0..PICKS {
+                    m.http_in_flight.inc();
+                    app.record(200, Duration::from_micros((i % 700) as u64));
+                    m.http_in_flight.dec();
                 }
             });
         }
@@ -44,5 +63,10 @@ fn main() {
                 run(&b, &backends, policy, threads)
             );
         }
+    }
+    println!("request metrics  threads  ns per request (per thread)");
+    for threads in [1, 2] {
+        record(threads);
+        println!("{:<16} {threads:>7}  {:>8.1}", "", record(threads));
     }
 }

@@ -1,10 +1,14 @@
 //! The Prometheus registry and every metric name rattan exports.
 
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, PullingGauge,
+    Registry, TextEncoder,
 };
-use std::sync::LazyLock;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -19,9 +23,7 @@ pub struct Metrics {
     pub fetch_duration: Histogram,
     pub apps_rejected: IntCounter,
     pub callback_registrations: IntCounter,
-    pub http_requests: IntCounterVec,
-    pub http_duration: prometheus::HistogramVec,
-    pub http_in_flight: IntGauge,
+    pub http_in_flight: Arc<ShardedGauge>,
     pub http_connections: IntGauge,
     pub backend_ejections: IntCounter,
     pub http_rejected: IntCounterVec,
@@ -77,19 +79,21 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(fetch_duration.clone()))
             .expect("unique metric name");
-        let http_duration = prometheus::HistogramVec::new(
-            HistogramOpts::new(
-                "rattan_http_request_duration_seconds",
-                "Time from a request's arrival to its response head, by app",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-            ]),
-            &["app"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(http_duration.clone()))
+        r.register(Box::new(HttpCollector::new()))
             .expect("unique metric name");
+        let http_in_flight = Arc::new(ShardedGauge::default());
+        {
+            let g = http_in_flight.clone();
+            r.register(Box::new(
+                PullingGauge::new(
+                    "rattan_http_requests_in_flight",
+                    "HTTP requests being proxied now",
+                    Box::new(move || g.get() as f64),
+                )
+                .expect("static metric definition"),
+            ))
+            .expect("unique metric name");
+        }
         let histogram = |name: &str, help: &str| {
             let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -121,13 +125,6 @@ impl Metrics {
                 "Validation, install, reload and cleanup of haproxy.cfg",
             ),
             haproxy_last_success,
-            http_requests: counter_vec(
-                &r,
-                "rattan_http_requests_total",
-                "Proxied HTTP requests by app (empty: no route) and status class",
-                &["app", "class"],
-            ),
-            http_duration,
             backend_ejections: counter(
                 &r,
                 "rattan_backend_ejections_total",
@@ -171,11 +168,7 @@ impl Metrics {
                 "rattan_tcp_listeners",
                 "TCP-mode ports listening now",
             ),
-            http_in_flight: gauge(
-                &r,
-                "rattan_http_requests_in_flight",
-                "HTTP requests being proxied now",
-            ),
+            http_in_flight,
             http_connections: gauge(
                 &r,
                 "rattan_http_connections_active",
@@ -242,37 +235,339 @@ impl Metrics {
     }
 }
 
-/// One app's request counters by status class (1xx..5xx) and its duration histogram.
-#[derive(Debug, Clone)]
+/// Upper bounds of `rattan_http_request_duration_seconds`' buckets.
+const HTTP_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Metrics written by every request are kept in shards, one per worker thread (up to 16), each on its own cache
+/// line, and summed when scraped: with one prometheus counter per app, every core would write the same lines on
+/// every request (`cargo bench --bench balance` measures both).
+fn shards() -> usize {
+    static N: LazyLock<usize> = LazyLock::new(|| {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .next_power_of_two()
+            .min(16)
+    });
+    *N
+}
+
+/// The calling thread's shard: threads take them in turn.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    MINE.with(|i| *i) & (shards() - 1)
+}
+
+/// A cache line to itself.
+#[derive(Default)]
+#[repr(align(64))]
+struct Line<T>(T);
+
+fn lines<T: Default>() -> Box<[Line<T>]> {
+    (0..shards()).map(|_| Line::default()).collect()
+}
+
+/// An up-down count written from every worker (requests in flight).
+pub struct ShardedGauge(Box<[Line<AtomicI64>]>);
+
+impl Default for ShardedGauge {
+    fn default() -> Self {
+        ShardedGauge(lines())
+    }
+}
+
+impl ShardedGauge {
+    pub fn inc(&self) {
+        self.0[shard()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(&self) {
+        self.0[shard()].0.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// The sum of the shards (a request may be counted up on one thread and down on another).
+    pub fn get(&self) -> i64 {
+        self.0.iter().map(|l| l.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// One shard of an app's counters.
+#[derive(Default)]
+struct AppShard {
+    /// Requests by status class, 1xx..5xx.
+    classes: [AtomicU64; 5],
+    /// Requests per duration bucket (not cumulative; beyond the last bound: only in the count).
+    buckets: [AtomicU64; HTTP_BUCKETS.len()],
+    sum_ns: AtomicU64,
+}
+
+/// One app's request counters by status class and its duration histogram: `rattan_http_requests_total` and
+/// `rattan_http_request_duration_seconds`. One per app for the life of the process, as a labelled prometheus
+/// child would be, so routes rebuilt for the same app keep counting on.
 pub struct AppMetrics {
-    pub by_class: [IntCounter; 5],
-    pub duration: Histogram,
+    app: String,
+    shards: Box<[Line<AppShard>]>,
+}
+
+impl std::fmt::Debug for AppMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppMetrics")
+            .field("app", &self.app)
+            .finish()
+    }
+}
+
+fn apps() -> &'static Mutex<BTreeMap<String, Arc<AppMetrics>>> {
+    static APPS: LazyLock<Mutex<BTreeMap<String, Arc<AppMetrics>>>> =
+        LazyLock::new(Default::default);
+    &APPS
 }
 
 impl AppMetrics {
-    pub fn new(app: &str) -> AppMetrics {
-        let m = metrics();
-        let class = |c: &str| m.http_requests.with_label_values(&[app, c]);
-        AppMetrics {
-            by_class: [
-                class("1xx"),
-                class("2xx"),
-                class("3xx"),
-                class("4xx"),
-                class("5xx"),
-            ],
-            duration: m.http_duration.with_label_values(&[app]),
+    /// The app's metrics (empty: requests with no route), made on first use.
+    pub fn for_app(app: &str) -> Arc<AppMetrics> {
+        let mut all = apps().lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = all.get(app) {
+            return m.clone();
         }
+        let m = Arc::new(AppMetrics {
+            app: app.to_string(),
+            shards: lines(),
+        });
+        all.insert(app.to_string(), m.clone());
+        m
     }
 
     pub fn record(&self, status: u16, elapsed: std::time::Duration) {
-        let i = usize::from((status / 100).clamp(1, 5) - 1);
-        self.by_class[i].inc();
-        self.duration.observe(elapsed.as_secs_f64());
+        let s = &self.shards[shard()].0;
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        s.classes[class].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        if let Some(b) = HTTP_BUCKETS.iter().position(|bound| secs <= *bound) {
+            s.buckets[b].fetch_add(1, Ordering::Relaxed);
+        }
+        s.sum_ns.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// (requests by class, per-bucket counts, sum in seconds), summed over the shards.
+    fn totals(&self) -> ([u64; 5], [u64; HTTP_BUCKETS.len()], f64) {
+        let (mut classes, mut buckets, mut ns) = ([0; 5], [0; HTTP_BUCKETS.len()], 0u64);
+        for Line(s) in self.shards.iter() {
+            for (t, c) in classes.iter_mut().zip(&s.classes) {
+                *t += c.load(Ordering::Relaxed);
+            }
+            for (t, b) in buckets.iter_mut().zip(&s.buckets) {
+                *t += b.load(Ordering::Relaxed);
+            }
+            ns = ns.saturating_add(s.sum_ns.load(Ordering::Relaxed));
+        }
+        (classes, buckets, ns as f64 / 1e9)
+    }
+}
+
+/// Exposes every app's [`AppMetrics`] as the two families a `IntCounterVec` and a `HistogramVec` would.
+struct HttpCollector {
+    descs: Vec<Desc>,
+}
+
+const REQUESTS: (&str, &str) = (
+    "rattan_http_requests_total",
+    "Proxied HTTP requests by app (empty: no route) and status class",
+);
+const DURATION: (&str, &str) = (
+    "rattan_http_request_duration_seconds",
+    "Time from a request's arrival to its response head, by app",
+);
+
+impl HttpCollector {
+    fn new() -> HttpCollector {
+        let desc = |(name, help): (&str, &str), labels: &[&str]| {
+            Desc::new(
+                name.into(),
+                help.into(),
+                labels.iter().map(|l| l.to_string()).collect(),
+                Default::default(),
+            )
+            .expect("static metric definition")
+        };
+        HttpCollector {
+            descs: vec![desc(REQUESTS, &["app", "class"]), desc(DURATION, &["app"])],
+        }
+    }
+}
+
+fn label(name: &str, value: &str) -> proto::LabelPair {
+    let mut l = proto::LabelPair::default();
+    l.set_name(name.into());
+    l.set_value(value.into());
+    l
+}
+
+fn family(
+    (name, help): (&str, &str),
+    kind: MetricType,
+    metrics: Vec<proto::Metric>,
+) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+impl Collector for HttpCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let all: Vec<Arc<AppMetrics>> = apps()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let (mut requests, mut durations) = (Vec::new(), Vec::new());
+        for a in &all {
+            let (classes, buckets, sum) = a.totals();
+            for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(classes) {
+                let mut c = proto::Counter::default();
+                c.set_value(n as f64);
+                let mut m = proto::Metric::default();
+                m.set_label(vec![label("app", &a.app), label("class", class)]);
+                m.set_counter(c);
+                requests.push(m);
+            }
+            let mut h = proto::Histogram::default();
+            let mut cumulative = 0;
+            h.set_bucket(
+                HTTP_BUCKETS
+                    .iter()
+                    .zip(buckets)
+                    .map(|(bound, n)| {
+                        cumulative += n;
+                        let mut b = proto::Bucket::default();
+                        b.set_upper_bound(*bound);
+                        b.set_cumulative_count(cumulative);
+                        b
+                    })
+                    .collect(),
+            );
+            h.set_sample_count(classes.iter().sum());
+            h.set_sample_sum(sum);
+            let mut m = proto::Metric::default();
+            m.set_label(vec![label("app", &a.app)]);
+            m.set_histogram(h);
+            durations.push(m);
+        }
+        vec![
+            family(REQUESTS, MetricType::COUNTER, requests),
+            family(DURATION, MetricType::HISTOGRAM, durations),
+        ]
     }
 }
 
 pub fn metrics() -> &'static Metrics {
     static M: LazyLock<Metrics> = LazyLock::new(Metrics::new);
     &M
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn text(families: &[MetricFamily]) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(families, &mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// The sharded counters read exactly as the prometheus vectors they replace would, for requests recorded
+    /// from several threads: same names, help, types, labels, buckets and counts.
+    #[test]
+    fn sharded_http_metrics_read_as_prometheus_vectors_would() {
+        let app = "/metrics-test";
+        let r = Registry::new();
+        let counts =
+            IntCounterVec::new(Opts::new(REQUESTS.0, REQUESTS.1), &["app", "class"]).unwrap();
+        let durations = prometheus::HistogramVec::new(
+            HistogramOpts::new(DURATION.0, DURATION.1).buckets(HTTP_BUCKETS.to_vec()),
+            &["app"],
+        )
+        .unwrap();
+        r.register(Box::new(counts.clone())).unwrap();
+        r.register(Box::new(durations.clone())).unwrap();
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            counts.with_label_values(&[app, class]);
+        }
+        let seen: Vec<(u16, Duration)> = [99u16, 101, 200, 204, 302, 404, 503, 600]
+            .into_iter()
+            .zip([0, 400, 500, 501, 2_500, 90_000, 10_000_000, 30_000_000])
+            .map(|(s, us)| (s, Duration::from_micros(us)))
+            .collect();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    let ours = AppMetrics::for_app(app);
+                    for (status, took) in &seen {
+                        ours.record(*status, *took);
+                        let class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                            [usize::from((status / 100).clamp(1, 5) - 1)];
+                        counts.with_label_values(&[app, class]).inc();
+                        durations
+                            .with_label_values(&[app])
+                            .observe(took.as_secs_f64());
+                    }
+                });
+            }
+        });
+        let mine = |t: String| -> Vec<String> {
+            t.lines()
+                .filter(|l| l.starts_with('#') || l.contains("app=\"/metrics-test\""))
+                .map(str::to_string)
+                .collect()
+        };
+        let ours_r = Registry::new();
+        ours_r.register(Box::new(HttpCollector::new())).unwrap();
+        let ours = mine(text(&ours_r.gather()));
+        let theirs = mine(text(&r.gather()));
+        // The sums are added in a different order (and ours in nanoseconds): equal to the last few digits.
+        let (sums, rest): (Vec<_>, Vec<_>) = ours.into_iter().partition(|l| l.contains("_sum{"));
+        let (their_sums, their_rest): (Vec<_>, Vec<_>) =
+            theirs.into_iter().partition(|l| l.contains("_sum{"));
+        assert_eq!(rest, their_rest);
+        let value = |l: &String| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap();
+        assert_eq!(sums.len(), 1);
+        assert!(
+            (value(&sums[0]) - value(&their_sums[0])).abs() < 1e-9,
+            "{sums:?} {their_sums:?}"
+        );
+        assert!(
+            rest.iter()
+                .any(|l| l.ends_with("_count{app=\"/metrics-test\"} 32")),
+            "{rest:#?}"
+        );
+    }
+
+    #[test]
+    fn the_sharded_gauge_sums_across_threads() {
+        let g = ShardedGauge::default();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| (0..1000).for_each(|_| g.inc()));
+            }
+        });
+        // Down on other threads than up.
+        std::thread::scope(|s| {
+            s.spawn(|| (0..2500).for_each(|_| g.dec()));
+        });
+        assert_eq!(g.get(), 1500);
+    }
 }

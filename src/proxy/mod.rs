@@ -307,13 +307,13 @@ impl Proxy {
         match route {
             Some(route) => route
                 .metrics
-                .get_or_init(|| crate::metrics::AppMetrics::new(&route.app_id))
+                .get_or_init(|| crate::metrics::AppMetrics::for_app(&route.app_id))
                 .record(status, took),
             None => {
-                static NO_ROUTE: std::sync::OnceLock<crate::metrics::AppMetrics> =
+                static NO_ROUTE: std::sync::OnceLock<std::sync::Arc<crate::metrics::AppMetrics>> =
                     std::sync::OnceLock::new();
                 NO_ROUTE
-                    .get_or_init(|| crate::metrics::AppMetrics::new(""))
+                    .get_or_init(|| crate::metrics::AppMetrics::for_app(""))
                     .record(status, took)
             }
         }

@@ -83,7 +83,7 @@ pub struct Route {
     pub path_len: usize,
     /// The app's request metrics, looked up once per route table instead of once per request.
     #[serde(skip)]
-    pub metrics: std::sync::OnceLock<crate::metrics::AppMetrics>,
+    pub metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::AppMetrics>>,
 }
 
 impl Route {
