@@ -10,37 +10,31 @@ use std::time::{Duration, Instant};
 
 const PICKS: usize = 2_000_000;
 
-fn run(b: &Balancer, backends: &[Endpoint], policy: Balance, threads: usize) -> f64 {
+/// ns per call of `each` (per thread), with `threads` threads calling it `PICKS` times at once.
+fn per_thread(threads: usize, each: impl Fn(usize) + Sync) -> f64 {
     let t = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads {
-            s.spawn(|| {
-                for _ in 0..PICKS {
-                    let picked = b.pick("/bench", 0, policy, backends, &[]);
-                    std::hint::black_box(picked);
-                }
-            });
+            s.spawn(|| (0..PICKS).for_each(&each));
         }
     });
     t.elapsed().as_nanos() as f64 / PICKS as f64
 }
 
+fn run(b: &Balancer, backends: &[Endpoint], policy: Balance, threads: usize) -> f64 {
+    per_thread(threads, |_| {
+        std::hint::black_box(b.pick("/bench", 0, policy, backends, &[]));
+    })
+}
+
 fn record(threads: usize) -> f64 {
     let app = AppMetrics::for_app("/bench");
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| {
-                let m = metrics();
-                for i in 0..PICKS {
-                    m.http_in_flight.inc();
-                    app.record(200, Duration::from_micros((i % 700) as u64));
-                    m.http_in_flight.dec();
-                }
-            });
-        }
-    });
-    t.elapsed().as_nanos() as f64 / PICKS as f64
+    let m = metrics();
+    per_thread(threads, |i| {
+        m.http_in_flight.inc();
+        app.record(200, Duration::from_micros((i % 700) as u64));
+        m.http_in_flight.dec();
+    })
 }
 
 fn main() {

@@ -64,11 +64,7 @@ haproxy -f "$TMP/haproxy.cfg" -p "$TMP/haproxy.pid" -D
 RUST_LOG=warn target/release/rattan --marathon "http://127.0.0.1:$MARATHON" --events poll --poll-interval 50ms \
   --http-bind "127.0.0.1:$RAT" --api-bind "127.0.0.1:$API" --data-dir "$TMP/data" >/dev/null 2>"$TMP/rattan.err" &
 PIDS+=($!)
-for i in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$RAT/churn" >/dev/null 2>&1 && curl -fs "http://127.0.0.1:$HAP/churn" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fs "http://127.0.0.1:$RAT/churn" >/dev/null || { echo "rattan does not route /churn"; cat "$TMP/rattan.err"; exit 1; }
+serving 10 "http://127.0.0.1:$RAT/churn" "http://127.0.0.1:$HAP/churn"
 
 # churn NAME: one change every $EVERY s, CHANGES times, under wrk; prints the summary line.
 churn() {

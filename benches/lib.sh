@@ -13,6 +13,20 @@ scratch() {
   trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"' EXIT
 }
 
+# serving SECONDS URL...: waits until every URL answers 2xx; if one still does not after SECONDS, says which,
+# shows rattan's log ($TMP/rattan.err) and stops the script.
+serving() {
+  local secs=$1 u i all
+  shift
+  for i in $(seq 1 $((secs * 10))); do
+    all=1
+    for u in "$@"; do curl -fs "$u" >/dev/null 2>&1 || { all=0; break; }; done
+    [ "$all" = 1 ] && return 0
+    sleep 0.1
+  done
+  for u in "$@"; do curl -fs "$u" >/dev/null 2>&1 || { echo "no answer from $u"; cat "$TMP/rattan.err"; exit 1; }; done
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # nginx_conf FILE DIR <<<SERVERS: nginx as the fast backend and Marathon stand-in (one worker, no logs, endless

@@ -57,12 +57,7 @@ RATTAN_WORKERS=${RATTAN_WORKERS:-1} RUST_LOG=warn taskset -c 0 target/release/ra
   --tcp-bind-address 127.0.0.1 \
   >/dev/null 2>"$TMP/rattan.err" & RAT_PID=$!; PIDS+=($RAT_PID)
 
-for i in $(seq 1 100); do
-  curl -fs "http://127.0.0.1:$RAT/bench" >/dev/null 2>&1 && curl -fs "http://127.0.0.1:$HAP/bench" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fs "http://127.0.0.1:$RAT/bench" >/dev/null || { echo "rattan does not route /bench"; cat "$TMP/rattan.err"; exit 1; }
-curl -fs "http://127.0.0.1:$RATTCP/" >/dev/null || { echo "rattan does not listen on TCP $RATTCP"; cat "$TMP/rattan.err"; exit 1; }
+serving 10 "http://127.0.0.1:$RAT/bench" "http://127.0.0.1:$HAP/bench" "http://127.0.0.1:$RATTCP/"
 
 # user and system clock ticks of a process (all its threads)
 cpu_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }

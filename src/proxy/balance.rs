@@ -104,12 +104,17 @@ impl Balancer {
         if let Some(s) = self.slots.load().get(e) {
             return s.clone();
         }
+        self.rewrite(&self.slots, |m| m.entry(e.clone()).or_default().clone())
+    }
+
+    /// Changes a copy of `map` and puts it in place. Under `writing`, and from the map as it is then: another
+    /// request may have changed it since this one looked.
+    fn rewrite<M: Clone, R>(&self, map: &ArcSwap<M>, change: impl FnOnce(&mut M) -> R) -> R {
         let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        // Another request may have added it meanwhile: the map as it is now.
-        let mut map = FxHashMap::clone(&self.slots.load());
-        let slot = map.entry(e.clone()).or_default().clone();
-        self.slots.store(Arc::new(map));
-        slot
+        let mut copy = M::clone(&map.load());
+        let r = change(&mut copy);
+        map.store(Arc::new(copy));
+        r
     }
 
     /// The app port's next round-robin position.
@@ -117,16 +122,13 @@ impl Balancer {
         if let Some(c) = self.cursors.load().get(app).and_then(|p| p.get(&port)) {
             return c.fetch_add(1, Ordering::Relaxed);
         }
-        let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut map = FxHashMap::clone(&self.cursors.load());
-        let c = map
-            .entry(app.to_string())
-            .or_default()
-            .entry(port)
-            .or_default()
-            .fetch_add(1, Ordering::Relaxed);
-        self.cursors.store(Arc::new(map));
-        c
+        self.rewrite(&self.cursors, |m| {
+            m.entry(app.to_string())
+                .or_default()
+                .entry(port)
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed)
+        })
     }
 
     /// Picks a backend not in `avoid` (those that just failed), counting it in flight.
@@ -223,10 +225,9 @@ impl Balancer {
 
     /// Forgets idle backends that no longer appear anywhere (called after a snapshot swap).
     pub fn retain(&self, live: impl Fn(&Endpoint) -> bool) {
-        let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
-        let mut map = FxHashMap::clone(&self.slots.load());
-        map.retain(|e, s| live(e) || s.in_flight.load(Ordering::Relaxed) > 0);
-        self.slots.store(Arc::new(map));
+        self.rewrite(&self.slots, |m| {
+            m.retain(|e, s| live(e) || s.in_flight.load(Ordering::Relaxed) > 0)
+        });
     }
 
     pub fn in_flight(&self, e: &Endpoint) -> usize {
