@@ -221,6 +221,103 @@ async fn scaling_and_failures() {
     }
 }
 
+/// A keep-alive backend whose every body is `name`; with `hold`, requests for `/lc/hold` wait until it turns true.
+/// Returns its port and how many requests it has taken.
+async fn named_backend(
+    name: &'static str,
+    hold: Option<tokio::sync::watch::Receiver<bool>>,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (hold, count) = (hold.clone(), count.clone());
+            tokio::spawn(async move {
+                loop {
+                    let head = read_head(&mut s).await;
+                    if head.is_empty() {
+                        return;
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if let (Some(mut release), true) = (hold.clone(), head.contains("/lc/hold")) {
+                        let _ = release.wait_for(|go| *go).await;
+                    }
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{name}",
+                        name.len()
+                    );
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, taken)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn least_conn_prefers_the_idle_backend() {
+    let (release, hold) = tokio::sync::watch::channel(false);
+    let (busy_port, busy_taken) = named_backend("busy", Some(hold)).await;
+    let (idle_port, _) = named_backend("idle", None).await;
+    let m = cluster().await;
+    // Two tasks, no rule of its own: the default rule, with the default balance (leastconn).
+    m.put_app_json(serde_json::json!({
+        "id": "/lc", "portDefinitions": [{"port": 10998}],
+        "tasks": [
+            {"id": "lc.1", "host": "127.0.0.1", "ports": [busy_port], "state": "TASK_RUNNING",
+             "startedAt": "2019-05-02T10:11:20.001Z"},
+            {"id": "lc.2", "host": "127.0.0.1", "ports": [idle_port], "state": "TASK_RUNNING",
+             "startedAt": "2019-05-02T10:11:20.001Z"}]
+    }));
+    let r = start(&m);
+    let c = reqwest::Client::new();
+    wait_routed(&c, &r, "h", "/lc/ready", "").await;
+
+    // Park one request on the "busy" backend: /lc/hold returns at once from "idle", so send it until one stays.
+    let mut parked = None;
+    for _ in 0..50 {
+        let before = busy_taken.load(std::sync::atomic::Ordering::SeqCst);
+        let proxy = r.proxy.clone();
+        let req = tokio::spawn(async move {
+            let resp = reqwest::get(format!("{proxy}/lc/hold")).await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        });
+        let t = Instant::now();
+        while !req.is_finished() && busy_taken.load(std::sync::atomic::Ordering::SeqCst) == before {
+            assert!(t.elapsed() < Duration::from_secs(5), "{}", r.log());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if req.is_finished() {
+            assert_eq!(req.await.unwrap(), (200, "idle".to_string()));
+        } else {
+            parked = Some(req);
+            break;
+        }
+    }
+    let parked = parked.expect("no request ever reached the busy backend");
+
+    // With one request in flight on "busy" and none on "idle", every new request goes to "idle".
+    for _ in 0..40 {
+        let (s, body, _) = get(&c, &r, "h", "/lc/x").await;
+        assert_eq!((s, body.as_str()), (200, "idle"));
+    }
+
+    // Released, the parked request completes, its count is given back, and both backends share the load again.
+    release.send(true).unwrap();
+    assert_eq!(parked.await.unwrap(), (200, "busy".to_string()));
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let (s, body, _) = get(&c, &r, "h", "/lc/x").await;
+        assert_eq!(s, 200);
+        seen.insert(body);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
 // ---- raw-socket cases ---------------------------------------------------------------------------------------
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
