@@ -134,7 +134,8 @@ impl Buf {
                 self.end -= self.start;
                 self.start = 0;
             } else if self.data.len() < max {
-                let grown = (self.data.len() * 2).clamp(initial, max);
+                // Not `clamp`: a `--max-header-size` below `initial` must cap the buffer, not panic.
+                let grown = (self.data.len() * 2).max(initial).min(max);
                 self.data.resize(grown, 0);
             } else {
                 return Err(io::Error::other("buffer full"));
@@ -1425,6 +1426,24 @@ mod tests {
             other => panic!("{other:?}"),
         };
         (n, r.headers.to_vec())
+    }
+
+    /// A limit below the first allocation caps the buffer there: reads stop at `max`, then "buffer full".
+    #[tokio::test]
+    async fn a_buffer_limit_below_the_initial_size_caps_it() {
+        let mut buf = Buf::new();
+        let mut input = &[b'x'; 3000][..];
+        let mut read = 0;
+        loop {
+            match buf.fill(&mut input, 4096, 2048).await {
+                Ok(n) => read += n,
+                Err(e) => {
+                    assert_eq!(e.to_string(), "buffer full");
+                    break;
+                }
+            }
+        }
+        assert_eq!((read, buf.bytes().len()), (2048, 2048));
     }
 
     #[test]
