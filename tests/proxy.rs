@@ -1206,6 +1206,62 @@ async fn limits_timeouts_and_access_log() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn header_size_and_connect_timeout_limits() {
+    // A backend that never completes a connect: a listener whose accept queue (backlog 0) is full and never
+    // accepted from, so the kernel drops further SYNs.
+    let hole = tokio::net::TcpSocket::new_v4().unwrap();
+    hole.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let hole = hole.listen(0).unwrap();
+    let hole_port = hole.local_addr().unwrap().port();
+    let mut queued = Vec::new();
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            TcpStream::connect(("127.0.0.1", hole_port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => queued.push(s),
+            Ok(Err(e)) => panic!("filling the accept queue: {e}"),
+            Err(_) => break,
+        }
+        assert!(queued.len() < 16, "the accept queue never filled");
+    }
+    let m = cluster().await;
+    app_on(&m, "/hole", hole_port);
+    plain_app(&m, "/fast", 1).await;
+    let r = start_against(
+        &m.url(),
+        &["--max-header-size", "2048", "--connect-timeout", "300ms"],
+    );
+    let c = reqwest::Client::new();
+    wait_routed(&c, &r, "h", "/fast", "/fast").await;
+
+    // Request heads up to the limit pass; a larger one gets 431 and never reaches the backend.
+    let send_with = |size: usize| {
+        c.get(format!("{}/fast", r.proxy))
+            .header("Host", "h")
+            .header("X-Pad", "p".repeat(size))
+            .send()
+    };
+    let ok = send_with(1024).await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    assert!(ok.text().await.unwrap().starts_with("/fast"));
+    let big = send_with(4096).await.unwrap();
+    assert_eq!(big.status().as_u16(), 431);
+    assert_eq!(
+        big.text().await.unwrap(),
+        "rattan: request head too large\n"
+    );
+
+    // The configured connect timeout, not the 5 s default, ends the wait for the unreachable backend.
+    let (s, body, _) = get(&c, &r, "h", "/hole").await;
+    assert_eq!(s, 502, "{body}");
+    assert!(body.contains("connect timeout after 300ms"), "{body}");
+    drop(queued);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn churn_under_load_fails_no_request() {
     let m = cluster().await;
     plain_app(&m, "/churn", 2).await;
