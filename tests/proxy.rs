@@ -258,24 +258,32 @@ async fn named_backend(
     (port, taken)
 }
 
+/// Leastconn's in-flight counts live outside the routing snapshot: they survive swaps, and a request in flight to
+/// a task that left Marathon still completes.
 #[tokio::test(flavor = "multi_thread")]
 async fn least_conn_prefers_the_idle_backend() {
     let (release, hold) = tokio::sync::watch::channel(false);
     let (busy_port, busy_taken) = named_backend("busy", Some(hold)).await;
     let (idle_port, _) = named_backend("idle", None).await;
     let m = cluster().await;
-    // Two tasks, no rule of its own: the default rule, with the default balance (leastconn).
-    m.put_app_json(serde_json::json!({
-        "id": "/lc", "portDefinitions": [{"port": 10998}],
-        "tasks": [
-            {"id": "lc.1", "host": "127.0.0.1", "ports": [busy_port], "state": "TASK_RUNNING",
-             "startedAt": "2019-05-02T10:11:20.001Z"},
-            {"id": "lc.2", "host": "127.0.0.1", "ports": [idle_port], "state": "TASK_RUNNING",
-             "startedAt": "2019-05-02T10:11:20.001Z"}]
-    }));
+    // No rule of its own: the default rule, with the default balance (leastconn).
+    let lc_on = |ports: &[u16]| {
+        let tasks: Vec<_> = ports
+            .iter()
+            .map(|p| {
+                serde_json::json!({"id": format!("lc.{p}"), "host": "127.0.0.1", "ports": [p],
+                    "state": "TASK_RUNNING", "startedAt": "2019-05-02T10:11:20.001Z"})
+            })
+            .collect();
+        m.put_app_json(
+            serde_json::json!({"id": "/lc", "portDefinitions": [{"port": 10998}], "tasks": tasks}),
+        );
+    };
+    lc_on(&[busy_port, idle_port]);
     let r = start(&m);
     let c = reqwest::Client::new();
     wait_routed(&c, &r, "h", "/lc/ready", "").await;
+    let backends = "rattan_app_healthy_backends{app=\"/lc\"}";
 
     // Park one request on the "busy" backend: /lc/hold returns at once from "idle", so send it until one stays.
     let mut parked = None;
@@ -300,15 +308,24 @@ async fn least_conn_prefers_the_idle_backend() {
     }
     let parked = parked.expect("no request ever reached the busy backend");
 
-    // With one request in flight on "busy" and none on "idle", every new request goes to "idle".
+    // A new snapshot (another app arrives) keeps the count: with one request in flight on "busy" and none on
+    // "idle", every new request goes to "idle".
+    plain_app(&m, "/other", 1).await;
+    wait_routed(&c, &r, "h", "/other", "/other").await;
     for _ in 0..40 {
         let (s, body, _) = get(&c, &r, "h", "/lc/x").await;
         assert_eq!((s, body.as_str()), (200, "idle"));
     }
 
-    // Released, the parked request completes, its count is given back, and both backends share the load again.
+    // "busy" leaves Marathon with the request still on it: the request completes.
+    lc_on(&[idle_port]);
+    wait_metric(&r, backends, 1.0).await;
     release.send(true).unwrap();
     assert_eq!(parked.await.unwrap(), (200, "busy".to_string()));
+
+    // Back, with its count given back: both backends share the load again.
+    lc_on(&[busy_port, idle_port]);
+    wait_metric(&r, backends, 2.0).await;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..40 {
         let (s, body, _) = get(&c, &r, "h", "/lc/x").await;
