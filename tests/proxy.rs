@@ -1143,6 +1143,38 @@ async fn tcp_listeners_follow_apps() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn tcp_service_ports_makes_every_service_port_tcp() {
+    let (backend, _) = named_backend("plain", None).await;
+    let service = common::free_port();
+    let m = cluster().await;
+    // No TCP label, no BAMBOO_TCP_PORT: an HTTP app unless every service port is to be TCP.
+    m.put_app_json(serde_json::json!({
+        "id": "/plain", "portDefinitions": [{"port": service}],
+        "tasks": [{"id": "plain.1", "host": "127.0.0.1", "ports": [backend], "state": "TASK_RUNNING",
+                   "startedAt": "2019-05-02T10:11:20.001Z"}]
+    }));
+    let c = reqwest::Client::new();
+    let r = start_against(&m.url(), &["--tcp-bind-address", "127.0.0.1"]);
+    wait_routed(&c, &r, "h", "/plain", "plain").await;
+    assert_eq!(r.metric("rattan_tcp_listeners").await, 0.0);
+    drop(r);
+
+    let r = start_against(
+        &m.url(),
+        &[
+            "--tcp-bind-address",
+            "127.0.0.1",
+            "--tcp-service-ports",
+            "true",
+        ],
+    );
+    wait_tcp(service, &r, true).await;
+    let mut s = TcpStream::connect(("127.0.0.1", service)).await.unwrap();
+    assert_eq!(raw_get(&mut s).await, "plain");
+    assert_eq!(r.metric("rattan_tcp_listeners").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn limits_timeouts_and_access_log() {
     // A backend that accepts and never answers.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
