@@ -488,6 +488,25 @@ mod tests {
         assert_eq!(lb.balance, Balance::Roundrobin);
     }
 
+    /// A stored rule's config turns on what marathon-lb's labels do (the e2e tests drive them by label).
+    #[test]
+    fn rule_config_sets_redirect_https_and_sticky() {
+        let a = apps(r#"{"apps":[{"id":"/on"},{"id":"/off"}]}"#);
+        let (id, mut on) = svc("/on", "hdr(host) -i on.example.com");
+        if let Some(c) = on.config.as_mut() {
+            c.insert("redirect_https".into(), "true".into());
+            c.insert("sticky".into(), "true".into());
+        }
+        let s: BTreeMap<_, _> = [(id, on), svc("/off", "hdr(host) -i off.example.com")].into();
+        let t = RouteTable::build(&a, &s, &RouteOptions::default());
+        let flags = |app: &str| {
+            let r = t.for_app(app).next().unwrap();
+            (r.source, r.redirect_https, r.sticky)
+        };
+        assert_eq!(flags("/on"), (Source::Api, true, true));
+        assert_eq!(flags("/off"), (Source::Api, false, false));
+    }
+
     #[test]
     fn index_agrees_with_a_linear_scan() {
         let mut list = Vec::new();
