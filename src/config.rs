@@ -1205,5 +1205,7 @@ mod tests {
         let s = Settings::resolve(&opts, false).unwrap();
         assert_eq!(s.api_bind, "0.0.0.0:8000".parse().unwrap());
         assert_eq!(s.events, EventMode::Callback);
+        // The proxy's own default, as an edge node runs it.
+        assert_eq!(s.http_bind, "0.0.0.0:80".parse().unwrap());
     }
 }
