@@ -267,18 +267,7 @@ async fn least_conn_prefers_the_idle_backend() {
     let (idle_port, _) = named_backend("idle", None).await;
     let m = cluster().await;
     // No rule of its own: the default rule, with the default balance (leastconn).
-    let lc_on = |ports: &[u16]| {
-        let tasks: Vec<_> = ports
-            .iter()
-            .map(|p| {
-                serde_json::json!({"id": format!("lc.{p}"), "host": "127.0.0.1", "ports": [p],
-                    "state": "TASK_RUNNING", "startedAt": "2019-05-02T10:11:20.001Z"})
-            })
-            .collect();
-        m.put_app_json(
-            serde_json::json!({"id": "/lc", "portDefinitions": [{"port": 10998}], "tasks": tasks}),
-        );
-    };
+    let lc_on = |ports: &[u16]| app_at(&m, "/lc", 10998, ports);
     lc_on(&[busy_port, idle_port]);
     let r = start(&m);
     let c = reqwest::Client::new();
@@ -342,11 +331,23 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Registers `port` on loopback as the one running task of app `id`.
 fn app_on(m: &Simulator, id: &str, port: u16) {
-    m.put_app_json(serde_json::json!({
-        "id": id, "portDefinitions": [{"port": 10999}],
-        "tasks": [{"id": format!("{}.1", id.trim_start_matches('/')), "host": "127.0.0.1", "ports": [port],
-                   "state": "TASK_RUNNING", "startedAt": "2019-05-02T10:11:20.001Z"}]
-    }));
+    app_at(m, id, 10999, &[port]);
+}
+
+/// Puts app `id`, service port `service`, with one running task on loopback per port of `ports` (the task named
+/// by its port, so it keeps its id when the app is put again with other tasks).
+fn app_at(m: &Simulator, id: &str, service: u16, ports: &[u16]) {
+    let name = id.trim_start_matches('/');
+    let tasks: Vec<_> = ports
+        .iter()
+        .map(|p| {
+            serde_json::json!({"id": format!("{name}.{p}"), "host": "127.0.0.1", "ports": [p],
+                "state": "TASK_RUNNING", "startedAt": "2019-05-02T10:11:20.001Z"})
+        })
+        .collect();
+    m.put_app_json(
+        serde_json::json!({"id": id, "portDefinitions": [{"port": service}], "tasks": tasks}),
+    );
 }
 
 /// The Content-Length of a raw message head.
@@ -1148,11 +1149,7 @@ async fn tcp_service_ports_makes_every_service_port_tcp() {
     let service = common::free_port();
     let m = cluster().await;
     // No TCP label, no BAMBOO_TCP_PORT: an HTTP app unless every service port is to be TCP.
-    m.put_app_json(serde_json::json!({
-        "id": "/plain", "portDefinitions": [{"port": service}],
-        "tasks": [{"id": "plain.1", "host": "127.0.0.1", "ports": [backend], "state": "TASK_RUNNING",
-                   "startedAt": "2019-05-02T10:11:20.001Z"}]
-    }));
+    app_at(&m, "/plain", service, &[backend]);
     let c = reqwest::Client::new();
     let r = start_against(&m.url(), &["--tcp-bind-address", "127.0.0.1"]);
     wait_routed(&c, &r, "h", "/plain", "plain").await;
