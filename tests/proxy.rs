@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{cluster, labeled_app, plain_app, send, start_against, Rattan, FAST};
+use common::{app_at, app_on, cluster, labeled_app, plain_app, send, start_against, Rattan, FAST};
 use rattan::marathon::simulator::{AppSpec, Simulator};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -328,27 +328,6 @@ async fn least_conn_prefers_the_idle_backend() {
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// Registers `port` on loopback as the one running task of app `id`.
-fn app_on(m: &Simulator, id: &str, port: u16) {
-    app_at(m, id, 10999, &[port]);
-}
-
-/// Puts app `id`, service port `service`, with one running task on loopback per port of `ports` (the task named
-/// by its port, so it keeps its id when the app is put again with other tasks).
-fn app_at(m: &Simulator, id: &str, service: u16, ports: &[u16]) {
-    let name = id.trim_start_matches('/');
-    let tasks: Vec<_> = ports
-        .iter()
-        .map(|p| {
-            serde_json::json!({"id": format!("{name}.{p}"), "host": "127.0.0.1", "ports": [p],
-                "state": "TASK_RUNNING", "startedAt": "2019-05-02T10:11:20.001Z"})
-        })
-        .collect();
-    m.put_app_json(
-        serde_json::json!({"id": id, "portDefinitions": [{"port": service}], "tasks": tasks}),
-    );
-}
 
 /// The Content-Length of a raw message head.
 fn content_length(head: &str) -> Option<usize> {

@@ -315,7 +315,7 @@ impl<'a> ConnectionTokens<'a> {
                 self.close = true;
             } else if is(t, b"upgrade") {
                 self.upgrade = true;
-            } else if !is(t, b"keep-alive") {
+            } else if !is(t, b"keep-alive") && !super::never_named(t) {
                 self.named.push(t);
             }
         }

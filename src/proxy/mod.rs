@@ -157,7 +157,17 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// RFC 9110 §7.6.1: connection-specific fields, and every field named in `Connection`, never cross a proxy.
+/// Fields a `Connection` token can never remove. Dropping the length of a message whose body is still forwarded
+/// splits it in two for the next hop (request smuggling, responses run together); dropping `Host` re-targets it.
+/// RFC 9110 §7.6.1 lets a sender name only connection-specific fields, and these never are.
+pub(crate) fn never_named(token: &[u8]) -> bool {
+    [&b"content-length"[..], b"transfer-encoding", b"host"]
+        .iter()
+        .any(|n| token.eq_ignore_ascii_case(n))
+}
+
+/// RFC 9110 §7.6.1: connection-specific fields, and every field named in `Connection` (but the framing fields and
+/// `Host`: [`never_named`]), never cross a proxy.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -165,7 +175,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|n| !never_named(n.as_bytes()))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for n in named {
             headers.remove(n);

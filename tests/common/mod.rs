@@ -1,6 +1,8 @@
 //! Test harness: runs the real `rattan` binary on port 0 and reads back the address it bound.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -427,4 +429,25 @@ pub async fn send(
     let r = rb.send().await.expect("request");
     let status = r.status().as_u16();
     (status, r.text().await.unwrap_or_default())
+}
+
+/// Registers `port` on loopback as the one running task of app `id`.
+pub fn app_on(m: &rattan::marathon::simulator::Simulator, id: &str, port: u16) {
+    app_at(m, id, 10999, &[port]);
+}
+
+/// Puts app `id`, service port `service`, with one running task on loopback per port of `ports` (the task named
+/// by its port, so it keeps its id when the app is put again with other tasks).
+pub fn app_at(m: &rattan::marathon::simulator::Simulator, id: &str, service: u16, ports: &[u16]) {
+    let name = id.trim_start_matches('/');
+    let tasks: Vec<_> = ports
+        .iter()
+        .map(|p| {
+            serde_json::json!({"id": format!("{name}.{p}"), "host": "127.0.0.1", "ports": [p],
+                "state": "TASK_RUNNING", "startedAt": "2019-05-02T10:11:20.001Z"})
+        })
+        .collect();
+    m.put_app_json(
+        serde_json::json!({"id": id, "portDefinitions": [{"port": service}], "tasks": tasks}),
+    );
 }
