@@ -122,6 +122,24 @@ pub struct Opts {
     /// Require basic auth `user:password` for rule changes.
     #[arg(long, global = true, env = "RATTAN_API_BASIC", hide_env_values = true)]
     pub api_basic: Option<String>,
+    /// Secret Marathon must present on the event callback (carried in the registered callback URL as `?token=`)
+    /// [default: generated once and kept in --data-dir/callback.token].
+    #[arg(
+        long,
+        global = true,
+        env = "RATTAN_CALLBACK_TOKEN",
+        hide_env_values = true
+    )]
+    pub callback_token: Option<String>,
+    /// Largest Marathon SSE event (or line) read; a longer one drops the stream [default: 16MiB].
+    #[arg(long, global = true, env = "RATTAN_MARATHON_MAX_EVENT_SIZE")]
+    pub marathon_max_event_size: Option<String>,
+    /// Largest Marathon REST response read (`/v2/apps`); a larger one fails the fetch [default: 512MiB].
+    #[arg(long, global = true, env = "RATTAN_MARATHON_MAX_BODY")]
+    pub marathon_max_body: Option<String>,
+    /// Open connections to the API port at most; past it new ones wait in the kernel's backlog [default: 256].
+    #[arg(long, global = true, env = "RATTAN_API_MAX_CONNECTIONS")]
+    pub api_max_connections: Option<usize>,
     /// Protect reads (the UI, /api/state, /api/services) too.
     #[arg(long, global = true, env = "RATTAN_API_AUTH_READS")]
     pub api_auth_reads: Option<bool>,
@@ -275,6 +293,10 @@ pub struct FileConfig {
     pub zk_session_timeout: Option<String>,
     pub api_token: Option<String>,
     pub api_basic: Option<String>,
+    pub callback_token: Option<String>,
+    pub marathon_max_event_size: Option<String>,
+    pub marathon_max_body: Option<String>,
+    pub api_max_connections: Option<usize>,
     pub api_auth_reads: Option<bool>,
     pub default_rule: Option<String>,
     pub default_domain: Option<String>,
@@ -356,6 +378,7 @@ pub struct Settings {
     pub zk_auth: Option<(String, String)>,
     pub zk_session_timeout: Duration,
     pub api_auth: crate::api::ApiAuth,
+    pub limits: Limits,
     pub route_options: crate::rules::table::RouteOptions,
     pub data_dir: PathBuf,
     pub resync_interval: Duration,
@@ -397,6 +420,15 @@ pub struct ProxySettings {
     pub via: bool,
     pub eject_after: u32,
     pub eject_for: Duration,
+}
+
+/// What a hostile peer could make rattan hold without them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub callback_token: Option<String>,
+    pub marathon_max_event_size: usize,
+    pub marathon_max_body: usize,
+    pub api_max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -531,6 +563,38 @@ pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
             format!("'{s}' is not a duration ({e}); use e.g. 500ms, 5s, 2m"),
         )
     })
+}
+
+/// `65536`, `64KiB`, `16MiB`, `1GiB` (`K`, `M`, `G`, `KB`… are binary too); at least 1 KiB.
+pub fn parse_size(key: &str, s: &str) -> Result<usize, ConfigError> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => {
+            return Err(bad(
+                key,
+                format!("'{s}' is not a size; use e.g. 65536, 64KiB, 16MiB"),
+            ))
+        }
+    };
+    let n: usize = num.parse().map_err(|_| {
+        bad(
+            key,
+            format!("'{s}' is not a size; use e.g. 65536, 64KiB, 16MiB"),
+        )
+    })?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| bad(key, format!("'{s}' is too large")))?;
+    if bytes < 1024 {
+        return Err(bad(key, "must be at least 1KiB"));
+    }
+    Ok(bytes)
 }
 
 /// Accepts `host:port`, `:port` (Bamboo's `BIND=:8000`) and `[v6]:port`.
@@ -796,6 +860,46 @@ impl Settings {
         if api_auth.reads && !api_auth.enabled() {
             return Err(bad("api-auth-reads", "needs --api-token or --api-basic"));
         }
+        let size = |key: &str, cli: Option<String>, file: Option<String>, default: &str| {
+            let v = nonempty(cli)
+                .or(file)
+                .unwrap_or_else(|| default.to_string());
+            parse_size(key, &v)
+        };
+        let limits = Limits {
+            callback_token: nonempty(o.callback_token).or(file.callback_token),
+            marathon_max_event_size: size(
+                "marathon-max-event-size",
+                o.marathon_max_event_size,
+                file.marathon_max_event_size,
+                "16MiB",
+            )?,
+            marathon_max_body: size(
+                "marathon-max-body",
+                o.marathon_max_body,
+                file.marathon_max_body,
+                "512MiB",
+            )?,
+            api_max_connections: o
+                .api_max_connections
+                .or(file.api_max_connections)
+                .unwrap_or(256),
+        };
+        if limits.api_max_connections == 0 {
+            return Err(bad("api-max-connections", "must be greater than zero"));
+        }
+        if let Some(t) = &limits.callback_token {
+            if t.len() < 16
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+            {
+                return Err(bad(
+                    "callback-token",
+                    "must be at least 16 characters of A-Z a-z 0-9 - _ . ~ (it travels in a URL)",
+                ));
+            }
+        }
         use crate::rules::table::{DefaultRule, RouteOptions};
         let default_rule = match nonempty(o.default_rule).or(file.default_rule).as_deref() {
             None | Some("path") => DefaultRule::Path,
@@ -990,6 +1094,7 @@ impl Settings {
             zk_auth,
             zk_session_timeout,
             api_auth,
+            limits,
             route_options,
             data_dir: o
                 .data_dir
@@ -1022,6 +1127,25 @@ impl Settings {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("k", "65536").unwrap(), 65536);
+        assert_eq!(parse_size("k", "16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_size("k", "2 G").unwrap(), 2 << 30);
+        assert_eq!(parse_size("k", "64k").unwrap(), 64 << 10);
+        for bad in [
+            "",
+            "12",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "99999999999999999999G",
+            "1TB",
+        ] {
+            assert!(parse_size("k", bad).is_err(), "{bad}");
+        }
+    }
 
     fn opts_with_file(body: &str, ext: &str) -> (Opts, tempfile::NamedTempFile) {
         let mut f = tempfile::Builder::new().suffix(ext).tempfile().unwrap();

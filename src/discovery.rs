@@ -267,29 +267,20 @@ impl Discovery {
                         None => return false,
                     }
                 } else {
-                    match pos {
-                        Some(p) => {
-                            let t = &mut entry.tasks[p];
-                            t.state = Some(state.clone());
-                            if !host.is_empty() {
-                                t.host = host.clone();
-                            }
-                            if !ports.is_empty() {
-                                t.ports = ports.clone();
-                            }
-                            if !ip_addresses.is_empty() {
-                                t.ip_addresses = ip_addresses.clone();
-                            }
-                        }
-                        None => entry.tasks.push(Task {
-                            id: task_id.clone(),
-                            host: host.clone(),
-                            ports: ports.clone(),
-                            ip_addresses: ip_addresses.clone(),
-                            state: Some(state.clone()),
-                            started_at: timestamp.clone(),
-                            ..Task::default()
-                        }),
+                    // An event never brings an address of its own (a forged callback could point traffic anywhere):
+                    // a task Marathon has not listed, or a known task at another address, waits for the fetch
+                    // the event schedules. Only the state of a task as Marathon listed it changes here.
+                    let Some(p) = pos else { return false };
+                    let t = &mut entry.tasks[p];
+                    let moved = (!host.is_empty() && *host != t.host)
+                        || (!ports.is_empty() && *ports != t.ports)
+                        || (!ip_addresses.is_empty() && *ip_addresses != t.ip_addresses);
+                    if moved || t.state.as_deref() == Some(state.as_str()) {
+                        return false;
+                    }
+                    t.state = Some(state.clone());
+                    if t.started_at.is_none() {
+                        t.started_at = timestamp.clone();
                     }
                 }
                 self.refresh_view(&id);
@@ -510,6 +501,33 @@ mod tests {
             app_id: "/api".into()
         }));
         assert!(p.load().apps.is_empty());
+    }
+
+    #[test]
+    fn an_event_never_brings_an_address() {
+        let (mut d, p) = discovery();
+        d.apply_snapshot(fixture_apps(
+            "v2_apps.embed_tasks.1.5plus-host.code-derived.json",
+        ));
+        let before = p.load().apps["/api"].clone();
+        let known = before.tasks[0].id.clone();
+        let event = |task_id: &str, host: &str, ports: Vec<u32>| Change::TaskStatus {
+            app_id: "/api".into(),
+            task_id: task_id.into(),
+            state: "TASK_RUNNING".into(),
+            host: host.into(),
+            ports,
+            ip_addresses: vec![],
+            timestamp: None,
+        };
+        // A task Marathon never listed, and a listed one moved elsewhere: nothing routes to the new address.
+        assert!(!d.apply_event(&event("api.evil", "203.0.113.9", vec![6666])));
+        assert!(!d.apply_event(&event(&known, "203.0.113.9", vec![6666])));
+        let after = p.load().apps["/api"].clone();
+        assert_eq!(after.tasks.len(), before.tasks.len());
+        for b in after.healthy_backends(0) {
+            assert!(!b.to_string().contains("203.0.113.9"), "{b}");
+        }
     }
 
     #[test]

@@ -55,6 +55,38 @@ fn discovery(settings: &Settings, publisher: &Arc<Publisher>) -> Discovery {
     )
 }
 
+/// The callback token: the configured one, else one generated at the first start and kept in the data
+/// directory, so the URL registered with Marathon stays the same across restarts.
+fn callback_token(settings: &Settings) -> Result<String, String> {
+    if let Some(t) = &settings.limits.callback_token {
+        return Ok(t.clone());
+    }
+    let path = settings.data_dir.join("callback.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    use rand::distributions::{Alphanumeric, DistString};
+    let token = Alphanumeric.sample_string(&mut rand::thread_rng(), 32);
+    std::fs::create_dir_all(&settings.data_dir)
+        .and_then(|()| {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(token.as_bytes())
+        })
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated the event callback token");
+    Ok(token)
+}
+
 /// Starts every task in the background and returns once the API port is bound.
 pub async fn start(settings: &Settings) -> Result<Running, String> {
     let publisher = Arc::new(Publisher::new(settings.route_options.clone()));
@@ -67,9 +99,17 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
 
     let mode = settings.haproxy.mode;
     let haproxy_status = (mode != Mode::Proxy).then(crate::haproxy::SharedStatus::default);
+    let callback = match settings.events {
+        EventMode::Callback => Some(api::Callback {
+            tx: tx.clone(),
+            token: callback_token(settings)?,
+        }),
+        _ => None,
+    };
+    let token = callback.as_ref().map(|c| c.token.clone());
     let api_state = Arc::new(ApiState {
         publisher: publisher.clone(),
-        events: Some(tx.clone()),
+        callback,
         store: Some(Arc::new(store)),
         auth: settings.api_auth.clone(),
         haproxy: haproxy_status.clone(),
@@ -122,6 +162,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
             tokio::spawn(events::run_callback_registration(
                 client.clone(),
                 callback,
+                token.unwrap_or_default(),
                 settings.callback_check_interval,
                 tx.clone(),
             ));

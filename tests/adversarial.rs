@@ -168,3 +168,118 @@ async fn a_response_naming_its_length_keeps_it() {
         assert!(got.ends_with("/a/two"), "{path}: {got}");
     }
 }
+
+/// A forged `status_update_event` moving app `/a`'s traffic to `to`.
+fn forged(task: &str, to: u16) -> String {
+    serde_json::json!({"eventType": "status_update_event", "appId": "/a", "taskId": task,
+        "taskStatus": "TASK_RUNNING", "host": "127.0.0.1", "ports": [to], "slaveId": "s", "version": "v",
+        "timestamp": "2026-12-05T10:00:00.000Z"})
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_marathon_callbacks_move_no_traffic() {
+    let backend = Recorder::start();
+    let evil = Recorder::start();
+    let c = reqwest::Client::new();
+
+    // SSE mode (the default): there is no callback receiver at all.
+    let (r, _addr, _m) = front(&backend, &[]).await;
+    let resp = c
+        .post(format!("{}/api/marathon/event_callback", r.api))
+        .body(forged("a.evil", evil.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    drop(r);
+
+    // Callback mode with API credentials: Marathon is given a URL carrying the token.
+    let m =
+        rattan::marathon::simulator::Simulator::start(rattan::marathon::simulator::SimOptions {
+            serve_tasks: true,
+            callbacks_enabled: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    app_on(&m, "/a", backend.port);
+    let url = m.url();
+    let mut args = vec![
+        "--marathon",
+        url.as_str(),
+        "--events",
+        "callback",
+        "--callback-url",
+        "http://127.0.0.1:0",
+        "--api-token",
+        "api-secret",
+    ];
+    args.extend_from_slice(FAST);
+    let r = Rattan::start(&args);
+    let t = Instant::now();
+    while m.subscribers().is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", r.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sub = m.subscribers()[0].clone();
+    let token = sub
+        .split_once("?token=")
+        .map(|(_, t)| t.to_string())
+        .unwrap_or_default();
+    assert!(token.len() >= 16, "{sub}");
+    let receiver = format!("{}/api/marathon/event_callback", r.api);
+    let post = |url: String, auth: Option<&'static str>| {
+        let mut rb = c.post(url).body(forged("a.evil", evil.port));
+        if let Some(a) = auth {
+            rb = rb.header("Authorization", a);
+        }
+        async move { rb.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(post(receiver.clone(), None).await, 401, "no token");
+    assert_eq!(
+        post(format!("{receiver}?token=wrong{token}"), None).await,
+        401,
+        "wrong token"
+    );
+    assert_eq!(
+        post(format!("{receiver}?token={token}"), Some("Bearer nope")).await,
+        200,
+        "token"
+    );
+    assert_eq!(
+        post(receiver.clone(), Some("Bearer api-secret")).await,
+        200,
+        "API credentials"
+    );
+    assert!(r.metric("rattan_marathon_callback_refused_total").await >= 2.0);
+
+    // Even accepted (as with a leaked token), a loop of forged events routes nothing to the forged address:
+    // each only triggers a fetch, and Marathon does not know the task.
+    let proxy = r.proxy.clone();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        let s = c
+            .get(format!("{proxy}/a/x"))
+            .header("Host", "a")
+            .send()
+            .await
+            .unwrap();
+        if s.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..40 {
+        assert_eq!(post(format!("{receiver}?token={token}"), None).await, 200);
+        let resp = c
+            .get(format!("{proxy}/a/{i}"))
+            .header("Host", "a")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{}", r.log());
+    }
+    assert_eq!(evil.requests().len(), 0, "{}", r.log());
+    assert!(backend.requests().len() >= 40);
+}

@@ -423,7 +423,7 @@ async fn callback_mode_registers_receives_and_reregisters() {
     }
     let sub = m.subscribers()[0].clone();
     assert!(
-        sub.starts_with(&r.api) && sub.ends_with("/api/marathon/event_callback"),
+        sub.starts_with(&format!("{}/api/marathon/event_callback?token=", r.api)),
         "{sub}"
     );
 
@@ -443,16 +443,37 @@ async fn callback_mode_registers_receives_and_reregisters() {
         task_count(s, "/cb") == 3
     })
     .await;
-    assert_eq!(m.subscribers(), vec![sub]);
+    assert_eq!(m.subscribers(), vec![sub.clone()]);
+    // A subscription of this receiver without the token (Bamboo's, left behind) is removed: it only gets 401s.
+    let stale = format!("{}/api/marathon/event_callback", r.api);
+    let q: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("callbackUrl", &stale)
+        .finish();
+    let added = reqwest::Client::new()
+        .post(format!("{url}/v2/eventSubscriptions?{q}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(added.status().is_success());
+    assert_eq!(m.subscribers().len(), 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while m.subscribers() != vec![sub.clone()] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            m.subscribers()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         r.metric("rattan_marathon_callback_registrations_total")
             .await
             >= 2.0
     );
 
-    // The receiver answers like Bamboo, whatever it gets.
+    // The receiver answers like Bamboo, whatever it gets (with its token).
     let resp = reqwest::Client::new()
-        .post(format!("{}/api/marathon/event_callback", r.api))
+        .post(&sub)
         .body("not json at all")
         .send()
         .await

@@ -24,9 +24,27 @@ use tokio::sync::mpsc;
 /// Marathon's heavy deployment events can be megabytes.
 const MAX_CALLBACK_BODY: usize = 16 << 20;
 
+/// The Marathon event callback receiver (callback mode only).
+pub struct Callback {
+    pub tx: mpsc::Sender<Change>,
+    /// Marathon presents it as `?token=` in the URL it was given; the API credentials also pass.
+    pub token: String,
+}
+
+impl Callback {
+    fn allows(&self, query: Option<&str>) -> bool {
+        let given = query
+            .into_iter()
+            .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v);
+        given.is_some_and(|g| constant_time_eq(g.as_bytes(), self.token.as_bytes()))
+    }
+}
+
 pub struct ApiState {
     pub publisher: Arc<Publisher>,
-    pub events: Option<mpsc::Sender<Change>>,
+    pub callback: Option<Callback>,
     pub store: Option<Arc<RuleStore>>,
     pub auth: ApiAuth,
     /// The HAProxy pipeline's state, in `--mode haproxy|both`.
@@ -203,15 +221,29 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
             );
             respond(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
+        // Only in callback mode, and only for Marathon: a forged event must not even trigger a fetch storm.
         (&Method::POST, "/api/marathon/event_callback") => {
+            let Some(cb) = &state.callback else {
+                return not_found();
+            };
+            let credentials = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let api_credentials = state.auth.enabled() && state.auth.allows(credentials);
+            if !api_credentials && !cb.allows(req.uri().query()) {
+                metrics().callback_refused.inc();
+                tracing::warn!("event callback without its token refused");
+                return services::text_error(StatusCode::UNAUTHORIZED, "callback token required");
+            }
             let body = Limited::new(req.into_body(), MAX_CALLBACK_BODY)
                 .collect()
                 .await;
-            if let (Ok(body), Some(tx)) = (body, &state.events) {
+            if let Ok(body) = body {
                 let bytes = body.to_bytes();
-                dispatch(&String::from_utf8_lossy(&bytes), tx);
+                dispatch(&String::from_utf8_lossy(&bytes), &cb.tx);
             }
-            // Like Bamboo: always 200 `Got it!`, whatever arrived.
+            // Like Bamboo: 200 `Got it!`, whatever arrived.
             respond(StatusCode::OK, "text/plain; charset=utf-8", "Got it!")
         }
         _ => not_found(),

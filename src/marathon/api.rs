@@ -195,6 +195,20 @@ impl MarathonClient {
         Ok(subs.callback_urls.unwrap_or_default())
     }
 
+    /// Removes `callback` at endpoint `idx`.
+    pub async fn unsubscribe(&self, idx: usize, callback: &str) -> Result<(), CallError> {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("callbackUrl", callback)
+            .finish();
+        self.call(
+            idx,
+            reqwest::Method::DELETE,
+            &format!("/v2/eventSubscriptions?{q}"),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Registers `callback` at endpoint `idx`; the URL is query-encoded (Bamboo concatenated it raw).
     pub async fn subscribe(&self, idx: usize, callback: &str) -> Result<(), CallError> {
         let q: String = url::form_urlencoded::Serializer::new(String::new())

@@ -334,19 +334,40 @@ pub async fn run_sse(client: Arc<MarathonClient>, mut opts: SseOptions, tx: mpsc
 
 /// Callback mode: keep this instance subscribed on every endpoint, re-registering when a Marathon restart lost
 /// the subscription (Bamboo registered once and never again). A fresh registration means missed events: resync.
+///
+/// `receiver` is the callback path without its query; Marathon is given it with `?token=<token>`. Subscriptions of
+/// the same receiver with another token or none (Bamboo's, an older token) are removed: they only get 401s.
 pub async fn run_callback_registration(
     client: Arc<MarathonClient>,
-    callback: String,
+    receiver: String,
+    token: String,
     check_every: Duration,
     tx: mpsc::Sender<Change>,
 ) {
+    let callback = format!("{receiver}?token={token}");
     loop {
         let mut registered_any = false;
         for idx in 0..client.endpoints().len() {
             let endpoint = base(&client.endpoints()[idx]);
             match client.subscriptions(idx).await {
-                Ok(urls) if urls.iter().any(|u| u == &callback) => continue,
-                Ok(_) => {}
+                Ok(urls) => {
+                    for stale in urls.iter().filter(|u| {
+                        *u != &callback
+                            && (*u == &receiver || u.starts_with(&format!("{receiver}?")))
+                    }) {
+                        match client.unsubscribe(idx, stale).await {
+                            Ok(()) => {
+                                tracing::info!(endpoint = %endpoint, "removed a stale event callback of this instance (no or another token)")
+                            }
+                            Err(e) => {
+                                tracing::warn!(endpoint = %endpoint, error = %e, "cannot remove a stale event callback")
+                            }
+                        }
+                    }
+                    if urls.iter().any(|u| u == &callback) {
+                        continue;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(endpoint = %endpoint, error = %e, "cannot list event subscriptions");
                     continue;
@@ -355,7 +376,7 @@ pub async fn run_callback_registration(
             match client.subscribe(idx, &callback).await {
                 Ok(()) => {
                     metrics().callback_registrations.inc();
-                    tracing::info!(endpoint = %endpoint, callback = %callback, "registered event callback");
+                    tracing::info!(endpoint = %endpoint, callback = %receiver, "registered event callback");
                     registered_any = true;
                 }
                 Err(e) => {
