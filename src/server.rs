@@ -43,6 +43,7 @@ fn marathon_client(settings: &Settings) -> MarathonClient {
         settings.marathon_auth.clone(),
         settings.marathon_timeout,
     )
+    .with_max_body(settings.limits.marathon_max_body)
 }
 
 fn discovery(settings: &Settings, publisher: &Arc<Publisher>) -> Discovery {
@@ -143,6 +144,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         EventMode::Sse => {
             let opts = SseOptions {
                 idle_timeout: settings.sse_idle_timeout,
+                max_event: settings.limits.marathon_max_event_size,
                 backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
             };
             tokio::spawn(events::run_sse(client.clone(), opts, tx.clone()));

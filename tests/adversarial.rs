@@ -283,3 +283,134 @@ async fn forged_marathon_callbacks_move_no_traffic() {
     assert_eq!(evil.requests().len(), 0, "{}", r.log());
     assert!(backend.requests().len() >= 40);
 }
+
+/// A Marathon that serves one good `/v2/apps` (app `/a` on `backend`) until `huge_apps` is set, then a body that
+/// never ends; its event stream is one line that never ends. Each endless answer stops at 256 MiB.
+fn hostile_marathon(backend: u16, huge_apps: Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let l = tokio::net::TcpListener::from_std(l).unwrap();
+    let apps = serde_json::json!({"apps": [{"id": "/a", "portDefinitions": [{"port": 10999}], "tasks": [
+        {"id": "a.1", "appId": "/a", "host": "127.0.0.1", "ports": [backend], "state": "TASK_RUNNING",
+         "startedAt": "2019-05-02T10:11:20.001Z"}]}]})
+    .to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (apps, huge) = (apps.clone(), huge_apps.clone());
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut b).await {
+                            Ok(1) => head.push(b[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let endless = |start: &'static [u8], piece: Vec<u8>| (start, piece);
+                    let (start, piece) = if head.starts_with("GET /v2/events") {
+                        endless(
+                            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: ",
+                            vec![b'x'; 64 << 10],
+                        )
+                    } else if head.starts_with("GET /v2/apps")
+                        && huge.load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        let mut chunk = format!("{:x}\r\n", 64 << 10).into_bytes();
+                        chunk.extend(std::iter::repeat_n(b' ', 64 << 10));
+                        chunk.extend_from_slice(b"\r\n");
+                        endless(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n", chunk)
+                    } else {
+                        let ok = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{apps}", apps.len());
+                        if s.write_all(ok.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    };
+                    if s.write_all(start).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..(256 << 20) / piece.len() {
+                        if s.write_all(&piece).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+            });
+        }
+    });
+    port
+}
+
+fn rss_mib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        / 1024
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_marathon_cannot_fill_memory() {
+    let backend = Recorder::start();
+    let huge = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let marathon = format!(
+        "http://127.0.0.1:{}",
+        hostile_marathon(backend.port, huge.clone())
+    );
+    let mut args = vec![
+        "--marathon",
+        marathon.as_str(),
+        "--marathon-max-event-size",
+        "1MiB",
+        "--marathon-max-body",
+        "1MiB",
+    ];
+    args.extend_from_slice(FAST);
+    let r = Rattan::start(&args);
+    let addr = r.proxy.trim_start_matches("http://").to_string();
+    let get = || {
+        exchange(
+            &addr,
+            b"GET /a/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            WAIT,
+        )
+    };
+    let t = Instant::now();
+    while !get().await.starts_with("HTTP/1.1 200") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never routed:\n{}",
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The endless line is cut at the cap, again at every reconnect; the table stays.
+    r.wait_log("longer than --marathon-max-event-size (1048576 bytes)", 20)
+        .await;
+    assert!(
+        r.metric("rattan_marathon_oversized_total{kind=\"event\"}")
+            .await
+            >= 1.0
+    );
+
+    // Each reconnect fetches /v2/apps: now endless, cut at its cap, and the last good table keeps routing.
+    huge.store(true, std::sync::atomic::Ordering::SeqCst);
+    r.wait_log("larger than --marathon-max-body (1048576 bytes)", 20)
+        .await;
+    assert!(
+        r.metric("rattan_marathon_oversized_total{kind=\"body\"}")
+            .await
+            >= 1.0
+    );
+    assert!(get().await.starts_with("HTTP/1.1 200"), "{}", r.log());
+    let rss = rss_mib(r.pid());
+    assert!(rss < 100, "RSS {rss} MiB");
+}

@@ -38,6 +38,8 @@ pub struct MarathonClient {
     http: reqwest::Client,
     /// The endpoint that answered last; tried first next time.
     preferred: AtomicUsize,
+    /// Largest response body read; a larger one fails the call (a hostile or broken Marathon cannot fill memory).
+    max_body: usize,
 }
 
 pub fn base(u: &Url) -> String {
@@ -62,7 +64,14 @@ impl MarathonClient {
             auth,
             http,
             preferred: AtomicUsize::new(0),
+            max_body: 512 << 20,
         }
+    }
+
+    /// Caps response bodies at `bytes` (`--marathon-max-body`).
+    pub fn with_max_body(mut self, bytes: usize) -> MarathonClient {
+        self.max_body = bytes;
+        self
     }
 
     pub fn endpoints(&self) -> &[Url] {
@@ -110,18 +119,7 @@ impl MarathonClient {
             }
         })?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                CallError::Timeout {
-                    endpoint: endpoint.clone(),
-                }
-            } else {
-                CallError::Body {
-                    endpoint: endpoint.clone(),
-                    reason: e.to_string(),
-                }
-            }
-        })?;
+        let body = self.read_body(resp, &endpoint).await?;
         if !status.is_success() {
             let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
             return Err(CallError::Status {
@@ -130,7 +128,52 @@ impl MarathonClient {
                 body: text.split_whitespace().collect::<Vec<_>>().join(" "),
             });
         }
-        Ok(body.to_vec())
+        Ok(body)
+    }
+
+    /// The body, piece by piece, failing as soon as it passes `max_body` (before it is all in memory).
+    async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+        endpoint: &str,
+    ) -> Result<Vec<u8>, CallError> {
+        let too_large = |endpoint: &str| {
+            metrics()
+                .marathon_oversized
+                .with_label_values(&["body"])
+                .inc();
+            CallError::Body {
+                endpoint: endpoint.to_string(),
+                reason: format!("larger than --marathon-max-body ({} bytes)", self.max_body),
+            }
+        };
+        let declared = resp.content_length().unwrap_or(0);
+        if declared > self.max_body as u64 {
+            return Err(too_large(endpoint));
+        }
+        let mut body = Vec::with_capacity(declared as usize);
+        loop {
+            match resp.chunk().await {
+                Ok(Some(piece)) => {
+                    if body.len() + piece.len() > self.max_body {
+                        return Err(too_large(endpoint));
+                    }
+                    body.extend_from_slice(&piece);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) if e.is_timeout() => {
+                    return Err(CallError::Timeout {
+                        endpoint: endpoint.to_string(),
+                    })
+                }
+                Err(e) => {
+                    return Err(CallError::Body {
+                        endpoint: endpoint.to_string(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
     }
 
     /// The full snapshot, from the first endpoint that answers 2xx with a body that parses. A 503 or 401 body is

@@ -192,6 +192,8 @@ impl Backoff {
 
 pub struct SseOptions {
     pub idle_timeout: Duration,
+    /// Longest event (or line without an end) read before the stream is dropped.
+    pub max_event: usize,
     pub backoff: Backoff,
 }
 
@@ -227,6 +229,10 @@ async fn stream_once(
     {
         Ok(t) => t,
         Err(e) => return StreamEnd::Failed(format!("transport: {e}")),
+    };
+    let transport = Capped {
+        inner: transport,
+        max: opts.max_event,
     };
     let mut builder = match es::ClientBuilder::for_url(url) {
         Ok(b) => b,
@@ -267,6 +273,90 @@ async fn stream_once(
         }
     }
     StreamEnd::Ended
+}
+
+/// The SSE transport with a cap on one event: eventsource-client keeps an unfinished line (and event) in memory
+/// however long it grows, so a stream that never ends a line would take all of it. The count runs from the end of
+/// the last event (a blank line) and the stream fails as soon as it passes `max`.
+#[derive(Clone)]
+struct Capped<T> {
+    inner: T,
+    max: usize,
+}
+
+/// Where the reader is in the event stream, byte by byte.
+#[derive(Default)]
+struct EventBytes {
+    /// Bytes of the event so far.
+    event: usize,
+    /// Bytes of the current line so far.
+    line: usize,
+    /// The last byte was CR (a LF right after it ends the same line).
+    cr: bool,
+}
+
+impl EventBytes {
+    /// Follows `data`; `false` once an event passes `max`.
+    fn feed(&mut self, data: &[u8], max: usize) -> bool {
+        for &b in data {
+            match b {
+                b'\n' if self.cr => self.cr = false,
+                b'\r' | b'\n' => {
+                    self.cr = b == b'\r';
+                    if self.line == 0 {
+                        self.event = 0;
+                    }
+                    self.line = 0;
+                }
+                _ => {
+                    self.cr = false;
+                    self.line += 1;
+                    self.event += 1;
+                    if self.event > max {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+impl<T: launchdarkly_sdk_transport::HttpTransport> launchdarkly_sdk_transport::HttpTransport
+    for Capped<T>
+{
+    fn request(
+        &self,
+        request: http::Request<Option<bytes::Bytes>>,
+    ) -> launchdarkly_sdk_transport::ResponseFuture {
+        let (inner, max) = (self.inner.request(request), self.max);
+        Box::pin(async move {
+            let resp = inner.await?;
+            let (parts, body) = resp.into_parts();
+            let mut seen = EventBytes::default();
+            let mut over = false;
+            let body = body.map(move |item| {
+                let data = item?;
+                if over || !seen.feed(&data, max) {
+                    over = true;
+                    metrics()
+                        .marathon_oversized
+                        .with_label_values(&["event"])
+                        .inc();
+                    return Err(launchdarkly_sdk_transport::TransportError::new(
+                        std::io::Error::other(format!(
+                            "an event longer than --marathon-max-event-size ({max} bytes)"
+                        )),
+                    ));
+                }
+                Ok(data)
+            });
+            Ok(http::Response::from_parts(
+                parts,
+                Box::pin(body) as launchdarkly_sdk_transport::ByteStream,
+            ))
+        })
+    }
 }
 
 const STALLED: &str = "no data within the idle timeout (stream stalled)";
@@ -468,6 +558,24 @@ mod tests {
         let (k, c) = classify(&fixture("event.framework_message_event.code-derived.json"));
         assert_eq!(k.as_deref(), Some("framework_message_event"));
         assert_eq!(c, None);
+    }
+
+    #[test]
+    fn event_size_is_counted_from_the_last_blank_line() {
+        let mut e = EventBytes::default();
+        // Many short events, each under the cap, in any line ending: never over.
+        for _ in 0..1000 {
+            assert!(e.feed(b"data: 12345\r\n\r\n", 11));
+            assert!(e.feed(b"data: 1234\n\n", 11));
+            assert!(e.feed(b"data: 123\r\r", 11));
+        }
+        // An event of several lines counts all of them; a line that never ends too.
+        let mut e = EventBytes::default();
+        assert!(e.feed(b"data: 1\ndata: 2\n", 16));
+        assert!(!e.feed(b"data: 3\n", 16));
+        let mut e = EventBytes::default();
+        assert!(e.feed(&[b'x'; 100], 100));
+        assert!(!e.feed(b"x", 100));
     }
 
     #[test]
