@@ -414,3 +414,119 @@ async fn a_hostile_marathon_cannot_fill_memory() {
     let rss = rss_mib(r.pid());
     assert!(rss < 100, "RSS {rss} MiB");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rules_api_refuses_injection_and_cross_site_writes() {
+    let m = cluster().await;
+    let url = m.url();
+    let r = Rattan::start(&["--marathon", &url, "--api-basic", "admin:pw"]);
+    let c = reqwest::Client::new();
+    let api = r.api.clone();
+    let rules = || async {
+        let body = c
+            .get(format!("{api}/api/services"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let write = |body: &'static str, headers: &'static [(&'static str, &'static str)]| {
+        let mut rb = c
+            .post(format!("{api}/api/services"))
+            .basic_auth("admin", Some("pw"))
+            .body(body);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        async move {
+            let resp = rb.send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    const JSON: &[(&str, &str)] = &[("Content-Type", "application/json")];
+
+    // Control characters in an ACL, an id or a config value: 400 naming it, nothing stored.
+    for body in [
+        r#"{"id":"/x","acl":"hdr(host) -i a\nlisten injected\n  bind :1"}"#,
+        r#"{"id":"/x\u0000y","acl":"hdr(host) -i a"}"#,
+        r#"{"id":"/x","config":{"Acl":"hdr(host) -i a","note":"a\r\nlisten b"}}"#,
+        r#"{"id":"/x","acl":"hdr(host) -i a\tb"}"#,
+    ] {
+        let (status, text) = write(body, JSON).await;
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains("control character"), "{text}");
+    }
+    assert_eq!(rules().await, serde_json::json!({}));
+
+    // A browser on another site, with the credentials it cached: refused however the write is dressed.
+    const RULE: &str = r#"{"id":"/csrf","acl":"hdr(host) -i evil.example"}"#;
+    for headers in [
+        &[("Content-Type", "text/plain")][..],
+        &[("Content-Type", "multipart/form-data; boundary=x")],
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Origin", "http://evil.example"),
+        ],
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Referer", "http://evil.example/"),
+        ],
+        &[
+            ("Content-Type", "application/json"),
+            ("Origin", "http://evil.example"),
+        ],
+        &[("Content-Type", "application/json"), ("Origin", "null")],
+        &[
+            ("Content-Type", "application/json"),
+            ("Sec-Fetch-Site", "cross-site"),
+        ],
+        &[("Sec-Fetch-Site", "same-site")],
+    ] {
+        let (status, text) = write(RULE, headers).await;
+        assert!(
+            status == 403 || status == 415,
+            "{headers:?}: {status} {text}"
+        );
+    }
+    assert_eq!(rules().await, serde_json::json!({}));
+    let del = c
+        .delete(format!("{api}/api/services//csrf"))
+        .basic_auth("admin", Some("pw"))
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 403);
+
+    // What clients send: JSON (the UI: same Origin), curl -d (form-urlencoded, no browser markers), no type.
+    let host = api.trim_start_matches("http://").to_string();
+    let origin = api.clone();
+    let (s1, t1) = write(r#"{"id":"/a","acl":"hdr(host) -i a.example"}"#, JSON).await;
+    let (s2, t2) = write(
+        r#"{"id":"/b","acl":"hdr(host) -i b.example"}"#,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+    )
+    .await;
+    let (s3, t3) = write(r#"{"id":"/c","acl":"hdr(host) -i c.example"}"#, &[]).await;
+    assert_eq!((s1, s2, s3), (200, 200, 200), "{t1} {t2} {t3}");
+    let ui = c
+        .put(format!("{api}/api/services/%2Fd"))
+        .basic_auth("admin", Some("pw"))
+        .header("Content-Type", "application/json")
+        .header("Origin", origin)
+        .header("Host", host)
+        .header("Sec-Fetch-Site", "same-origin")
+        .body(r#"{"id":"/d","config":{"Acl":"hdr(host) -i d.example"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ui.status(), 200);
+    let ids: Vec<String> = rules().await.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(ids, ["/a", "/b", "/c", "/d"]);
+}

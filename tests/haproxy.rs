@@ -581,3 +581,55 @@ async fn broken_template_is_reported_and_a_fixed_one_is_picked_up() {
     .await;
     assert_eq!(r.get("/status").await.1.trim(), "OK");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_characters_never_reach_haproxy_cfg() {
+    // Rules written by others (a hand edit, another tool writing ZooKeeper) and Marathon labels and env carrying
+    // a newline: the config HAProxy gets has no directive of theirs; the honest parts still render.
+    let m = cluster().await;
+    m.create_app(AppSpec {
+        id: "/grp/web".into(),
+        instances: 1,
+        labels: labels(&[("team", "a\nlisten from_label\n  bind :1")]),
+        env: labels(&[("CERT", "line1\nline2"), ("X", "1")]),
+        ..AppSpec::default()
+    })
+    .await;
+    plain_app(&m, "/grp/evil", 1).await;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("rules.json"),
+        r#"{"/grp/web":{"Id":"/grp/web","Acl":"hdr(host) -i web.example.com","Config":{"Acl":"hdr(host) -i web.example.com"}},
+            "/grp/evil":{"Id":"/grp/evil","Acl":"hdr(host) -i a\nlisten injected\n  bind 127.0.0.1:1","Config":{"Acl":"hdr(host) -i a\nlisten injected\n  bind 127.0.0.1:1","note":"x\r\nlisten also"}}}"#,
+    )
+    .unwrap();
+    let tmpl = data.path().join("bamboo.cfg");
+    std::fs::write(
+        &tmpl,
+        common::fixture_file("bamboo_template.cfg")
+            .replace("BIND_ADDRESS", &format!("127.0.0.1:{}", free_port())),
+    )
+    .unwrap();
+    let (ok, cfg, err) = render_template(&m.url(), data.path(), &tmpl);
+    assert!(ok, "{err}");
+    haproxy_check(&cfg).unwrap();
+    for gone in ["injected", "from_label", "listen also", "line2"] {
+        assert!(!cfg.contains(gone), "{gone} reached the config:\n{cfg}");
+    }
+    assert!(
+        cfg.contains("acl ::grp::web-aclrule hdr(host) -i web.example.com"),
+        "{cfg}"
+    );
+    assert!(cfg.contains("X=1"), "{cfg}");
+    assert!(err.contains("control character"), "{err}");
+    // rattan's own template too.
+    let (ok, cfg, err) = render(&[
+        "--marathon",
+        &m.url(),
+        "--data-dir",
+        &data.path().display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    haproxy_check(&cfg).unwrap();
+    assert!(!cfg.contains("injected"), "{cfg}");
+}

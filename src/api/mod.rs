@@ -86,6 +86,74 @@ impl ApiAuth {
     }
 }
 
+/// Why a rule change looks like a browser's cross-site request (CSRF: a page elsewhere posting with the basic
+/// credentials the browser cached).
+#[derive(Debug, thiserror::Error)]
+enum CrossSite {
+    #[error("cross-site request refused (Sec-Fetch-Site: {0})")]
+    FetchSite(String),
+    #[error("cross-site request refused (Origin {0} is not this API)")]
+    Origin(String),
+    #[error("rule changes take Content-Type: application/json, not {0}")]
+    ContentType(String),
+}
+
+impl CrossSite {
+    fn status(&self) -> StatusCode {
+        match self {
+            CrossSite::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+/// Lets a rule change through unless a browser sent it from another site. Browsers mark every request with
+/// `Sec-Fetch-Site` (and a cross-origin write with `Origin`); the body types an HTML form can send without a CORS
+/// preflight (`text/plain`, `multipart/form-data`) are refused outright, and `application/x-www-form-urlencoded`
+/// is taken only from a client that is not a browser: `curl -d`, as Bamboo's README has users write, sends it.
+fn same_site_write(h: &hyper::HeaderMap, has_body: bool) -> Result<(), CrossSite> {
+    let get = |name: &str| {
+        h.get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let site = get("sec-fetch-site");
+    if let Some(site) = &site {
+        if !matches!(site.trim(), "same-origin" | "none") {
+            return Err(CrossSite::FetchSite(site.clone()));
+        }
+    }
+    let origin = get("origin");
+    if let Some(origin) = &origin {
+        let authority = origin
+            .trim()
+            .split_once("://")
+            .map(|(_, a)| a.trim_end_matches('/'));
+        let host = get("host").unwrap_or_default();
+        if authority.is_none_or(|a| !a.eq_ignore_ascii_case(host.trim())) {
+            return Err(CrossSite::Origin(origin.clone()));
+        }
+    }
+    if !has_body {
+        return Ok(());
+    }
+    let Some(ct) = get("content-type") else {
+        return Ok(());
+    };
+    let media = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let browser =
+        site.is_some() || origin.is_some() || h.contains_key("referer") || h.contains_key("cookie");
+    match media.as_str() {
+        "application/json" => Ok(()),
+        "application/x-www-form-urlencoded" if !browser => Ok(()),
+        _ => Err(CrossSite::ContentType(ct)),
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -141,6 +209,16 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
             .and_then(|v| v.to_str().ok());
         if !state.auth.allows(header) {
             return unauthorized(&state.auth);
+        }
+    }
+    if path.starts_with("/api/services") && !is_read {
+        if let Err(why) = same_site_write(req.headers(), req.method() != Method::DELETE) {
+            metrics()
+                .http_rejected
+                .with_label_values(&["cross_site"])
+                .inc();
+            tracing::warn!(%why, "rule change refused");
+            return services::text_error(why.status(), &why.to_string());
         }
     }
     if path.starts_with("/api/services") {

@@ -98,6 +98,18 @@ fn path_id(path: &str) -> String {
 
 /// Checks what will be stored; the message names the rule and what is wrong.
 fn validate(id: &str, config: &BTreeMap<String, String>) -> Result<(), String> {
+    let fields = std::iter::once(("id", id)).chain(
+        config
+            .iter()
+            .flat_map(|(k, v)| [("config key", k.as_str()), ("config value", v.as_str())]),
+    );
+    for (what, text) in fields {
+        if let Some((pos, c)) = crate::rules::control_char(text) {
+            return Err(format!(
+                "control character {c:?} at byte {pos} of the {what} {text:?} (rules end up in haproxy.cfg)"
+            ));
+        }
+    }
     if let Some(acl) = config.get("Acl").filter(|a| !a.trim().is_empty()) {
         acl::parse(acl).map_err(|e| format!("invalid ACL for {id}: {e}"))?;
     }

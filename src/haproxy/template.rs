@@ -450,6 +450,65 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
     ])
 }
 
+/// Free-form maps of an app that routing never reads: a value with a control character loses just its key.
+const FREE_FORM: [&str; 2] = ["Env", "Labels"];
+
+/// Takes every control character out of the template's data before a template sees it, whatever its source
+/// (Marathon, ZooKeeper written by others, labels): an app, rule, route or backend holding one anywhere is left
+/// out whole (half of one could route more than it should), an `Env`/`Labels` value only loses its key.
+fn scrub(data: &mut Value) {
+    let Value::Object(top) = data else { return };
+    for (section, v) in top.iter_mut() {
+        match v {
+            Value::Array(items) => items.retain_mut(|item| keep(section, item)),
+            Value::Map(items) => items.retain(|_, item| keep(section, item)),
+            _ => {}
+        }
+    }
+}
+
+/// Scrubs the free-form maps of `item`, then whether it is clean (reported when not).
+fn keep(section: &str, item: &mut Value) -> bool {
+    if let Value::Object(fields) = item {
+        for name in FREE_FORM {
+            if let Some(Value::Map(m)) = fields.get_mut(name) {
+                m.retain(|k, v| {
+                    let clean = crate::rules::control_char(k).is_none() && !tainted(v);
+                    if !clean {
+                        tracing::warn!(key = %k.escape_debug(), "haproxy config: a {name} value with a control character is left out");
+                    }
+                    clean
+                });
+            }
+        }
+    }
+    if tainted(item) {
+        let id = match item {
+            Value::Object(f) => f
+                .get("Id")
+                .or_else(|| f.get("AppId"))
+                .or_else(|| f.get("Name"))
+                .map(text)
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        tracing::warn!(section, id = %id.escape_debug(), "haproxy config: an entry with a control character is left out");
+        return false;
+    }
+    true
+}
+
+fn tainted(v: &Value) -> bool {
+    match v {
+        Value::String(s) => crate::rules::control_char(s).is_some(),
+        Value::Object(m) | Value::Map(m) => m
+            .iter()
+            .any(|(k, v)| crate::rules::control_char(k).is_some() || tainted(v)),
+        Value::Array(a) => a.iter().any(tainted),
+        _ => false,
+    }
+}
+
 /// Whether `word` appears inside an action (`{{ … }}`, comments excluded). Errs towards yes: it only decides
 /// whether data is built.
 fn actions_mention(text: &str, word: &str) -> bool {
@@ -488,7 +547,9 @@ impl Renderer {
     }
 
     pub fn render(&self, snap: &Snapshot, extra: &Extra) -> Result<String, String> {
-        self.render_value(data_with(snap, extra, self.uses_apps, self.uses_services))
+        let mut data = data_with(snap, extra, self.uses_apps, self.uses_services);
+        scrub(&mut data);
+        self.render_value(data)
     }
 }
 

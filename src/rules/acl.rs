@@ -107,6 +107,12 @@ impl<'a> Headers<'a> {
 
 /// Splits the text into tokens with their byte offsets; `"…"` and `'…'` quote, `\` escapes.
 fn tokenize(text: &str) -> Result<Vec<(usize, String)>, ParseError> {
+    if let Some((pos, c)) = super::control_char(text) {
+        return Err(ParseError {
+            pos,
+            msg: format!("control character {:?} in an ACL", c),
+        });
+    }
     let mut out = Vec::new();
     let mut chars = text.char_indices().peekable();
     while let Some(&(start, c)) = chars.peek() {

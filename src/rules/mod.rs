@@ -9,6 +9,12 @@ pub mod tcp;
 
 use std::collections::BTreeMap;
 
+/// The first control character (C0 or DEL) of `s` and where it is. A rule, an id or a label value carrying one
+/// could end a line of haproxy.cfg and start a directive of its own: none is taken from any source.
+pub fn control_char(s: &str) -> Option<(usize, char)> {
+    s.char_indices().find(|(_, c)| c.is_ascii_control())
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Service {
