@@ -8,6 +8,7 @@ pub mod config;
 pub mod dev;
 pub mod discovery;
 pub mod haproxy;
+pub mod limits;
 pub mod marathon;
 pub mod metrics;
 pub mod proxy;

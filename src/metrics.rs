@@ -24,6 +24,7 @@ pub struct Metrics {
     pub apps_rejected: IntCounter,
     pub callback_registrations: IntCounter,
     pub callback_refused: IntCounter,
+    pub accept_failures: prometheus::IntCounterVec,
     pub marathon_oversized: prometheus::IntCounterVec,
     pub http_in_flight: Arc<ShardedGauge>,
     pub http_connections: IntGauge,
@@ -222,6 +223,12 @@ impl Metrics {
                 &r,
                 "rattan_marathon_callback_registrations_total",
                 "Event callback subscriptions registered with Marathon",
+            ),
+            accept_failures: counter_vec(
+                &r,
+                "rattan_accept_failures_total",
+                "Failed accepts (out of file descriptors, mostly), by listener",
+                &["listener"],
             ),
             callback_refused: counter(
                 &r,

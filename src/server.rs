@@ -115,7 +115,22 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         auth: settings.api_auth.clone(),
         haproxy: haproxy_status.clone(),
     });
-    let api_addr = api::serve(settings.api_bind, api_state)
+    let nofile = crate::limits::raise_nofile();
+    let budget = crate::limits::Budget::new(
+        nofile,
+        settings.limits.api_max_connections,
+        settings.proxy.max_connections,
+    );
+    budget.report(
+        settings.limits.api_max_connections,
+        settings.proxy.max_connections,
+    );
+    let api_limits = api::ApiLimits {
+        max_connections: budget.api,
+        header_read_timeout: settings.header_read_timeout,
+        keep_alive_timeout: settings.keep_alive_timeout,
+    };
+    let api_addr = api::serve(settings.api_bind, api_state, api_limits)
         .await
         .map_err(|e| format!("cannot bind the API on {}: {e}", settings.api_bind))?;
     println!("rattan: api listening on http://{api_addr}");
@@ -125,7 +140,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         println!("rattan: proxy disabled (--mode haproxy)");
         (None, None, tokio::spawn(async {}))
     } else {
-        let (l, done) = start_proxy(settings, &publisher, stop_rx.clone()).await?;
+        let (l, done) = start_proxy(settings, &publisher, budget.proxy, stop_rx.clone()).await?;
         (Some(l.http), l.https, done)
     };
     if let Some(status) = &haproxy_status {
@@ -199,6 +214,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
 async fn start_proxy(
     settings: &Settings,
     publisher: &Arc<Publisher>,
+    max_connections: usize,
     stop_rx: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(crate::proxy::Listeners, tokio::task::JoinHandle<()>), String> {
     let ps = &settings.proxy;
@@ -223,7 +239,7 @@ async fn start_proxy(
             idle_timeout: ps.backend_idle_timeout,
             backend_timeout: ps.backend_timeout,
             max_header_bytes: ps.max_header_size,
-            max_connections: ps.max_connections,
+            max_connections,
             via: ps.via,
             access_log: ps.access_log,
         },

@@ -530,3 +530,120 @@ async fn the_rules_api_refuses_injection_and_cross_site_writes() {
     let ids: Vec<String> = rules().await.as_object().unwrap().keys().cloned().collect();
     assert_eq!(ids, ["/a", "/b", "/c", "/d"]);
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_port_cannot_starve_the_proxy() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Recorder::start();
+    let m = cluster().await;
+    app_on(&m, "/a", backend.port);
+    let url = m.url();
+    let mut args = vec![
+        "--marathon",
+        url.as_str(),
+        "--header-read-timeout",
+        "4s",
+        "--keep-alive-timeout",
+        "4s",
+    ];
+    args.extend_from_slice(FAST);
+    // Soft 128, hard 256: rattan raises the soft limit and shares the 256 out (the API gets (256-64)/8 = 24).
+    let r = Rattan::start_with_nofile(&args, 128, 256);
+    r.wait_log("file descriptor limit nofile=256 api_connections=24", 5)
+        .await;
+    let addr = r.proxy.trim_start_matches("http://").to_string();
+    let api = r.api.trim_start_matches("http://").to_string();
+    let get = || {
+        exchange(
+            &addr,
+            b"GET /a/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            WAIT,
+        )
+    };
+    let t = Instant::now();
+    while !get().await.starts_with("HTTP/1.1 200") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never routed:\n{}",
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A half-sent head and a silent connection, first in: each closed at the header timeout (4 s).
+    let closes = |mut s: tokio::net::TcpStream| {
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let rest = common::raw::read_for(&mut s, Duration::from_secs(8)).await;
+            (rest, t.elapsed())
+        })
+    };
+    let mut half = tokio::net::TcpStream::connect(&api).await.unwrap();
+    half.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let half = closes(half);
+    let silent = closes(tokio::net::TcpStream::connect(&api).await.unwrap());
+    // Then 400 idle connections at once, more than the descriptors: the API holds 24 of them (the rest wait in
+    // the kernel's backlog, or for their SYN to be taken).
+    let idle: Vec<_> = (0..400)
+        .map(|_| {
+            let api = api.clone();
+            tokio::spawn(async move {
+                let s = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::net::TcpStream::connect(api),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_secs(6)).await;
+                drop(s);
+            })
+        })
+        .collect();
+    let mut fds = 0;
+    let sampled = Instant::now();
+    while sampled.elapsed() < Duration::from_millis(2500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        fds = fds.max(open_fds(r.pid()));
+    }
+    assert!(fds > 24 && fds < 150, "{fds} descriptors open");
+    // The proxy still has its descriptors: every request answered.
+    for _ in 0..20 {
+        let got = get().await;
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}\n{}", r.log());
+    }
+    for c in [half, silent] {
+        let (rest, took) = c.await.unwrap();
+        assert!(rest.is_empty(), "{rest}");
+        assert!(
+            took > Duration::from_millis(3800) && took < Duration::from_millis(5500),
+            "closed after {took:?}"
+        );
+    }
+    for i in idle {
+        i.abort();
+    }
+    // An empty --tls-cert-dir is not re-read (nor a certificate made) every second: one warning.
+    let certs = tempfile::tempdir().unwrap();
+    let r2 = Rattan::start(&[
+        "--marathon",
+        &url,
+        "--https-bind",
+        "127.0.0.1:0",
+        "--tls-cert-dir",
+        &certs.path().display().to_string(),
+    ]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        r2.log()
+            .matches("no TLS certificate in --tls-cert-dir")
+            .count(),
+        1,
+        "{}",
+        r2.log()
+    );
+}

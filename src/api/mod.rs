@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -328,29 +328,80 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
     }
 }
 
+/// What one client may hold of the API port: connections, and time.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// Past it, new connections wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A request head must be whole this long after its first byte (the proxy's setting).
+    pub header_read_timeout: Duration,
+    /// An idle keep-alive connection closes after this (the proxy's setting).
+    pub keep_alive_timeout: Duration,
+}
+
+/// One request, body included, is answered within this or gets a 408 (rule writes wait on ZooKeeper, whose calls
+/// are bounded far below it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Binds the API port and serves it in the background. Returns the bound address (the port may have been 0).
-pub async fn serve(bind: SocketAddr, state: Arc<ApiState>) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    bind: SocketAddr,
+    state: Arc<ApiState>,
+    limits: ApiLimits,
+) -> std::io::Result<SocketAddr> {
+    use crate::proxy::idle::{Activity, Expired, Metered};
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
+        let mut backoff = crate::limits::AcceptBackoff::new("api");
         loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((s, _)) => {
+                    backoff.succeeded();
+                    s
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "api accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    backoff.failed(&e).await;
                     continue;
                 }
             };
             let state = state.clone();
             tokio::spawn(async move {
+                let _permit = permit;
+                let activity = Activity::new(false);
+                let a = activity.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(state, req).await) }
+                    let busy = a.begin();
+                    async move {
+                        let resp =
+                            match tokio::time::timeout(REQUEST_TIMEOUT, route(state, req)).await {
+                                Ok(r) => r,
+                                Err(_) => services::text_error(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    "request not completed in time",
+                                ),
+                            };
+                        drop(busy);
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder
+                    .serve_connection(TokioIo::new(Metered::new(stream, activity.clone())), svc);
+                tokio::pin!(conn);
+                let why = tokio::select! {
+                    _ = conn.as_mut() => return,
+                    why = activity.expired(limits.header_read_timeout, limits.keep_alive_timeout) => why,
+                };
+                if why == Expired::Idle {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(limits.header_read_timeout, conn).await;
+                }
             });
         }
     });

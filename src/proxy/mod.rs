@@ -822,6 +822,7 @@ pub async fn serve(
             let mut rx = rx.clone();
             async move { drop(rx.wait_for(|stop| *stop).await) }
         };
+        let mut backoff = crate::limits::AcceptBackoff::new("proxy");
         loop {
             // Past the limit, new connections wait in the kernel's backlog instead of being accepted and starved.
             let permit = tokio::select! {
@@ -840,10 +841,12 @@ pub async fn serve(
                 _ = stopped(&mut shutdown) => break,
             };
             let (stream, peer) = match accepted {
-                Ok(s) => s,
+                Ok(s) => {
+                    backoff.succeeded();
+                    s
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    backoff.failed(&e).await;
                     continue;
                 }
             };

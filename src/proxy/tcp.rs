@@ -97,12 +97,16 @@ async fn accept_loop(
     balancer: Arc<Balancer>,
     opts: Arc<TcpOptions>,
 ) {
+    let mut backoff = crate::limits::AcceptBackoff::new("tcp");
     loop {
         let (client, peer) = match listener.accept().await {
-            Ok(c) => c,
+            Ok(c) => {
+                backoff.succeeded();
+                c
+            }
             Err(e) => {
-                tracing::warn!(port, error = %e, "TCP accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tracing::debug!(port, "TCP accept failed");
+                backoff.failed(&e).await;
                 continue;
             }
         };

@@ -44,8 +44,10 @@ impl CertSet {
 pub struct CertStore {
     dir: Option<PathBuf>,
     current: ArcSwap<CertSet>,
-    /// Last good load per file, and the directory's fingerprint when last read.
-    files: Mutex<(BTreeMap<PathBuf, Loaded>, Fingerprint)>,
+    /// Last good load per file, and the directory's fingerprint when last read (`None`: never read).
+    files: Mutex<(BTreeMap<PathBuf, Loaded>, Option<Fingerprint>)>,
+    /// The self-signed stand-in, made once: an empty directory must not cost a key generation per look.
+    fallback: std::sync::OnceLock<Option<Arc<CertifiedKey>>>,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -162,7 +164,8 @@ impl CertStore {
         let store = Arc::new(CertStore {
             dir,
             current: ArcSwap::from_pointee(CertSet::default()),
-            files: Mutex::new((BTreeMap::new(), Vec::new())),
+            files: Mutex::new((BTreeMap::new(), None)),
+            fallback: std::sync::OnceLock::new(),
         });
         store.reload();
         store
@@ -172,7 +175,7 @@ impl CertStore {
     pub fn reload(&self) -> bool {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let fp = self.dir.as_deref().map(fingerprint).unwrap_or_default();
-        if !files.1.is_empty() && fp == files.1 {
+        if files.1.as_ref() == Some(&fp) {
             return false;
         }
         let mut set = CertSet::default();
@@ -206,13 +209,19 @@ impl CertStore {
             loaded.insert(path.clone(), got);
         }
         if set.default.is_none() {
-            match self_signed() {
-                Ok(k) => {
-                    tracing::warn!("no TLS certificate in --tls-cert-dir; serving a self-signed one for localhost");
-                    set.default = Some(k);
-                }
-                Err(e) => tracing::error!(error = %e, "cannot make a self-signed certificate"),
-            }
+            set.default = self
+                .fallback
+                .get_or_init(|| match self_signed() {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot make a self-signed certificate");
+                        None
+                    }
+                })
+                .clone();
+            tracing::warn!(
+                "no TLS certificate in --tls-cert-dir; serving a self-signed one for localhost"
+            );
         }
         let names: Vec<&String> = set.exact.keys().chain(set.wildcard.keys()).collect();
         tracing::info!(certificates = loaded.len(), names = ?names, "TLS certificates loaded");
@@ -220,12 +229,7 @@ impl CertStore {
             .tls_certificates
             .set(loaded.len() as i64);
         self.current.store(Arc::new(set));
-        // An empty fingerprint would re-read on every tick; a placeholder keeps it stable.
-        files.1 = if fp.is_empty() {
-            vec![(PathBuf::new(), SystemTime::UNIX_EPOCH, 0)]
-        } else {
-            fp
-        };
+        files.1 = Some(fp);
         files.0 = loaded;
         true
     }
@@ -257,5 +261,25 @@ impl CertStore {
                 .with_cert_resolver(self.clone());
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_directory_is_read_once_and_its_stand_in_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CertStore::open(Some(dir.path().to_path_buf()));
+        let first = store.current.load().default.clone().expect("a stand-in");
+        // Nothing changed: no re-read (the old placeholder fingerprint never matched an empty listing).
+        assert!(!store.reload());
+        assert!(!store.reload());
+        // A change is read, and the stand-in is still the one made first.
+        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
+        assert!(store.reload());
+        let again = store.current.load().default.clone().unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
     }
 }

@@ -39,6 +39,15 @@ impl Rattan {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Rattan {
+        Self::start_full(args, env, None)
+    }
+
+    /// With `RLIMIT_NOFILE` set to (soft, hard) before the binary runs.
+    pub fn start_with_nofile(args: &[&str], soft: u64, hard: u64) -> Rattan {
+        Self::start_full(args, &[], Some((soft, hard)))
+    }
+
+    fn start_full(args: &[&str], env: &[(&str, &str)], nofile: Option<(u64, u64)>) -> Rattan {
         let data = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rattan"));
         cmd.args(["--api-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"])
@@ -64,6 +73,22 @@ impl Rattan {
         }
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: soft,
+                        rlim_max: hard,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().expect("spawn rattan");
         let log = Arc::new(Mutex::new(String::new()));
