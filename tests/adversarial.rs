@@ -647,3 +647,73 @@ async fn the_api_port_cannot_starve_the_proxy() {
         r2.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_a_backend_must_never_see() {
+    let backend = Recorder::start();
+    let (r, addr, _m) = front(&backend, &[]).await;
+    let refused: &[(&str, &[u8])] = &[
+        // An absolute-form target naming another host than Host: 400, as HAProxy.
+        ("authority", b"GET http://other.example/a/x HTTP/1.1\r\nHost: a\r\n\r\n"),
+        // HTTP/1.1 without Host, on the fast path and the hyper path (a chunked upload).
+        ("no host, fast", b"GET /a/x HTTP/1.1\r\nX: y\r\n\r\n"),
+        ("no host, hyper", b"POST /a/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        // chunked twice, in two lines or one.
+        ("chunked twice", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("chunked, chunked", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
+        // Malformed chunked bodies: size overflow, bad hex, a bare LF.
+        ("overflow", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx\r\n0\r\n\r\n"),
+        ("bad hex", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        ("bare LF", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"),
+    ];
+    for (what, bytes) in refused {
+        backend.clear();
+        let got = exchange(&addr, bytes, WAIT).await;
+        assert_eq!(statuses(&got), [400], "{what}: {got}");
+        assert!(
+            backend.requests().is_empty(),
+            "{what}: {}",
+            backend.all_bytes()
+        );
+        assert!(
+            backend.all_bytes().is_empty(),
+            "{what}: {}",
+            backend.all_bytes()
+        );
+    }
+    assert!(!r.log().contains("backend request failed"), "{}", r.log());
+
+    // The same target and Host: routed. HTTP/1.0 without Host: forwarded as HTTP/1.1 with the backend's Host.
+    backend.clear();
+    let got = exchange(
+        &addr,
+        b"GET http://a/a/abs HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(statuses(&got), [200], "{got}");
+    let got = exchange(&addr, b"GET /a/old HTTP/1.0\r\n\r\n", WAIT).await;
+    assert_eq!(statuses(&got), [200], "{got}");
+    let seen = backend.requests();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        (seen[0].target.as_str(), seen[0].header("host")),
+        ("/a/abs", Some("a"))
+    );
+    let host = format!("127.0.0.1:{}", backend.port);
+    assert_eq!(seen[1].header("host"), Some(host.as_str()), "{:?}", seen[1]);
+    assert!(
+        backend.all_bytes().contains("GET /a/old HTTP/1.1\r\n"),
+        "{}",
+        backend.all_bytes()
+    );
+    // A good chunked upload still streams through whole.
+    let got = exchange(
+        &addr,
+        b"POST /a/up HTTP/1.1\r\nHost: a\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(statuses(&got), [200], "{got}");
+    assert_eq!(backend.requests()[2].body, b"hello world");
+}

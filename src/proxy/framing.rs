@@ -10,19 +10,32 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// One flag per request head seen on the connection, in order; the handler takes them in the same order.
+/// One entry per request head seen on the connection, in order; the handler takes them in the same order.
 #[derive(Default)]
-pub struct Heads(Mutex<VecDeque<bool>>);
+pub struct Heads(Mutex<VecDeque<Option<&'static str>>>);
+
+/// Both framings at once.
+pub const CL_AND_TE: &str = "conflicting Content-Length and Transfer-Encoding";
+/// `chunked` applied twice (RFC 9112 §6.1: at most once), in one line or several.
+pub const CHUNKED_TWICE: &str = "chunked transfer coding applied more than once";
 
 impl Heads {
-    /// Whether the next request (in arrival order) had conflicting framing headers.
-    pub fn next_conflicting(&self) -> bool {
+    /// Why the next request (in arrival order) has framing no proxy may pass on, if it has.
+    pub fn next_conflicting(&self) -> Option<&'static str> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop_front()
-            .unwrap_or(false)
+            .flatten()
     }
+}
+
+/// How often `chunked` appears across every Transfer-Encoding value.
+pub fn chunked_count<'a>(values: impl Iterator<Item = &'a [u8]>) -> usize {
+    values
+        .flat_map(|v| v.split(|b| *b == b','))
+        .filter(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+        .count()
 }
 
 /// Where an HTTP/1 message body ends, followed across reads of any size: a length, or chunked coding (chunk-size
@@ -240,21 +253,30 @@ impl Tracker {
             }
         }
         let (mut te, mut cl, mut upgrade) = (None::<&[u8]>, None::<&[u8]>, false);
+        let mut chunked = 0;
         for h in req.headers.iter() {
             if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 te = Some(h.value);
+                chunked += chunked_count(std::iter::once(h.value));
             } else if h.name.eq_ignore_ascii_case("content-length") {
                 cl = Some(h.value);
             } else if h.name.eq_ignore_ascii_case("upgrade") {
                 upgrade = true;
             }
         }
-        let conflicting = te.is_some() && cl.is_some();
+        let conflicting = if te.is_some() && cl.is_some() {
+            Some(CL_AND_TE)
+        } else if chunked > 1 {
+            Some(CHUNKED_TWICE)
+        } else {
+            None
+        };
         self.heads
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(conflicting);
+        let conflicting = conflicting.is_some();
         self.state = if conflicting || upgrade || req.method == Some("CONNECT") {
             // hyper closes after a conflicting request; an upgrade may turn the stream into anything.
             State::Off
@@ -426,7 +448,13 @@ mod tests {
         for c in chunks {
             t.feed(c);
         }
-        let v: Vec<bool> = heads.0.lock().unwrap().iter().copied().collect();
+        let v: Vec<bool> = heads
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Option::is_some)
+            .collect();
         v
     }
 
@@ -529,7 +557,10 @@ POST /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked
             all,
             [&replay[..], b"0\r\n\r\nGET /b HTTP/1.1\r\n\r\n"].concat()
         );
-        assert!(heads.next_conflicting(), "the replayed head is tracked");
+        assert!(
+            heads.next_conflicting().is_some(),
+            "the replayed head is tracked"
+        );
     }
 
     #[test]

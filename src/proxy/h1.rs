@@ -444,7 +444,7 @@ fn plan<'s>(
     if f.transfer_encoding.is_some() && f.content_length.is_some() {
         return Plan::Answer {
             route: None,
-            answer: Proxy::smuggling_refused(peer.addr),
+            answer: Proxy::smuggling_refused(peer.addr, framing::CL_AND_TE),
             close: true,
         };
     }
@@ -453,6 +453,9 @@ fn plan<'s>(
     }
     if f.hosts > 1 {
         return bad("more than one Host header");
+    }
+    if f.hosts == 0 {
+        return bad("HTTP/1.1 request without Host");
     }
     let body = match f.content_length.map(framing::parse_length) {
         None => 0,

@@ -332,16 +332,14 @@ impl Proxy {
         now
     }
 
-    fn smuggling_refused(peer: SocketAddr) -> Answer {
+    /// The 400 for framing no proxy may pass on (`why`: one of `framing`'s reasons).
+    fn smuggling_refused(peer: SocketAddr, why: &str) -> Answer {
         crate::metrics::metrics()
             .http_rejected
             .with_label_values(&["smuggling"])
             .inc();
-        tracing::warn!(client = %peer, "request with both Content-Length and Transfer-Encoding refused");
-        Answer::new(
-            StatusCode::BAD_REQUEST,
-            "rattan: conflicting Content-Length and Transfer-Encoding\n".into(),
-        )
+        tracing::warn!(client = %peer, %why, "request with ambiguous framing refused");
+        Answer::new(StatusCode::BAD_REQUEST, format!("rattan: {why}\n"))
     }
 
     /// Proxies one request and records it: by app and status class, with its time to the response head.
@@ -349,10 +347,13 @@ impl Proxy {
         let m = crate::metrics::metrics();
         let started = Instant::now();
         // Taken for every HTTP/1 request, so the flags stay in step with the heads.
-        let conflicting = req.version() <= Version::HTTP_11
-            && conn.heads.as_ref().is_some_and(|h| h.next_conflicting());
-        if conflicting {
-            let mut r = Self::smuggling_refused(conn.peer).into_response();
+        let conflicting = if req.version() <= Version::HTTP_11 {
+            conn.heads.as_ref().and_then(|h| h.next_conflicting())
+        } else {
+            None
+        };
+        if let Some(why) = conflicting {
+            let mut r = Self::smuggling_refused(conn.peer, why).into_response();
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
@@ -410,7 +411,16 @@ impl Proxy {
         trace: &mut Trace<'s>,
     ) -> Response<ProxyBody> {
         let client_addr = conn.peer;
-        // HTTP/2 carries the host in :authority; HTTP/1 in Host. Kept as a header value: cloning it is a refcount.
+        if let Err(why) = target_agrees(&req) {
+            crate::metrics::metrics()
+                .http_rejected
+                .with_label_values(&["bad_request"])
+                .inc();
+            return Answer::new(StatusCode::BAD_REQUEST, format!("rattan: {why}\n"))
+                .into_response();
+        }
+        // HTTP/2 carries the host in :authority; HTTP/1 in Host (the same as an absolute-form target's, checked
+        // above). Kept as a header value: cloning it is a refcount.
         let host_value: Option<HeaderValue> =
             req.headers().get(header::HOST).cloned().or_else(|| {
                 req.uri()
@@ -446,6 +456,28 @@ impl Proxy {
         // two upgraded connections together if it answers 101.
         let upgrade = upgrade_protocol(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
+        // A chunked body is read (up to the size the fast path buffers) before any backend sees the request: bad
+        // chunk framing is the client's 400, never half a request at a backend and a 502 counted against it.
+        let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
+        let body = if chunked {
+            match Replay::read(body, h1::MAX_BUFFERED_BODY).await {
+                Ok(b) => b.boxed(),
+                Err(e) => {
+                    crate::metrics::metrics()
+                        .http_rejected
+                        .with_label_values(&["bad_chunked"])
+                        .inc();
+                    tracing::debug!(client = %client_addr, error = %e, "malformed chunked request body");
+                    return Answer::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("rattan: malformed chunked request body ({e})\n"),
+                    )
+                    .into_response();
+                }
+            }
+        } else {
+            body.boxed()
+        };
         strip_hop_by_hop(&mut parts.headers);
         if let Some((proto, _)) = &upgrade {
             parts.headers.insert(header::UPGRADE, proto.clone());
@@ -485,7 +517,9 @@ impl Proxy {
         }
         // Built once: origin-form URI and the same headers whatever the backend, so a connect failure hands it
         // back for the next backend, body unread. An HTTP/1 request line is origin-form already.
-        let mut out = Request::new(body.boxed());
+        let mut out = Request::new(body);
+        // An HTTP/1.0 request may come without Host; what goes out is HTTP/1.1, which needs one: the backend's.
+        let generated_host = !parts.headers.contains_key(header::HOST);
         *out.method_mut() = parts.method;
         *out.uri_mut() = if parts.uri.scheme().is_none() && parts.uri.authority().is_none() {
             parts.uri
@@ -511,6 +545,11 @@ impl Proxy {
                 return picker.exhausted().into_response();
             };
             trace.backend = Some(backend);
+            if generated_host {
+                if let Ok(v) = HeaderValue::from_str(&backend.to_string()) {
+                    out.headers_mut().insert(header::HOST, v);
+                }
+            }
             let sent = pool::send(
                 guard.slot(),
                 backend,
@@ -562,6 +601,73 @@ impl Proxy {
                 self.opts.backend_timeout
             ),
         )
+    }
+}
+
+/// An absolute-form target (or HTTP/2's `:authority`) must name the host `Host` names, when both are there: a
+/// proxy that routed by one and forwarded the other would let a client pick routes the rules do not give it
+/// (HAProxy answers 400 too). An HTTP/1.1 request must name a host at all (RFC 9112 §3.2).
+fn target_agrees(req: &Request<Incoming>) -> Result<(), &'static str> {
+    let host = req.headers().get(header::HOST);
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err("more than one Host header");
+    }
+    match (req.uri().authority(), host) {
+        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+            Err("Host does not match the request target's authority")
+        }
+        (None, None) if req.version() == Version::HTTP_11 => Err("HTTP/1.1 request without Host"),
+        _ => Ok(()),
+    }
+}
+
+/// A request body whose first frames were read already, then the rest as it comes.
+pub(crate) struct Replay {
+    read: std::collections::VecDeque<Frame<Bytes>>,
+    rest: Option<Incoming>,
+}
+
+impl Replay {
+    /// Reads frames until the body ends or `max` bytes are in; a framing error is the client's.
+    async fn read(mut body: Incoming, max: u64) -> Result<Replay, hyper::Error> {
+        let mut read = std::collections::VecDeque::new();
+        let mut n = 0u64;
+        while n <= max {
+            match body.frame().await {
+                None => return Ok(Replay { read, rest: None }),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(f)) => {
+                    n += f.data_ref().map_or(0, |d| d.len() as u64);
+                    read.push_back(f);
+                }
+            }
+        }
+        Ok(Replay {
+            read,
+            rest: Some(body),
+        })
+    }
+}
+
+impl Body for Replay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(f) = self.read.pop_front() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        match &mut self.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
     }
 }
 
