@@ -137,6 +137,10 @@ pub struct Opts {
     /// Largest Marathon REST response read (`/v2/apps`); a larger one fails the fetch [default: 512MiB].
     #[arg(long, global = true, env = "RATTAN_MARATHON_MAX_BODY")]
     pub marathon_max_body: Option<String>,
+    /// A client that takes no response bytes (or sends no body bytes) for this long while its request is in flight
+    /// is cut off, on every path [default: 60s].
+    #[arg(long, global = true, env = "RATTAN_CLIENT_TIMEOUT")]
+    pub client_timeout: Option<String>,
     /// Open connections to the API port at most; past it new ones wait in the kernel's backlog [default: 256].
     #[arg(long, global = true, env = "RATTAN_API_MAX_CONNECTIONS")]
     pub api_max_connections: Option<usize>,
@@ -297,6 +301,7 @@ pub struct FileConfig {
     pub marathon_max_event_size: Option<String>,
     pub marathon_max_body: Option<String>,
     pub api_max_connections: Option<usize>,
+    pub client_timeout: Option<String>,
     pub api_auth_reads: Option<bool>,
     pub default_rule: Option<String>,
     pub default_domain: Option<String>,
@@ -429,6 +434,7 @@ pub struct Limits {
     pub marathon_max_event_size: usize,
     pub marathon_max_body: usize,
     pub api_max_connections: usize,
+    pub client_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -884,7 +890,16 @@ impl Settings {
                 .api_max_connections
                 .or(file.api_max_connections)
                 .unwrap_or(256),
+            client_timeout: dur(
+                "client-timeout",
+                o.client_timeout.clone(),
+                file.client_timeout.clone(),
+                "60s",
+            )?,
         };
+        if limits.client_timeout.is_zero() {
+            return Err(bad("client-timeout", "must be greater than zero"));
+        }
         if limits.api_max_connections == 0 {
             return Err(bad("api-max-connections", "must be greater than zero"));
         }

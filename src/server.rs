@@ -238,6 +238,7 @@ async fn start_proxy(
             keep_alive_timeout: settings.keep_alive_timeout,
             idle_timeout: ps.backend_idle_timeout,
             backend_timeout: ps.backend_timeout,
+            client_timeout: settings.limits.client_timeout,
             max_header_bytes: ps.max_header_size,
             max_connections,
             via: ps.via,

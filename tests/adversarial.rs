@@ -717,3 +717,99 @@ async fn requests_a_backend_must_never_see() {
     assert_eq!(statuses(&got), [200], "{got}");
     assert_eq!(backend.requests()[2].body, b"hello world");
 }
+
+/// `/a/huge`: 64 MiB; `/a/big…`: 1 MiB; anything else echoed.
+fn sized(req: &common::raw::Seen) -> (Vec<u8>, bool) {
+    let n = if req.target.starts_with("/a/huge") {
+        64 << 20
+    } else if req.target.starts_with("/a/big") {
+        1 << 20
+    } else {
+        return common::raw::echo(req);
+    };
+    let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+    r.resize(r.len() + n, b'x');
+    (r, false)
+}
+
+/// The most backend connections open at once over `during`, and how many are open at the end.
+async fn backend_load(b: &Recorder, during: Duration) -> (usize, usize) {
+    let mut peak = 0;
+    let t = Instant::now();
+    while t.elapsed() < during {
+        peak = peak.max(b.open.load(std::sync::atomic::Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (peak, b.open.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_that_stop_reading_are_cut_at_the_client_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Recorder::with(Arc::new(sized));
+    let (r, addr, _m) = front(&backend, &["--client-timeout", "1s"]).await;
+    let settled = backend.open.load(std::sync::atomic::Ordering::SeqCst);
+
+    // HTTP/1.0 (hyper path) and HTTP/1.1 (fast path) clients that never read a 64 MiB response.
+    let mut stuck = Vec::new();
+    for req in [
+        &b"GET /a/huge HTTP/1.0\r\nHost: a\r\n\r\n"[..],
+        b"GET /a/huge HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(req).await.unwrap();
+        stuck.push(s);
+    }
+    let (peak, after) = backend_load(&backend, Duration::from_secs(4)).await;
+    let huge = backend.requests().iter().filter(|r| r.target == "/a/huge").count();
+    assert!(peak >= 1 && huge == 2, "both reached the backend: {peak} {huge}");
+    assert!(
+        after <= settled,
+        "backend connections still held: {after} (were {settled})\n{}",
+        r.log()
+    );
+    drop(stuck);
+
+    // One h2c connection, 50 streams of 1 MiB, no WINDOW_UPDATE ever: at most 32 backend requests at once, and
+    // all let go at the client timeout.
+    let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(io)
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut held = Vec::new();
+    for i in 0..50 {
+        let mut send = send.clone();
+        held.push(tokio::spawn(async move {
+            let req = http::Request::get(format!("http://a/a/big{i}"))
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            // The response (head) is kept and its body never read.
+            let resp = send.send_request(req).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(resp);
+        }));
+    }
+    let (peak, after) = backend_load(&backend, Duration::from_secs(5)).await;
+    assert!(
+        peak > settled + 10 && peak <= settled + 32,
+        "peak {peak} backend connections"
+    );
+    assert!(
+        after <= settled,
+        "backend connections still held: {after}\n{}",
+        r.log()
+    );
+    for h in held {
+        h.abort();
+    }
+    assert!(
+        r.metric("rattan_http_rejected_total{reason=\"client_timeout\"}")
+            .await
+            >= 2.0
+    );
+}

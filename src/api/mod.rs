@@ -396,7 +396,7 @@ pub async fn serve(
                 tokio::pin!(conn);
                 let why = tokio::select! {
                     _ = conn.as_mut() => return,
-                    why = activity.expired(limits.header_read_timeout, limits.keep_alive_timeout) => why,
+                    why = activity.expired(limits.header_read_timeout, limits.keep_alive_timeout, REQUEST_TIMEOUT) => why,
                 };
                 if why == Expired::Idle {
                     conn.as_mut().graceful_shutdown();

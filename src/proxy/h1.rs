@@ -904,6 +904,7 @@ where
                     tls: peer.tls,
                     port: peer.port,
                     heads: Some(heads),
+                    activity: None,
                 };
                 serve_hyper(io, &front, info, h2).await;
                 return;
@@ -1232,7 +1233,7 @@ where
         };
         let written = t
             .within(
-                opts.backend_timeout,
+                opts.client_timeout,
                 write(&mut c.io, &c.rbuf.bytes()[..take]),
             )
             .await;
@@ -1277,14 +1278,14 @@ async fn reply<S: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes `c.out` to the client, within the backend timeout; false when that failed.
+/// Writes `c.out` to the client, within the client timeout; false when that failed.
 async fn write_out<S: AsyncWrite + Unpin>(
     c: &mut Client<S>,
     opts: &super::ProxyOptions,
     t: Timeouts<'_>,
 ) -> bool {
     matches!(
-        t.within(opts.backend_timeout, write(&mut c.io, &c.out))
+        t.within(opts.client_timeout, write(&mut c.io, &c.out))
             .await,
         Some(Ok(()))
     )
@@ -1387,6 +1388,8 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = super::idle::Activity::new(h2);
+    let mut info = info;
+    info.activity = Some(activity.clone());
     let client = info.peer;
     let conn = front.builder.serve_connection_with_upgrades(
         TokioIo::new(super::idle::Metered::new(io, activity.clone())),
@@ -1398,11 +1401,18 @@ where
     let expired = tokio::select! {
         _ = conn.as_mut() => return,
         _ = stop.wait_for(|s| *s) => None,
-        why = activity.expired(opts.header_read_timeout, opts.keep_alive_timeout) => Some(why),
+        why = activity.expired(opts.header_read_timeout, opts.keep_alive_timeout, opts.client_timeout) => Some(why),
     };
     match expired {
         Some(super::idle::Expired::Head) => {
             tracing::debug!(client = %client, "request head not received in time");
+        }
+        Some(super::idle::Expired::Stalled) => {
+            crate::metrics::metrics()
+                .http_rejected
+                .with_label_values(&["client_timeout"])
+                .inc();
+            tracing::debug!(client = %client, timeout = ?opts.client_timeout, "client stalled with a request in flight; cut off");
         }
         Some(super::idle::Expired::Idle) => {
             // HTTP/2's GOAWAY waits for the client's answer to a ping; a client that never answers is not waited

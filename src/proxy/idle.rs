@@ -26,6 +26,82 @@ pub struct Activity {
     h2: bool,
     /// Each change above, for the timer to read its deadline anew.
     changed: tokio::sync::Notify,
+    /// The bodies of the requests in flight that may wait on the client.
+    stalls: std::sync::Mutex<Vec<std::sync::Weak<Stall>>>,
+}
+
+/// One body of a request in flight, and since when (ms since the connection's start, plus one; 0: not) it has
+/// been waiting on the client: a response frame handed to hyper that the client has not taken yet (its socket or,
+/// in HTTP/2, its flow-control window is full), or a request body the backend wants more of.
+#[derive(Default)]
+pub struct Stall {
+    since: AtomicU64,
+}
+
+/// Which way a [`Paced`] body flows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Toward {
+    Client,
+    Backend,
+}
+
+/// A body whose waits on the client are timed (`--client-timeout`): what the fast path's write and read timeouts
+/// do, for the hyper path, where a body is written by hyper and a stalled HTTP/2 stream writes nothing at all.
+pub struct Paced<B> {
+    inner: B,
+    stall: Arc<Stall>,
+    activity: Arc<Activity>,
+    toward: Toward,
+}
+
+impl<B> Paced<B> {
+    pub fn new(inner: B, activity: &Arc<Activity>, toward: Toward) -> Paced<B> {
+        let stall = Arc::new(Stall::default());
+        activity
+            .stalls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&stall));
+        Paced {
+            inner,
+            stall,
+            activity: activity.clone(),
+            toward,
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Paced<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let waiting = match (self.toward, &r) {
+            // Handed over: from now on it is the client's to take.
+            (Toward::Client, Poll::Ready(Some(Ok(_)))) => true,
+            (Toward::Backend, Poll::Pending) => true,
+            _ => false,
+        };
+        let since = &self.stall.since;
+        if !waiting {
+            since.store(0, Ordering::Relaxed);
+        } else if since.load(Ordering::Relaxed) == 0 {
+            since.store(self.activity.now() + 1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Why a connection is to close.
@@ -35,6 +111,8 @@ pub enum Expired {
     Idle,
     /// A request head still incomplete at the header timeout: cut off.
     Head,
+    /// A request in flight waited on the client for the client timeout: cut off.
+    Stalled,
 }
 
 impl Activity {
@@ -47,7 +125,21 @@ impl Activity {
             head_from: AtomicU64::new(u64::from(!h2)),
             h2,
             changed: tokio::sync::Notify::new(),
+            stalls: Default::default(),
         })
+    }
+
+    /// Since when (ms since `start`) the longest wait on the client of the bodies in flight has lasted.
+    fn stalled_since(&self) -> Option<u64> {
+        let mut stalls = self.stalls.lock().unwrap_or_else(|p| p.into_inner());
+        stalls.retain(|w| w.strong_count() > 0);
+        stalls
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|s| s.since.load(Ordering::Relaxed))
+            .filter(|s| *s > 0)
+            .min()
+            .map(|s| s - 1)
     }
 
     fn now(&self) -> u64 {
@@ -86,15 +178,29 @@ impl Activity {
         }
     }
 
-    /// Resolves when the connection is to close.
-    pub async fn expired(&self, header: Duration, keep_alive: Duration) -> Expired {
+    /// Resolves when the connection is to close. While requests are in flight, the waits on the client are looked
+    /// at every `client / 4` (at most every second): they change with every frame, too often to be told of.
+    pub async fn expired(
+        &self,
+        header: Duration,
+        keep_alive: Duration,
+        client: Duration,
+    ) -> Expired {
+        let look = (client / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         loop {
             // Taken before the state is read, so a change made meanwhile still wakes this loop.
             let changed = self.changed.notified();
-            let wait = match self.due(header, keep_alive) {
+            let due = self.due(header, keep_alive).or_else(|| {
+                let since = self.stalled_since()?;
+                Some((since + client.as_millis() as u64, Expired::Stalled))
+            });
+            let busy = self.busy.load(Ordering::Relaxed) > 0;
+            let wait = match due {
+                None if busy => Some(look),
                 None => None,
                 Some((at, why)) => match at.checked_sub(self.now()) {
                     None | Some(0) => return why,
+                    Some(ms) if busy => Some(Duration::from_millis(ms).min(look)),
                     Some(ms) => Some(Duration::from_millis(ms)),
                 },
             };
@@ -162,7 +268,7 @@ mod tests {
 
     fn watch(a: &Arc<Activity>) -> JoinHandle<Expired> {
         let a = a.clone();
-        tokio::spawn(async move { a.expired(HEAD, IDLE).await })
+        tokio::spawn(async move { a.expired(HEAD, IDLE, IDLE * 2).await })
     }
 
     /// `timer` fires for `want`, `after` from `from` (give or take the clock's millisecond steps).
@@ -228,6 +334,51 @@ mod tests {
         drop(busy);
         a.read();
         fires(timer, t, Expired::Head, HEAD).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_waiting_on_the_client_is_cut_at_the_client_timeout() {
+        use http_body_util::BodyExt;
+        let a = Activity::new(true);
+        let busy = a.begin();
+        let timer = watch(&a);
+        // A response frame taken by the client, then one it does not take: cut at 2 × IDLE from the hand-over.
+        let mut resp = Paced::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"x")),
+            &a,
+            Toward::Client,
+        );
+        tokio::time::sleep(IDLE).await;
+        let t = tokio::time::Instant::now();
+        assert!(resp.frame().await.is_some());
+        fires(timer, t, Expired::Stalled, IDLE * 2).await;
+        drop(busy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_backend_is_not_the_clients_stall() {
+        use http_body_util::BodyExt;
+        let a = Activity::new(true);
+        let busy = a.begin();
+        let timer = watch(&a);
+        // A response body the backend has not produced yet: hyper waits on it, not on the client.
+        let (_tx, rx) = tokio::sync::mpsc::channel::<
+            Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+        >(1);
+        let mut resp = Paced::new(
+            http_body_util::StreamBody::new(tokio_stream_from(rx)),
+            &a,
+            Toward::Client,
+        );
+        let _ = tokio::time::timeout(IDLE * 5, resp.frame()).await;
+        assert!(!timer.is_finished());
+        drop(busy);
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Unpin {
+        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,6 +47,8 @@ pub struct ProxyOptions {
     /// Idle pooled backend connections.
     pub idle_timeout: Duration,
     pub backend_timeout: Duration,
+    /// A request in flight whose client takes no response bytes (or sends no body bytes) this long is cut off.
+    pub client_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub via: bool,
@@ -61,6 +63,7 @@ impl Default for ProxyOptions {
             keep_alive_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(90),
             backend_timeout: Duration::from_secs(60),
+            client_timeout: Duration::from_secs(60),
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             via: false,
@@ -77,7 +80,13 @@ pub struct ConnInfo {
     pub port: u16,
     /// Conflicting-framing flags of the HTTP/1 request heads on this connection.
     pub heads: Option<Arc<framing::Heads>>,
+    /// The hyper path's timers, which time request bodies' waits on the client.
+    pub activity: Option<Arc<idle::Activity>>,
 }
+
+/// Backend requests one client connection may have at once (HTTP/2 streams past it wait for a turn, holding no
+/// backend connection): a client that opens many streams and reads none cannot pin a backend pool.
+pub const MAX_BACKEND_PER_CLIENT: usize = 32;
 
 pub struct Proxy {
     publisher: Arc<Publisher>,
@@ -477,6 +486,10 @@ impl Proxy {
             }
         } else {
             body.boxed()
+        };
+        let body = match &conn.activity {
+            Some(a) => idle::Paced::new(body, a, idle::Toward::Backend).boxed(),
+            None => body,
         };
         strip_hop_by_hop(&mut parts.headers);
         if let Some((proto, _)) = &upgrade {
@@ -984,6 +997,7 @@ pub async fn serve(
                                     tls: true,
                                     port,
                                     heads: None,
+                                    activity: None,
                                 };
                                 h1::serve_hyper(s, &front, info, true).await
                             }
@@ -1026,7 +1040,10 @@ pub async fn serve(
 }
 
 /// What the hyper path answers with: each body keeps its request counted in flight for the idle timer.
-type TrackedResponse = Response<Guarded<ProxyBody, idle::Busy>>;
+/// The response body keeps the connection busy (`idle::Busy`) and its backend turn until hyper is done with it.
+type TrackedResponse = Response<
+    Guarded<idle::Paced<ProxyBody>, (idle::Busy, Option<tokio::sync::OwnedSemaphorePermit>)>,
+>;
 
 fn service(
     proxy: Arc<Proxy>,
@@ -1039,13 +1056,20 @@ fn service(
     Future = impl std::future::Future<Output = Result<TrackedResponse, std::convert::Infallible>> + Send,
 > + Clone {
     let info = Arc::new(info);
+    let turns = Arc::new(tokio::sync::Semaphore::new(MAX_BACKEND_PER_CLIENT));
     hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         let info = info.clone();
         let busy = activity.begin();
+        let activity = activity.clone();
+        let turns = turns.clone();
         async move {
+            let turn = turns.acquire_owned().await.ok();
             let resp = proxy.handle(req, &info).await;
-            Ok::<_, std::convert::Infallible>(resp.map(|b| Guarded::new(b, busy)))
+            Ok::<_, std::convert::Infallible>(resp.map(|b| {
+                let b = idle::Paced::new(b, &activity, idle::Toward::Client);
+                Guarded::new(b, (busy, turn))
+            }))
         }
     })
 }
