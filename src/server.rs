@@ -33,7 +33,11 @@ fn open_store(settings: &Settings, publisher: &Arc<Publisher>) -> Result<RuleSto
             settings.zk_session_timeout,
             publisher.clone(),
         )),
-        None => RuleStore::File(FileStore::open(&settings.data_dir, publisher.clone())?),
+        None => {
+            let file = Arc::new(FileStore::open(&settings.data_dir, publisher.clone())?);
+            file.watch(std::time::Duration::from_secs(1));
+            RuleStore::File(file)
+        }
     })
 }
 

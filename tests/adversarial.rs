@@ -761,8 +761,15 @@ async fn clients_that_stop_reading_are_cut_at_the_client_timeout() {
         stuck.push(s);
     }
     let (peak, after) = backend_load(&backend, Duration::from_secs(4)).await;
-    let huge = backend.requests().iter().filter(|r| r.target == "/a/huge").count();
-    assert!(peak >= 1 && huge == 2, "both reached the backend: {peak} {huge}");
+    let huge = backend
+        .requests()
+        .iter()
+        .filter(|r| r.target == "/a/huge")
+        .count();
+    assert!(
+        peak >= 1 && huge == 2,
+        "both reached the backend: {peak} {huge}"
+    );
     assert!(
         after <= settled,
         "backend connections still held: {after} (were {settled})\n{}",
@@ -812,4 +819,79 @@ async fn clients_that_stop_reading_are_cut_at_the_client_timeout() {
             .await
             >= 2.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hand_edits_of_the_rules_file_are_loaded_or_refused_never_overwritten() {
+    let m = cluster().await;
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let r = Rattan::start(&["--marathon", &m.url(), "--data-dir", &dir]);
+    let file = data.path().join("rules.json");
+    let c = reqwest::Client::new();
+    let api = r.api.clone();
+    let put = |id: &'static str| {
+        let rb = c
+            .post(format!("{api}/api/services"))
+            .header("Content-Type", "application/json")
+            .body(format!(
+                r#"{{"id":"{id}","acl":"hdr(host) -i {}.example"}}"#,
+                id.trim_start_matches('/')
+            ));
+        async move {
+            let resp = rb.send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                resp.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    let ids = || async {
+        let body = c
+            .get(format!("{api}/api/services"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v.as_object().unwrap().keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(put("/first").await.0, 200);
+
+    // Garbage while running: reported, the last good rules keep routing, writes are refused with the reason.
+    std::fs::write(&file, b"{ this is not json").unwrap();
+    r.wait_log("rules file changed on disk and is unusable", 5)
+        .await;
+    let (status, text) = put("/second").await;
+    assert_eq!(status, 503, "{text}");
+    assert!(text.contains("damaged"), "{text}");
+    assert_eq!(ids().await, ["/first"]);
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"{ this is not json",
+        "the damaged file is left as it is"
+    );
+
+    // A valid hand edit: loaded, and the next write keeps it.
+    let hand = r#"{"/hand":{"Id":"/hand","Acl":"hdr(host) -i hand.example","Config":{"Acl":"hdr(host) -i hand.example"}}}"#;
+    std::fs::write(&file, hand).unwrap();
+    r.wait_log("rules file changed on disk; loaded", 5).await;
+    assert_eq!(ids().await, ["/hand"]);
+    assert_eq!(put("/third").await.0, 200);
+    // An edit and a write in the same instant (before the watcher's next look): the write takes the edit in.
+    let both = r#"{"/hand":{"Id":"/hand","Acl":"hdr(host) -i hand.example","Config":{"Acl":"hdr(host) -i hand.example"}},"/hand2":{"Id":"/hand2","Acl":"hdr(host) -i h2.example","Config":{"Acl":"hdr(host) -i h2.example"}}}"#;
+    std::fs::write(&file, both).unwrap();
+    assert_eq!(put("/fourth").await.0, 200);
+    let on_disk: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let keys: Vec<&String> = on_disk.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["/fourth", "/hand", "/hand2"]);
+    let leftovers: Vec<_> = std::fs::read_dir(data.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

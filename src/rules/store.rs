@@ -112,7 +112,7 @@ fn publish(publisher: &Publisher, services: &Services) {
 // ---- the store ----------------------------------------------------------------------------------------------
 
 pub enum RuleStore {
-    File(FileStore),
+    File(Arc<FileStore>),
     Zk(Arc<ZkStore>),
 }
 
@@ -136,9 +136,45 @@ impl RuleStore {
 
 pub struct FileStore {
     path: PathBuf,
-    /// Serializes writers; holds the last durable rules, or why the file cannot be trusted.
-    state: tokio::sync::Mutex<Result<Services, String>>,
+    /// Serializes writers and the watcher; holds the last durable rules (or why the file cannot be trusted) and
+    /// the file's stamp when they were read.
+    state: tokio::sync::Mutex<FileState>,
     publisher: Arc<Publisher>,
+}
+
+struct FileState {
+    rules: Result<Services, String>,
+    stamp: Option<Stamp>,
+}
+
+/// What tells one version of the file from another without reading it: modified time, size, inode.
+type Stamp = (std::time::SystemTime, u64, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len(), m.ino()))
+}
+
+/// The rules in the file (missing = none), or why they cannot be used.
+fn load(path: &Path) -> Result<Services, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<Services>(&bytes)
+            .map(|mut m| {
+                for (k, v) in m.iter_mut() {
+                    v.id = k.clone();
+                }
+                m
+            })
+            .map_err(|e| {
+                format!(
+                    "rules file {} is damaged ({e}); fix or move it away, rattan will not overwrite it",
+                    path.display()
+                )
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Services::new()),
+        Err(e) => Err(format!("cannot read rules file {}: {e}", path.display())),
+    }
 }
 
 impl FileStore {
@@ -150,19 +186,9 @@ impl FileStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
         let path = dir.join(Self::FILE_NAME);
-        let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Services>(&bytes)
-                .map(|mut m| {
-                    for (k, v) in m.iter_mut() {
-                        v.id = k.clone();
-                    }
-                    m
-                })
-                .map_err(|e| format!("rules file {} is damaged ({e}); fix or move it away, rattan will not overwrite it", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Services::new()),
-            Err(e) => Err(format!("cannot read rules file {}: {e}", path.display())),
-        };
-        match &state {
+        let stamp = stamp(&path);
+        let rules = load(&path);
+        match &rules {
             Ok(services) => publish(&publisher, services),
             Err(e) => {
                 tracing::error!(error = %e, "rules file unusable; routing without stored rules")
@@ -170,9 +196,49 @@ impl FileStore {
         }
         Ok(FileStore {
             path,
-            state: tokio::sync::Mutex::new(state),
+            state: tokio::sync::Mutex::new(FileState { rules, stamp }),
             publisher,
         })
+    }
+
+    /// Looks at the file every `every`: an edit made by hand is loaded, a damaged one reported (the last good
+    /// rules keep routing, writes are refused until it is fixed).
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let Some(store) = me.upgrade() else { return };
+                let mut state = store.state.lock().await;
+                store.reread(&mut state);
+            }
+        });
+    }
+
+    /// Takes in what changed on disk since the rules were last read or written.
+    fn reread(&self, state: &mut FileState) {
+        let now = stamp(&self.path);
+        if now == state.stamp {
+            return;
+        }
+        state.stamp = now;
+        if now.is_none() {
+            tracing::warn!(file = %self.path.display(), "rules file removed; keeping the last rules (the next write recreates it)");
+            return;
+        }
+        match load(&self.path) {
+            Ok(services) => {
+                tracing::info!(file = %self.path.display(), rules = services.len(), "rules file changed on disk; loaded");
+                publish(&self.publisher, &services);
+                state.rules = Ok(services);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rules file changed on disk and is unusable; routing on with the last good rules, writes refused");
+                state.rules = Err(e);
+            }
+        }
     }
 
     async fn write(
@@ -180,7 +246,10 @@ impl FileStore {
         change: impl FnOnce(&mut Services) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
+        // A hand edit the watcher has not seen yet is taken in first, never written over.
+        self.reread(&mut state);
         let current = state
+            .rules
             .as_ref()
             .map_err(|e| StoreError::Unavailable(e.clone()))?;
         let mut next = current.clone();
@@ -190,9 +259,15 @@ impl FileStore {
         tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
             .await
             .map_err(|e| StoreError::Failed(e.to_string()))?
-            .map_err(|e| StoreError::Failed(format!("cannot write rules file: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot write rules file {}: {e}",
+                    self.path.display()
+                ))
+            })?;
         publish(&self.publisher, &next);
-        *state = Ok(next);
+        state.rules = Ok(next);
+        state.stamp = stamp(&self.path);
         Ok(())
     }
 
@@ -211,7 +286,7 @@ impl FileStore {
 }
 
 /// Temp file in the same directory, fsync, rename over, fsync the directory: a crash leaves the old file or the
-/// new one, never half of one.
+/// new one, never half of one; a failure leaves no temp file behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
@@ -220,12 +295,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         path.file_name().and_then(|n| n.to_str()).unwrap_or("rules"),
         std::process::id()
     ));
-    {
+    let written = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -515,6 +594,21 @@ impl ZkStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // The target is a directory with something in it: the rename over it fails after the temp file is written.
+        let target = dir.path().join("rules.json");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("x"), b"x").unwrap();
+        assert!(write_atomic(&target, b"{}").is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["rules.json"]);
+    }
 
     #[test]
     fn go_query_escaping() {
