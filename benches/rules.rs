@@ -8,7 +8,6 @@ use rattan::rules::acl::Request;
 use rattan::rules::table::{RouteOptions, RouteTable};
 use rattan::rules::Service;
 use rattan::snapshot::Apps;
-use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,7 +32,7 @@ fn table(kind: &str) -> RouteTable {
             (v.id.clone(), Arc::new(v))
         })
         .collect();
-    let mut services = BTreeMap::new();
+    let mut services = rattan::rules::ServiceMap::new();
     for (i, id) in ids.iter().enumerate() {
         let acl = match (kind, i % 20) {
             ("mixed", 0) => format!("hdr_dom(host) -i zone{i}.example.net"),

@@ -20,6 +20,7 @@ pub struct Running {
     proxy_done: tokio::task::JoinHandle<()>,
     drain_timeout: std::time::Duration,
     pub publisher: Arc<Publisher>,
+    store: Arc<RuleStore>,
 }
 
 /// Starts every task in the background and returns once the API port is bound.
@@ -95,7 +96,7 @@ fn callback_token(settings: &Settings) -> Result<String, String> {
 /// Starts every task in the background and returns once the API port is bound.
 pub async fn start(settings: &Settings) -> Result<Running, String> {
     let publisher = Arc::new(Publisher::new(settings.route_options.clone()));
-    let store = open_store(settings, &publisher)?;
+    let store = Arc::new(open_store(settings, &publisher)?);
     if !settings.api_auth.enabled() {
         tracing::warn!("the rules API is open to anyone who reaches the API port (as Bamboo's); set --api-token or --api-basic to protect it");
     }
@@ -115,7 +116,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     let api_state = Arc::new(ApiState {
         publisher: publisher.clone(),
         callback,
-        store: Some(Arc::new(store)),
+        store: Some(store.clone()),
         auth: settings.api_auth.clone(),
         haproxy: haproxy_status.clone(),
     });
@@ -211,6 +212,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         proxy_done,
         drain_timeout: settings.drain_timeout,
         publisher,
+        store,
     })
 }
 
@@ -348,6 +350,7 @@ impl Running {
                 tracing::warn!(timeout = ?self.drain_timeout, "drain timeout reached; closing remaining connections")
             }
         }
+        self.store.close().await;
     }
 }
 

@@ -477,3 +477,134 @@ async fn file_store_api_like_bamboo_with_optional_auth() {
         200
     );
 }
+
+/// Creates `n` rule nodes `/bulk-<i>` directly in ZooKeeper (as another tool or Bamboo would), many at once.
+pub async fn seed_rules(client: &zkc::Client, base: &str, n: usize) {
+    use futures_util::StreamExt;
+    let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    let _ = client.mkdir(base, &opts).await;
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let path = format!("{base}/%2Fbulk-{i}");
+            let body = rattan::rules::store::encode_v2(
+                &[("Acl".to_string(), format!("hdr(host) -i bulk-{i}.example"))].into(),
+            );
+            let (client, opts) = (client.clone(), opts.clone());
+            async move { client.create(&path, &body, &opts).await.map(|_| ()) }
+        })
+        .buffer_unordered(512)
+        .for_each(|r| async move { r.expect("seed a rule") })
+        .await;
+}
+
+async fn rule_count(r: &Rattan) -> usize {
+    let (_, body) = r.get("/api/services").await;
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| v.as_object().map(|o| o.len()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousands_of_rules_load_change_one_by_one_and_shut_down_cleanly() {
+    let zk = Zk::start();
+    let hosts = zk.hosts();
+    let client = zkc::Client::connect(&hosts).await.unwrap();
+    const N: usize = 12_000;
+    seed_rules(&client, BASE, N).await;
+    let m = sim_with(&["/bulk-1"]).await;
+    let mut a = start(&m.url(), &["--zk", &hosts, "--zk-path", BASE]);
+    wait_for("every rule loaded", 60, async || rule_count(&a).await == N).await;
+
+    // Changes made by others arrive node by node: one changed, one deleted, one created.
+    let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    let body =
+        |acl: &str| rattan::rules::store::encode_v2(&[("Acl".to_string(), acl.to_string())].into());
+    client
+        .set_data(
+            &format!("{BASE}/%2Fbulk-1"),
+            &body("hdr(host) -i changed.example"),
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .delete(&format!("{BASE}/%2Fbulk-2"), None)
+        .await
+        .unwrap();
+    client
+        .create(
+            &format!("{BASE}/%2Fnew"),
+            &body("hdr(host) -i new.example"),
+            &opts,
+        )
+        .await
+        .unwrap();
+    wait_for("the three changes", 10, async || {
+        let (_, s) = a.get("/api/services").await;
+        let v: Value = serde_json::from_str(&s).unwrap_or_default();
+        v["/bulk-1"]["Acl"] == "hdr(host) -i changed.example"
+            && v.get("/bulk-2").is_none()
+            && v["/new"]["Acl"] == "hdr(host) -i new.example"
+    })
+    .await;
+    assert!(route_of(&routes(&a).await, "/bulk-1")
+        .is_some_and(|r| r["acl"][0] == "hdr(host) -i changed.example"));
+    // A write through the API at this size routes at once.
+    assert_eq!(
+        post_rule(&a, "/bulk-1", "hdr(host) -i api.example").await,
+        200
+    );
+    assert!(route_of(&routes(&a).await, "/bulk-1")
+        .is_some_and(|r| r["acl"][0] == "hdr(host) -i api.example"));
+    assert_eq!(rule_count(&a).await, N);
+    assert!(!a.log().contains("re-reading them all"), "{}", a.log());
+
+    // SIGTERM while others keep changing rules: the session closes in order; nothing panics.
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for i in 0.. {
+                let acl = format!("hdr(host) -i churn-{i}.example");
+                let _ = client
+                    .set_data(&format!("{BASE}/%2Fbulk-{}", i % N), &body(&acl), None)
+                    .await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal("TERM");
+    let status = a.wait_exit(15).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    writer.abort();
+    assert!(!a.log().contains("panicked"), "{}", a.log());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn large_rule_nodes_load_too() {
+    // 300 nodes of 60 KiB each: a multi-read of them all would pass ZooKeeper's 1 MiB reply limit.
+    let zk = Zk::start();
+    let hosts = zk.hosts();
+    let client = zkc::Client::connect(&hosts).await.unwrap();
+    let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    client.mkdir(BASE, &opts).await.unwrap();
+    for i in 0..300 {
+        let body = rattan::rules::store::encode_v2(
+            &[
+                ("Acl".to_string(), format!("hdr(host) -i big-{i}.example")),
+                ("note".to_string(), "n".repeat(60 << 10)),
+            ]
+            .into(),
+        );
+        client
+            .create(&format!("{BASE}/%2Fbig-{i}"), &body, &opts)
+            .await
+            .unwrap();
+    }
+    let m = sim_with(&[]).await;
+    let a = start(&m.url(), &["--zk", &hosts, "--zk-path", BASE]);
+    wait_for("every large rule loaded", 30, async || {
+        rule_count(&a).await == 300
+    })
+    .await;
+}

@@ -2,7 +2,6 @@
 //! on every request and answered `200 null` on any error).
 
 use crate::marathon::model::DiscoveryPort;
-use crate::rules::Service;
 use crate::snapshot::{AppView, Snapshot};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -11,7 +10,7 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "PascalCase")]
 pub struct State<'a> {
     pub apps: Vec<BambooApp<'a>>,
-    pub services: &'a BTreeMap<String, Service>,
+    pub services: &'a crate::rules::ServiceMap,
 }
 
 #[derive(Serialize)]

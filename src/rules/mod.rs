@@ -26,8 +26,11 @@ pub struct Service {
     pub config: Option<BTreeMap<String, String>>,
 }
 
-/// The rules as the snapshot sees them; the store that fills it arrives with the rules issue.
+/// Rules by id, in id order.
+pub type ServiceMap = imbl::OrdMap<String, Service>;
+
+/// The rules as the snapshot sees them.
 #[derive(Debug, Clone, Default)]
 pub struct Rules {
-    pub services: BTreeMap<String, Service>,
+    pub services: ServiceMap,
 }

@@ -7,7 +7,6 @@
 
 use super::acl::{self, Criterion, HostRank, Request};
 use super::labels;
-use super::Service;
 use crate::snapshot::Apps;
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -192,7 +191,7 @@ impl RouteTable {
     /// Compiles the routes for these apps and stored rules.
     pub fn build(
         apps: &Apps,
-        services: &BTreeMap<String, Service>,
+        services: &crate::rules::ServiceMap,
         opts: &RouteOptions,
     ) -> RouteTable {
         let mut specs = Vec::new();
@@ -381,6 +380,7 @@ mod tests {
     use super::*;
     use crate::discovery::{build_view, Policy};
     use crate::marathon::model::parse_apps;
+    use crate::rules::{Service, ServiceMap};
     use std::sync::Arc;
 
     fn apps(json: &str) -> Apps {
@@ -423,7 +423,7 @@ mod tests {
         let a = apps(
             r#"{"apps":[{"id":"/exact"},{"id":"/suffix"},{"id":"/short"},{"id":"/long"},{"id":"/b-tie"},{"id":"/a-tie"},{"id":"/hostpath"}]}"#,
         );
-        let s: BTreeMap<_, _> = [
+        let s: ServiceMap = [
             svc("/exact", "hdr(host) -i api.example.com"),
             svc("/suffix", "hdr_dom(host) -i example.com"),
             svc("/short", "path_beg /api"),
@@ -431,7 +431,8 @@ mod tests {
             svc("/b-tie", "path_beg /same"),
             svc("/a-tie", "path_beg /same"),
         ]
-        .into();
+        .into_iter()
+        .collect();
         let t = RouteTable::build(&a, &s, &RouteOptions::default());
         assert_eq!(find(&t, "api.example.com", "/api/v2/x"), Some("/exact"));
         assert_eq!(find(&t, "www.example.com", "/api/v2/x"), Some("/suffix"));
@@ -466,7 +467,7 @@ mod tests {
               {"id":"/bad"}
             ]}"#,
         );
-        let s: BTreeMap<_, _> = [svc("/bad", "path_beg")].into();
+        let s: ServiceMap = [svc("/bad", "path_beg")].into_iter().collect();
         let opts = RouteOptions {
             groups: vec!["external".into()],
             ..RouteOptions::default()
@@ -497,7 +498,9 @@ mod tests {
             c.insert("redirect_https".into(), "true".into());
             c.insert("sticky".into(), "true".into());
         }
-        let s: BTreeMap<_, _> = [(id, on), svc("/off", "hdr(host) -i off.example.com")].into();
+        let s: ServiceMap = [(id, on), svc("/off", "hdr(host) -i off.example.com")]
+            .into_iter()
+            .collect();
         let t = RouteTable::build(&a, &s, &RouteOptions::default());
         let flags = |app: &str| {
             let r = t.for_app(app).next().unwrap();
@@ -510,7 +513,7 @@ mod tests {
     #[test]
     fn index_agrees_with_a_linear_scan() {
         let mut list = Vec::new();
-        let mut s = BTreeMap::new();
+        let mut s = ServiceMap::new();
         for i in 0..200 {
             list.push(format!("{{\"id\":\"/app{i}\"}}"));
             let acl = match i % 5 {
