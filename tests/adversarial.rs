@@ -895,3 +895,118 @@ async fn hand_edits_of_the_rules_file_are_loaded_or_refused_never_overwritten() 
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Each hostile head, once as the fast path reads it and once as the hyper path does (an absolute-form target
+/// sends an HTTP/1.1 request there): the client gets the refusal, the backend not one byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_heads_are_refused_on_both_paths() {
+    let backend = Recorder::start();
+    let (_r, addr, _m) = front(
+        &backend,
+        &["--max-header-size", "8192", "--header-read-timeout", "1s"],
+    )
+    .await;
+    let big = "b".repeat(9000);
+    let many: String = (0..120).map(|i| format!("X-{i}: v\r\n")).collect();
+    let cases: Vec<(&str, String, &[u16])> = vec![
+        (
+            "CL+TE",
+            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+            &[400],
+        ),
+        (
+            "TE+CL",
+            "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n".into(),
+            &[400],
+        ),
+        (
+            "double CL",
+            "Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".into(),
+            &[400],
+        ),
+        ("CL list", "Content-Length: 3, 4\r\n\r\nabcd".into(), &[400]),
+        ("signed CL", "Content-Length: +4\r\n\r\nabcd".into(), &[400]),
+        (
+            "obs-fold",
+            "X-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n".into(),
+            &[400],
+        ),
+        (
+            "xchunked",
+            "Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n".into(),
+            &[400, 501],
+        ),
+        (
+            "chunked, identity",
+            "Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n".into(),
+            &[400, 501],
+        ),
+        (
+            "space before colon",
+            "Content-Length : 4\r\n\r\nabcd".into(),
+            &[400],
+        ),
+        ("NUL in a value", "X-A: a\0b\r\n\r\n".into(), &[400]),
+        (
+            "head over the limit",
+            format!("X-Big: {big}\r\n\r\n"),
+            &[431],
+        ),
+        ("too many fields", format!("{many}\r\n"), &[431]),
+    ];
+    for (what, rest, want) in &cases {
+        for (path, target) in [("fast", "/a/x"), ("hyper", "http://a/a/x")] {
+            backend.clear();
+            let req = format!("POST {target} HTTP/1.1\r\nHost: a\r\n{rest}");
+            let got = exchange(&addr, req.as_bytes(), WAIT).await;
+            let status = statuses(&got);
+            assert!(
+                status.len() == 1 && want.contains(&status[0]),
+                "{what} ({path}): want {want:?}, got {got:?}"
+            );
+            assert!(
+                backend.all_bytes().is_empty(),
+                "{what} ({path}) reached the backend: {}",
+                backend.all_bytes()
+            );
+        }
+    }
+
+    // A head with bare-LF line ends (which hyper takes) does not blind the hyper path's framing watcher: the
+    // CL+TE request after it on the same connection is still refused.
+    backend.clear();
+    let got = exchange(
+        &addr,
+        b"GET http://a/a/lf HTTP/1.1\nHost: a\n\nPOST http://a/a/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(statuses(&got), [200, 400], "{got}");
+    assert_eq!(backend.requests().len(), 1, "{}", backend.all_bytes());
+
+    // Slowloris on both paths: a head never finished is cut at the header timeout (1 s), nothing forwarded.
+    for (path, start) in [
+        ("fast", "GET /a/x HTTP/1.1\r\n"),
+        ("hyper", "GET /a/x HTTP/1.0\r\n"),
+    ] {
+        use tokio::io::AsyncWriteExt;
+        backend.clear();
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(format!("{start}Host: a\r\nX-Slow: 1\r\n").as_bytes())
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let rest = common::raw::read_for(&mut s, Duration::from_secs(4)).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{path}: open after {:?}",
+            t.elapsed()
+        );
+        assert!(!rest.contains(" 200 "), "{path}: {rest}");
+        assert!(
+            backend.all_bytes().is_empty(),
+            "{path}: {:?}",
+            backend.all_bytes()
+        );
+    }
+}

@@ -578,6 +578,68 @@ mod tests {
         assert!(!e.feed(b"x", 100));
     }
 
+    /// Seeded fuzzing in CI: random streams in every line ending, fed in random pieces. The cap trips exactly when
+    /// a reference count over the whole stream passes it, wherever the pieces are cut.
+    #[test]
+    fn event_cap_fuzz() {
+        use rand::{Rng, SeedableRng};
+        fn reference(s: &[u8], max: usize) -> Option<usize> {
+            // Byte index at which the running event length first passes `max`.
+            let (mut event, mut line, mut cr) = (0usize, 0usize, false);
+            for (i, &b) in s.iter().enumerate() {
+                match b {
+                    b'\n' if cr => cr = false,
+                    b'\r' | b'\n' => {
+                        cr = b == b'\r';
+                        if line == 0 {
+                            event = 0;
+                        }
+                        line = 0;
+                    }
+                    _ => {
+                        cr = false;
+                        line += 1;
+                        event += 1;
+                        if event > max {
+                            return Some(i);
+                        }
+                    }
+                }
+            }
+            None
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let alphabet = b"data: x\r\n";
+        let mut tripped = 0;
+        for _ in 0..20_000 {
+            let s: Vec<u8> = (0..rng.gen_range(0..200))
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let max = rng.gen_range(1..40);
+            let want = reference(&s, max);
+            let mut e = EventBytes::default();
+            let mut at = 0;
+            let mut got = None;
+            while at < s.len() && got.is_none() {
+                let to = (at + rng.gen_range(1..20)).min(s.len());
+                if !e.feed(&s[at..to], max) {
+                    got = Some(to);
+                }
+                at = to;
+            }
+            match (want, got) {
+                (None, None) => {}
+                // Tripped in the piece that holds the byte that passed the cap.
+                (Some(i), Some(end)) => {
+                    tripped += 1;
+                    assert!(i < end, "{i} {end}");
+                }
+                other => panic!("{other:?} for {:?} max {max}", String::from_utf8_lossy(&s)),
+            }
+        }
+        assert!(tripped > 1_000);
+    }
+
     #[test]
     fn garbage_is_not_an_event() {
         assert_eq!(classify("not json"), (None, None));

@@ -44,19 +44,25 @@ pub fn chunked_count<'a>(values: impl Iterator<Item = &'a [u8]>) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyState {
     Length(u64),
-    /// In a chunk-size line: the size so far, whether a digit was seen, whether past the size (extensions).
+    /// In a chunk-size line: the size so far, whether a digit was seen, whether past the size (extensions),
+    /// whether the last byte was CR (only LF may follow: a parser that took `0\rX` as a line end would find
+    /// another end of the body than one that does not).
     ChunkSize {
         size: u64,
         digits: bool,
         ext: bool,
         len: u16,
+        cr: bool,
     },
     ChunkData(u64),
     /// The CRLF after chunk data.
-    ChunkEnd,
+    ChunkEnd {
+        cr: bool,
+    },
     /// Trailer lines after the last chunk; `len` is the current line's length so far.
     Trailers {
         len: u16,
+        cr: bool,
     },
     Done,
 }
@@ -75,6 +81,7 @@ impl BodyState {
             digits: false,
             ext: false,
             len: 0,
+            cr: false,
         }
     }
 
@@ -105,16 +112,16 @@ impl BodyState {
                     if *n == 0 {
                         *self = match self {
                             BodyState::Length(_) => BodyState::Done,
-                            _ => BodyState::ChunkEnd,
+                            _ => BodyState::ChunkEnd { cr: false },
                         };
                     }
                 }
-                BodyState::ChunkEnd => {
+                BodyState::ChunkEnd { cr } => {
                     let b = rest[0];
                     used += 1;
                     match b {
-                        b'\r' => {}
                         b'\n' => *self = BodyState::chunked(),
+                        b'\r' if !*cr => *cr = true,
                         _ => return Err(BadFraming),
                     }
                 }
@@ -123,6 +130,7 @@ impl BodyState {
                     digits,
                     ext,
                     len,
+                    cr,
                 } => {
                     let b = rest[0];
                     used += 1;
@@ -133,13 +141,14 @@ impl BodyState {
                     match b {
                         b'\n' if *digits => {
                             *self = match *size {
-                                0 => BodyState::Trailers { len: 0 },
+                                0 => BodyState::Trailers { len: 0, cr: false },
                                 n => BodyState::ChunkData(n),
                             };
                         }
                         b'\n' => return Err(BadFraming),
+                        _ if *cr => return Err(BadFraming),
+                        b'\r' => *cr = true,
                         _ if *ext => {}
-                        b'\r' => *ext = true,
                         b';' | b' ' | b'\t' if *digits => *ext = true,
                         _ => {
                             let d = (b as char).to_digit(16).ok_or(BadFraming)?;
@@ -151,13 +160,17 @@ impl BodyState {
                         }
                     }
                 }
-                BodyState::Trailers { len } => {
+                BodyState::Trailers { len, cr } => {
                     let b = rest[0];
                     used += 1;
                     match b {
                         b'\n' if *len == 0 => *self = BodyState::Done,
-                        b'\n' => *len = 0,
-                        b'\r' => {}
+                        b'\n' => {
+                            *len = 0;
+                            *cr = false;
+                        }
+                        _ if *cr => return Err(BadFraming),
+                        b'\r' => *cr = true,
                         _ => {
                             *len += 1;
                             if *len > MAX_LINE {
@@ -224,11 +237,27 @@ pub struct Tracker {
     heads: Arc<Heads>,
 }
 
-fn find_crlfcrlf(b: &[u8], from: usize) -> Option<usize> {
-    b.get(from..)?
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| from + i + 4)
+/// Where a request head ends, found as hyper finds it (httparse, which also takes a bare LF as a line end): a
+/// watcher that looked for CRLFCRLF alone lost its place at the first LF-only head and stopped watching.
+enum HeadEnd {
+    At(usize),
+    More,
+    /// hyper refuses this head: the connection ends with it.
+    Bad,
+}
+
+fn head_end(b: &[u8], from: usize) -> HeadEnd {
+    // Only a blank line can end a head: parse only once one may have arrived.
+    let tail = &b[from.min(b.len())..];
+    if !tail.windows(2).any(|w| w == b"\n\n") && !tail.windows(3).any(|w| w == b"\n\r\n") {
+        return HeadEnd::More;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    match httparse::Request::new(&mut headers).parse(b) {
+        Ok(httparse::Status::Complete(n)) => HeadEnd::At(n),
+        Ok(httparse::Status::Partial) => HeadEnd::More,
+        Err(_) => HeadEnd::Bad,
+    }
 }
 
 impl Tracker {
@@ -289,6 +318,11 @@ impl Tracker {
         };
     }
 
+    /// Waiting for the next head (the last message ended exactly where the bytes fed so far end).
+    pub fn at_head(&self) -> bool {
+        matches!(self.state, State::Head) && self.buf.is_empty()
+    }
+
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             match &mut self.state {
@@ -313,16 +347,23 @@ impl Tracker {
                         if data.is_empty() {
                             return;
                         }
-                        if let Some(end) = find_crlfcrlf(data, 0) {
-                            self.head(&data[..end]);
-                            data = &data[end..];
-                            continue;
+                        match head_end(data, 0) {
+                            HeadEnd::At(end) => {
+                                self.head(&data[..end]);
+                                data = &data[end..];
+                                continue;
+                            }
+                            HeadEnd::Bad => {
+                                self.state = State::Off;
+                                return;
+                            }
+                            HeadEnd::More => {}
                         }
                     }
-                    let from = self.buf.len().saturating_sub(3);
+                    let from = self.buf.len().saturating_sub(2);
                     self.buf.extend_from_slice(data);
-                    match find_crlfcrlf(&self.buf, from) {
-                        Some(end) => {
+                    match head_end(&self.buf, from) {
+                        HeadEnd::At(end) => {
                             let buf = std::mem::take(&mut self.buf);
                             self.head(&buf[..end]);
                             // Whatever followed the head in this read is fed again from the state it set.
@@ -330,12 +371,17 @@ impl Tracker {
                             self.feed(&rest);
                             return;
                         }
-                        None if self.buf.len() > self.max_head => {
+                        HeadEnd::Bad => {
                             self.buf = Vec::new();
                             self.state = State::Off;
                             return;
                         }
-                        None => return,
+                        HeadEnd::More if self.buf.len() > self.max_head => {
+                            self.buf = Vec::new();
+                            self.state = State::Off;
+                            return;
+                        }
+                        HeadEnd::More => return,
                     }
                 }
             }
@@ -570,5 +616,145 @@ POST /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked
             vec![false]
         );
         assert!(flags(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).is_empty());
+    }
+
+    /// A strict reading of a chunked body (RFC 9112 §7.1, bare LF allowed as the decoder allows it): where it ends,
+    /// or `None` when it is malformed or incomplete.
+    fn reference_end(b: &[u8]) -> Option<usize> {
+        let mut i = 0;
+        let line = |i: usize| -> Option<(usize, &[u8])> {
+            let nl = b.get(i..)?.iter().position(|c| *c == b'\n')?;
+            let l = &b[i..i + nl];
+            Some((i + nl + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+        };
+        loop {
+            let (next, l) = line(i)?;
+            if l.len() + 2 > usize::from(MAX_LINE) {
+                return None;
+            }
+            let digits = l.iter().take_while(|c| c.is_ascii_hexdigit()).count();
+            let rest = &l[digits..];
+            if digits == 0
+                || !(rest.is_empty() || matches!(rest[0], b';' | b' ' | b'\t'))
+                || rest.contains(&b'\r')
+            {
+                return None;
+            }
+            let size = u64::from_str_radix(std::str::from_utf8(&l[..digits]).ok()?, 16).ok()?;
+            i = next;
+            if size == 0 {
+                loop {
+                    let (next, t) = line(i)?;
+                    if t.contains(&b'\r') || t.len() + 2 > usize::from(MAX_LINE) {
+                        return None;
+                    }
+                    i = next;
+                    if t.is_empty() {
+                        return Some(i);
+                    }
+                }
+            }
+            let end = i.checked_add(usize::try_from(size).ok()?)?;
+            if end > b.len() {
+                return None;
+            }
+            i = end;
+            match b.get(i..)? {
+                [b'\r', b'\n', ..] => i += 2,
+                [b'\n', ..] => i += 1,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Feeds `b` in the pieces `cuts` makes: (bytes consumed, ended, broken).
+    fn decode(b: &[u8], cuts: &[usize]) -> (usize, bool, bool) {
+        let mut st = BodyState::chunked();
+        let (mut used, mut from) = (0, 0);
+        for &to in cuts.iter().chain(std::iter::once(&b.len())) {
+            let to = to.clamp(from, b.len());
+            match st.advance(&b[from..to]) {
+                Ok(n) => used += n,
+                Err(BadFraming) => return (0, false, true),
+            }
+            if st.done() {
+                return (used, true, false);
+            }
+            from = to;
+        }
+        (used, st.done(), false)
+    }
+
+    /// Seeded fuzzing in CI: random chunked bodies, valid and damaged, fed whole and in random pieces. The decoder
+    /// finds the end the strict reference finds (never a later or an earlier one), and how the bytes are cut
+    /// never changes what it decides.
+    #[test]
+    fn chunked_decoder_fuzz() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let alphabet = b"0123456789abcdefABCDEFxz\r\n ;\t=\"";
+        let (mut valid, mut ended) = (0, 0);
+        for _ in 0..30_000 {
+            let mut b = Vec::new();
+            for _ in 0..rng.gen_range(0..4) {
+                let n = rng.gen_range(1..40usize);
+                let ext = if rng.gen_bool(0.2) { ";a=b" } else { "" };
+                b.extend_from_slice(format!("{n:x}{ext}\r\n").as_bytes());
+                b.extend(std::iter::repeat_n(b'x', n));
+                b.extend_from_slice(b"\r\n");
+            }
+            b.extend_from_slice(if rng.gen_bool(0.3) {
+                &b"0\r\nX-T: 1\r\n\r\n"[..]
+            } else {
+                b"0\r\n\r\n"
+            });
+            let whole_len = b.len();
+            for _ in 0..rng.gen_range(0..3) {
+                let i = rng.gen_range(0..b.len());
+                match rng.gen_range(0..3) {
+                    0 => b[i] = alphabet[rng.gen_range(0..alphabet.len())],
+                    1 => b.insert(i, alphabet[rng.gen_range(0..alphabet.len())]),
+                    _ => {
+                        b.remove(i);
+                    }
+                }
+            }
+            // What follows the body: the next message.
+            b.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+            let whole = decode(&b, &[]);
+            let mut cuts: Vec<usize> = (0..rng.gen_range(0..6))
+                .map(|_| rng.gen_range(0..b.len()))
+                .collect();
+            cuts.sort_unstable();
+            assert_eq!(
+                decode(&b, &cuts),
+                whole,
+                "cut at {cuts:?}: {:?}",
+                String::from_utf8_lossy(&b)
+            );
+            if let Some(end) = reference_end(&b) {
+                valid += 1;
+                assert_eq!(
+                    whole,
+                    (end, true, false),
+                    "{:?}",
+                    String::from_utf8_lossy(&b)
+                );
+            }
+            if whole.1 {
+                ended += 1;
+                assert_eq!(
+                    Some(whole.0),
+                    reference_end(&b),
+                    "ended where the reference does not: {:?}",
+                    String::from_utf8_lossy(&b)
+                );
+            }
+            let _ = whole_len;
+        }
+        assert!(
+            valid > 5_000 && ended >= valid,
+            "{valid} valid, {ended} ended"
+        );
     }
 }

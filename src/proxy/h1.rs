@@ -230,6 +230,12 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
+    /// Content-Length lines after the first (all the same value, or the head was refused): one goes on.
+    fn repeated_lengths(&self) -> Lines {
+        let l = self.content_length_lines;
+        l & !(l & l.wrapping_neg())
+    }
+
     fn scan(headers: &[httparse::Header<'a>]) -> Fields<'a> {
         let mut f = Fields::default();
         for (i, h) in headers.iter().enumerate() {
@@ -524,7 +530,7 @@ fn plan<'s>(
         out,
         head,
         headers,
-        f.hop_by_hop | f.x_forwarded_for | f.x_forwarded,
+        f.hop_by_hop | f.x_forwarded_for | f.x_forwarded | f.repeated_lengths(),
     );
     // Every X-Forwarded-For line as one list, in order, then this client.
     out.extend_from_slice(b"x-forwarded-for: ");
@@ -656,7 +662,7 @@ fn response_head(
     let lengths = if te.is_some() {
         f.content_length_lines
     } else {
-        0
+        f.repeated_lengths()
     };
     copy_lines(
         out,
@@ -1644,5 +1650,146 @@ mod tests {
                 .0
                 .is_err()
         );
+    }
+
+    /// A proxy whose one app `/a` (the default path rule) has one backend, for `plan`.
+    fn planner() -> (Arc<Proxy>, Arc<crate::snapshot::Publisher>) {
+        let publisher = Arc::new(crate::snapshot::Publisher::new(Default::default()));
+        let app = r#"{"apps":[{"id":"/a","portDefinitions":[{"port":10000}],"tasks":[{"id":"a.1","host":"127.0.0.1",
+            "ports":[9],"state":"TASK_RUNNING","startedAt":"2019-05-02T10:11:20.001Z"}]}]}"#;
+        let apps: crate::snapshot::Apps = crate::marathon::model::parse_apps(app.as_bytes())
+            .unwrap()
+            .apps
+            .iter()
+            .map(|a| {
+                let v = crate::discovery::build_view(
+                    a,
+                    &a.tasks,
+                    &Default::default(),
+                    Default::default(),
+                );
+                (v.id.clone(), Arc::new(v))
+            })
+            .collect();
+        publisher.set_apps(Arc::new(apps));
+        publisher.set_rules(Default::default());
+        let balancer = Arc::new(super::super::balance::Balancer::new(
+            3,
+            Duration::from_secs(1),
+        ));
+        let proxy = Arc::new(Proxy::new(
+            publisher.clone(),
+            balancer,
+            443,
+            &Default::default(),
+        ));
+        (proxy, publisher)
+    }
+
+    /// Seeded fuzzing in CI, differential: damaged request heads through the fast path's planner. Whatever it
+    /// forwards, the hyper path's framing tracker (the other reader of the same connection) frames the same way:
+    /// the message ends where the planner says, with no conflict flagged; the head it writes parses cleanly with
+    /// httparse, with one Host and at most one length, and never a Transfer-Encoding. Whatever httparse refuses,
+    /// it never forwards.
+    #[test]
+    fn request_heads_fuzz_against_the_tracker_and_httparse() {
+        use rand::{Rng, SeedableRng};
+        let (proxy, publisher) = planner();
+        let snap = publisher.load_full();
+        let peer = Peer::new("192.0.2.1:5000".parse().unwrap(), false, 80, false);
+        let bases: [&[u8]; 4] = [
+            b"GET /a/x HTTP/1.1\r\nHost: a\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n",
+            b"POST /a/y HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: keep-alive, x-a\r\nX-A: 1\r\n\r\nhello",
+            b"PUT /a/z HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: content-length\r\nX-Forwarded-For: 1.2.3.4\r\n\r\nabc",
+            b"GET /a/w HTTP/1.1\r\nHost: a\r\nConnection: close, te\r\nTE: trailers\r\nCookie: a=b\r\n\r\n",
+        ];
+        let alphabet = b"\r\n :\t,;\x00\x7f\x80aZ09-+CLTEchunkedHost";
+        let (mut forwarded, mut tried) = (0, 0);
+        for _ in 0..40_000 {
+            let mut h = bases[rng_pick(&mut tried, bases.len())].to_vec();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(tried as u64);
+            for _ in 0..rng.gen_range(1..4) {
+                let i = rng.gen_range(0..h.len());
+                match rng.gen_range(0..4) {
+                    0 => h[i] = alphabet[rng.gen_range(0..alphabet.len())],
+                    1 => h.insert(i, alphabet[rng.gen_range(0..alphabet.len())]),
+                    2 => {
+                        h.remove(i);
+                    }
+                    _ => {
+                        let field: &[u8] = [
+                            &b"Content-Length: 2\r\n"[..],
+                            b"Transfer-Encoding: chunked\r\n",
+                            b"Content-Length: 99\r\n",
+                            b"Host: b\r\n",
+                            b"Connection: host\r\n",
+                            b"Expect: 100-continue\r\n",
+                        ][rng.gen_range(0..6)];
+                        if let Some(at) = h.windows(2).position(|w| w == b"\r\n") {
+                            let at = at + 2;
+                            h.splice(at..at, field.iter().copied());
+                        }
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            let (mut head_len, mut log) = (0, None);
+            let body = match plan(&proxy, &snap, &h, &peer, &mut out, &mut head_len, &mut log) {
+                Plan::Forward(f) => f.body,
+                _ => continue,
+            };
+            forwarded += 1;
+            let shown = String::from_utf8_lossy(&h).into_owned();
+            // httparse takes the client's head whole.
+            let mut hs = [httparse::EMPTY_HEADER; 128];
+            let mut req = httparse::Request::new(&mut hs);
+            assert!(
+                matches!(req.parse(&h), Ok(httparse::Status::Complete(n)) if n == head_len),
+                "forwarded a head httparse does not read the same: {shown:?}"
+            );
+            // The tracker ends the message where the planner does, with no conflict.
+            let heads = Arc::new(framing::Heads::default());
+            let mut t = framing::Tracker::new(65536, heads.clone());
+            let end = head_len + body as usize;
+            if end <= h.len() {
+                t.feed(&h[..end]);
+                assert!(
+                    t.at_head(),
+                    "the tracker does not end the message at {end}: {shown:?}"
+                );
+            }
+            assert_eq!(heads.next_conflicting(), None, "{shown:?}");
+            // The head it writes.
+            let mut hs = [httparse::EMPTY_HEADER; 128];
+            let mut sent = httparse::Request::new(&mut hs);
+            assert!(
+                matches!(sent.parse(&out), Ok(httparse::Status::Complete(n)) if n == out.len()),
+                "unreadable head sent for {shown:?}: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            let count = |name: &str| {
+                sent.headers
+                    .iter()
+                    .filter(|x| x.name.eq_ignore_ascii_case(name))
+                    .count()
+            };
+            assert_eq!(count("host"), 1, "{shown:?}");
+            assert_eq!(count("transfer-encoding"), 0, "{shown:?}");
+            let lengths = count("content-length");
+            assert!(
+                lengths <= 1 && (body == 0 || lengths == 1),
+                "{shown:?} -> {:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        assert!(
+            forwarded > tried / 10,
+            "the planner forwarded almost nothing: {forwarded}/{tried}"
+        );
+    }
+
+    fn rng_pick(tried: &mut usize, n: usize) -> usize {
+        *tried += 1;
+        *tried % n
     }
 }

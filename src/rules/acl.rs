@@ -699,4 +699,77 @@ mod tests {
         };
         assert!(c.matches(&r));
     }
+
+    /// Seeded fuzzing in CI: token soup from the ACL language and its edges. Parsing never panics, never accepts a
+    /// control character, and whatever parses matches any request without panicking, the same way twice.
+    #[test]
+    fn parser_fuzz() {
+        use rand::{Rng, SeedableRng};
+        let words = [
+            "hdr(host)",
+            "hdr_beg(host)",
+            "hdr_end(host)",
+            "hdr_dom(host)",
+            "hdr_reg(host)",
+            "hdr_sub(host)",
+            "path",
+            "path_beg",
+            "path_end",
+            "path_reg",
+            "path_dir",
+            "path_sub",
+            "method",
+            "src",
+            "hdr(x-a)",
+            "-i",
+            "-m",
+            "beg",
+            "reg",
+            "str",
+            "--",
+            "-f",
+            "a.example",
+            "/",
+            "/api",
+            "^/x/[0-9]+$",
+            "(",
+            ")",
+            "[",
+            "\\",
+            "\"",
+            "'",
+            "10.0.0.0/8",
+            "::1",
+            "GET",
+            "*",
+            "{",
+            "}",
+            "é",
+            "\u{7f}",
+            "\n",
+            "\0",
+            " ",
+        ];
+        let headers = http::HeaderMap::new();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut parsed = 0;
+        for _ in 0..30_000 {
+            let text: String = (0..rng.gen_range(0..6))
+                .map(|_| words[rng.gen_range(0..words.len())])
+                .collect::<Vec<_>>()
+                .join(if rng.gen_bool(0.8) { " " } else { "" });
+            let Ok(c) = parse(&text) else { continue };
+            parsed += 1;
+            assert!(crate::rules::control_char(&text).is_none(), "{text:?}");
+            for (path, host) in [
+                ("/api/x", Some("a.example")),
+                ("/", None),
+                ("/x/12", Some("é.example:80")),
+            ] {
+                let r = req(path, host, &headers);
+                assert_eq!(c.matches(&r), c.matches(&r), "{text:?}");
+            }
+        }
+        assert!(parsed > 1_000, "{parsed}");
+    }
 }

@@ -113,6 +113,7 @@ impl Recorder {
     pub fn all_bytes(&self) -> String {
         let b = self.bytes.lock().unwrap();
         b.iter()
+            .filter(|c| !c.is_empty())
             .map(|c| String::from_utf8_lossy(c).into_owned())
             .collect::<Vec<_>>()
             .join("\n--- next connection ---\n")
