@@ -17,24 +17,6 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-async fn seed(client: &zkc::Client, n: usize) {
-    use futures_util::StreamExt;
-    let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
-    let _ = client.mkdir(BASE, &opts).await;
-    futures_util::stream::iter(0..n)
-        .map(|i| {
-            let path = format!("{BASE}/%2Fbulk-{i}");
-            let body = rattan::rules::store::encode_v2(
-                &[("Acl".to_string(), format!("hdr(host) -i bulk-{i}.example"))].into(),
-            );
-            let (client, opts) = (client.clone(), opts.clone());
-            async move { client.create(&path, &body, &opts).await.map(|_| ()) }
-        })
-        .buffer_unordered(1024)
-        .for_each(|r| async move { r.expect("seed") })
-        .await;
-}
-
 #[tokio::main]
 async fn main() {
     if !std::env::args().any(|a| a == "--bench") {
@@ -49,7 +31,7 @@ async fn main() {
     let hosts = zk.hosts();
     let client = zkc::Client::connect(&hosts).await.expect("connect");
     let t = Instant::now();
-    seed(&client, n).await;
+    common::seed_rules(&client, BASE, n).await;
     println!("seeded {n} rules in {:.2?}", t.elapsed());
 
     let m = common::cluster().await;

@@ -11,6 +11,7 @@ pub mod haproxy;
 pub mod limits;
 pub mod marathon;
 pub mod metrics;
+pub mod periodic;
 pub mod proxy;
 pub mod rules;
 pub mod server;

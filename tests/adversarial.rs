@@ -11,6 +11,29 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(3);
 
+/// `GET /a/x` on a new connection, closed after it.
+async fn get_a(addr: &str) -> String {
+    exchange(
+        addr,
+        b"GET /a/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await
+}
+
+/// Waits up to 10 s for `/a` to route through `r` at `addr`.
+async fn until_routed(r: &Rattan, addr: &str) {
+    let t = Instant::now();
+    while !get_a(addr).await.starts_with("HTTP/1.1 200") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never routed:\n{}",
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// rattan against a simulator whose app `/a` is `backend`; returns the proxy's `host:port` once `/a` routes.
 async fn front(
     backend: &Recorder,
@@ -24,24 +47,7 @@ async fn front(
     args.extend_from_slice(extra);
     let r = Rattan::start(&args);
     let addr = r.proxy.trim_start_matches("http://").to_string();
-    let t = Instant::now();
-    loop {
-        let got = exchange(
-            &addr,
-            b"GET /a/ready HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-            WAIT,
-        )
-        .await;
-        if got.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "never routed: {got}\n{}",
-            r.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_routed(&r, &addr).await;
     backend.clear();
     (r, addr, m)
 }
@@ -375,22 +381,8 @@ async fn a_hostile_marathon_cannot_fill_memory() {
     args.extend_from_slice(FAST);
     let r = Rattan::start(&args);
     let addr = r.proxy.trim_start_matches("http://").to_string();
-    let get = || {
-        exchange(
-            &addr,
-            b"GET /a/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-            WAIT,
-        )
-    };
-    let t = Instant::now();
-    while !get().await.starts_with("HTTP/1.1 200") {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "never routed:\n{}",
-            r.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let get = || get_a(&addr);
+    until_routed(&r, &addr).await;
 
     // The endless line is cut at the cap, again at every reconnect; the table stays.
     r.wait_log("longer than --marathon-max-event-size (1048576 bytes)", 20)
@@ -557,22 +549,8 @@ async fn the_api_port_cannot_starve_the_proxy() {
         .await;
     let addr = r.proxy.trim_start_matches("http://").to_string();
     let api = r.api.trim_start_matches("http://").to_string();
-    let get = || {
-        exchange(
-            &addr,
-            b"GET /a/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-            WAIT,
-        )
-    };
-    let t = Instant::now();
-    while !get().await.starts_with("HTTP/1.1 200") {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "never routed:\n{}",
-            r.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let get = || get_a(&addr);
+    until_routed(&r, &addr).await;
 
     // A half-sent head and a silent connection, first in: each closed at the header timeout (4 s).
     let closes = |mut s: tokio::net::TcpStream| {

@@ -478,25 +478,6 @@ async fn file_store_api_like_bamboo_with_optional_auth() {
     );
 }
 
-/// Creates `n` rule nodes `/bulk-<i>` directly in ZooKeeper (as another tool or Bamboo would), many at once.
-pub async fn seed_rules(client: &zkc::Client, base: &str, n: usize) {
-    use futures_util::StreamExt;
-    let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
-    let _ = client.mkdir(base, &opts).await;
-    futures_util::stream::iter(0..n)
-        .map(|i| {
-            let path = format!("{base}/%2Fbulk-{i}");
-            let body = rattan::rules::store::encode_v2(
-                &[("Acl".to_string(), format!("hdr(host) -i bulk-{i}.example"))].into(),
-            );
-            let (client, opts) = (client.clone(), opts.clone());
-            async move { client.create(&path, &body, &opts).await.map(|_| ()) }
-        })
-        .buffer_unordered(512)
-        .for_each(|r| async move { r.expect("seed a rule") })
-        .await;
-}
-
 async fn rule_count(r: &Rattan) -> usize {
     let (_, body) = r.get("/api/services").await;
     serde_json::from_str::<Value>(&body)
@@ -511,7 +492,7 @@ async fn thousands_of_rules_load_change_one_by_one_and_shut_down_cleanly() {
     let hosts = zk.hosts();
     let client = zkc::Client::connect(&hosts).await.unwrap();
     const N: usize = 12_000;
-    seed_rules(&client, BASE, N).await;
+    common::seed_rules(&client, BASE, N).await;
     let m = sim_with(&["/bulk-1"]).await;
     let mut a = start(&m.url(), &["--zk", &hosts, "--zk-path", BASE]);
     wait_for("every rule loaded", 60, async || rule_count(&a).await == N).await;

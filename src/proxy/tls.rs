@@ -239,16 +239,9 @@ impl CertStore {
         if self.dir.is_none() {
             return;
         }
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                let Some(store) = me.upgrade() else { return };
-                // File reads and PEM parsing off the async threads.
-                let _ = tokio::task::spawn_blocking(move || store.reload()).await;
-            }
+        crate::periodic::every(self, every, |store: Arc<Self>| async move {
+            // File reads and PEM parsing off the async threads.
+            let _ = tokio::task::spawn_blocking(move || store.reload()).await;
         });
     }
 

@@ -213,16 +213,9 @@ impl FileStore {
     /// Looks at the file every `every`: an edit made by hand is loaded, a damaged one reported (the last good
     /// rules keep routing, writes are refused until it is fixed).
     pub fn watch(self: &Arc<Self>, every: Duration) {
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                let Some(store) = me.upgrade() else { return };
-                let mut state = store.state.lock().await;
-                store.reread(&mut state);
-            }
+        crate::periodic::every(self, every, |store: Arc<Self>| async move {
+            let mut state = store.state.lock().await;
+            store.reread(&mut state);
         });
     }
 

@@ -476,3 +476,23 @@ pub fn app_at(m: &rattan::marathon::simulator::Simulator, id: &str, service: u16
         serde_json::json!({"id": id, "portDefinitions": [{"port": service}], "tasks": tasks}),
     );
 }
+
+/// Creates `n` rule nodes `/bulk-<i>` directly in ZooKeeper (as another tool or Bamboo would), many at once.
+pub async fn seed_rules(client: &zookeeper_client::Client, base: &str, n: usize) {
+    use futures_util::StreamExt;
+    let opts =
+        zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    let _ = client.mkdir(base, &opts).await;
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let path = format!("{base}/%2Fbulk-{i}");
+            let body = rattan::rules::store::encode_v2(
+                &[("Acl".to_string(), format!("hdr(host) -i bulk-{i}.example"))].into(),
+            );
+            let (client, opts) = (client.clone(), opts.clone());
+            async move { client.create(&path, &body, &opts).await.map(|_| ()) }
+        })
+        .buffer_unordered(512)
+        .for_each(|r| async move { r.expect("seed a rule") })
+        .await;
+}
