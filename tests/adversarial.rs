@@ -34,6 +34,18 @@ async fn until_routed(r: &Rattan, addr: &str) {
     }
 }
 
+/// The ids of the rules the API at `api` lists.
+async fn rule_ids(api: &str) -> Vec<String> {
+    let body = reqwest::get(format!("{api}/api/services"))
+        .await
+        .expect("GET /api/services")
+        .text()
+        .await
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    v.as_object().expect("an object").keys().cloned().collect()
+}
+
 /// rattan against a simulator whose app `/a` is `backend`; returns the proxy's `host:port` once `/a` routes.
 async fn front(
     backend: &Recorder,
@@ -414,17 +426,7 @@ async fn the_rules_api_refuses_injection_and_cross_site_writes() {
     let r = Rattan::start(&["--marathon", &url, "--api-basic", "admin:pw"]);
     let c = reqwest::Client::new();
     let api = r.api.clone();
-    let rules = || async {
-        let body = c
-            .get(format!("{api}/api/services"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()
-    };
+    let rules = || rule_ids(&api);
     let write = |body: &'static str, headers: &'static [(&'static str, &'static str)]| {
         let mut rb = c
             .post(format!("{api}/api/services"))
@@ -454,7 +456,7 @@ async fn the_rules_api_refuses_injection_and_cross_site_writes() {
         assert_eq!(status, 400, "{body}: {text}");
         assert!(text.contains("control character"), "{text}");
     }
-    assert_eq!(rules().await, serde_json::json!({}));
+    assert!(rules().await.is_empty());
 
     // A browser on another site, with the credentials it cached: refused however the write is dressed.
     const RULE: &str = r#"{"id":"/csrf","acl":"hdr(host) -i evil.example"}"#;
@@ -486,7 +488,7 @@ async fn the_rules_api_refuses_injection_and_cross_site_writes() {
             "{headers:?}: {status} {text}"
         );
     }
-    assert_eq!(rules().await, serde_json::json!({}));
+    assert!(rules().await.is_empty());
     let del = c
         .delete(format!("{api}/api/services//csrf"))
         .basic_auth("admin", Some("pw"))
@@ -519,8 +521,7 @@ async fn the_rules_api_refuses_injection_and_cross_site_writes() {
         .await
         .unwrap();
     assert_eq!(ui.status(), 200);
-    let ids: Vec<String> = rules().await.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(ids, ["/a", "/b", "/c", "/d"]);
+    assert_eq!(rules().await, ["/a", "/b", "/c", "/d"]);
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -824,18 +825,7 @@ async fn hand_edits_of_the_rules_file_are_loaded_or_refused_never_overwritten() 
             )
         }
     };
-    let ids = || async {
-        let body = c
-            .get(format!("{api}/api/services"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v.as_object().unwrap().keys().cloned().collect::<Vec<_>>()
-    };
+    let ids = || rule_ids(&api);
     assert_eq!(put("/first").await.0, 200);
 
     // Garbage while running: reported, the last good rules keep routing, writes are refused with the reason.

@@ -240,29 +240,27 @@ impl MarathonClient {
 
     /// Removes `callback` at endpoint `idx`.
     pub async fn unsubscribe(&self, idx: usize, callback: &str) -> Result<(), CallError> {
-        let q: String = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("callbackUrl", callback)
-            .finish();
-        self.call(
-            idx,
-            reqwest::Method::DELETE,
-            &format!("/v2/eventSubscriptions?{q}"),
-        )
-        .await
-        .map(|_| ())
+        self.subscription(idx, reqwest::Method::DELETE, callback)
+            .await
     }
 
     /// Registers `callback` at endpoint `idx`; the URL is query-encoded (Bamboo concatenated it raw).
     pub async fn subscribe(&self, idx: usize, callback: &str) -> Result<(), CallError> {
+        self.subscription(idx, reqwest::Method::POST, callback)
+            .await
+    }
+
+    async fn subscription(
+        &self,
+        idx: usize,
+        method: reqwest::Method,
+        callback: &str,
+    ) -> Result<(), CallError> {
         let q: String = url::form_urlencoded::Serializer::new(String::new())
             .append_pair("callbackUrl", callback)
             .finish();
-        self.call(
-            idx,
-            reqwest::Method::POST,
-            &format!("/v2/eventSubscriptions?{q}"),
-        )
-        .await
-        .map(|_| ())
+        self.call(idx, method, &format!("/v2/eventSubscriptions?{q}"))
+            .await
+            .map(|_| ())
     }
 }
