@@ -356,6 +356,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_request_body_the_client_stops_sending_is_cut_at_the_client_timeout() {
+        use http_body_util::BodyExt;
+        let a = Activity::new(false);
+        let busy = a.begin();
+        let timer = watch(&a);
+        // The backend asks for the body; the client sends nothing: cut at 2 × IDLE from the first wait.
+        let (_tx, rx) = tokio::sync::mpsc::channel::<
+            Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+        >(1);
+        let mut body = Paced::new(
+            http_body_util::StreamBody::new(tokio_stream_from(rx)),
+            &a,
+            Toward::Backend,
+        );
+        let t = tokio::time::Instant::now();
+        let reading = tokio::spawn(async move { body.frame().await.is_some() });
+        fires(timer, t, Expired::Stalled, IDLE * 2).await;
+        reading.abort();
+        drop(busy);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_slow_backend_is_not_the_clients_stall() {
         use http_body_util::BodyExt;
         let a = Activity::new(true);
