@@ -3,6 +3,8 @@
 //! 1. full load: start to "rules loaded" (goal at 100,000 rules: < 5 s on loopback);
 //! 2. a rule write through the API at that size, 50 in a row (goal p50 < 50 ms);
 //! 3. a change written by another tool, to its route on this instance, 20 in a row.
+//! `RTT_MS=1` puts rattan's ZooKeeper connection behind a relay that holds every piece of data half that long each
+//! way: a real network's round trip, with pipelining kept (this machine's kernel has no netem).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -15,6 +17,49 @@ const BASE: &str = "/bench/rules";
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A TCP relay to `to` that delivers every piece `delay` after it was read, in order, each way.
+async fn slow_relay(to: String, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = l.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&to).await else {
+                continue;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            for (mut r, mut w) in [(cr, sw), (sr, cw)].map(|(r, w)| (r, w)) {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n) = r.read(&mut buf).await {
+                        if n == 0
+                            || tx
+                                .send((Instant::now() + delay, buf[..n].to_vec()))
+                                .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    while let Some((due, data)) = rx.recv().await {
+                        tokio::time::sleep_until(due.into()).await;
+                        if w.write_all(&data).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    addr
 }
 
 #[tokio::main]
@@ -36,8 +81,25 @@ async fn main() {
 
     let m = common::cluster().await;
     common::plain_app(&m, "/bulk-1", 1).await;
+    let rtt: f64 = std::env::var("RTT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let zk_for_rattan = if rtt > 0.0 {
+        println!("rattan reaches ZooKeeper over a {rtt} ms round trip");
+        slow_relay(hosts.clone(), Duration::from_secs_f64(rtt / 2000.0)).await
+    } else {
+        hosts.clone()
+    };
     let started = Instant::now();
-    let r = common::Rattan::start(&["--marathon", &m.url(), "--zk", &hosts, "--zk-path", BASE]);
+    let r = common::Rattan::start(&[
+        "--marathon",
+        &m.url(),
+        "--zk",
+        &zk_for_rattan,
+        "--zk-path",
+        BASE,
+    ]);
     let want = format!("rules={n}");
     r.wait_log("ZooKeeper connected; rules loaded", 120).await;
     let load = started.elapsed();
