@@ -3,6 +3,7 @@
 //! 1. full load: start to "rules loaded" (goal at 100,000 rules: < 5 s on loopback);
 //! 2. a rule write through the API at that size, 50 in a row (goal p50 < 50 ms);
 //! 3. a change written by another tool, to its route on this instance, 20 in a row.
+//!
 //! `RTT_MS=1` puts rattan's ZooKeeper connection behind a relay that holds every piece of data half that long each
 //! way: a real network's round trip, with pipelining kept (this machine's kernel has no netem).
 
