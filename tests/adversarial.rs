@@ -157,6 +157,16 @@ async fn a_response_naming_its_length_keeps_it() {
     // next response runs into this one's body.
     let backend = Recorder::with(Arc::new(|req| {
         let body = req.target.clone();
+        if body.ends_with("/chunked") {
+            return (
+                format!(
+                    "HTTP/1.1 200 OK\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes(),
+                false,
+            );
+        }
         (
             format!(
                 "HTTP/1.1 200 OK\r\nConnection: content-length, x-secret\r\nX-Secret: s\r\nContent-Length: {}\r\n\r\n{body}",
@@ -185,6 +195,23 @@ async fn a_response_naming_its_length_keeps_it() {
         assert!(!lower.contains("x-secret"), "{path}: {got}");
         assert!(got.ends_with("/a/two"), "{path}: {got}");
     }
+    // Naming Transfer-Encoding: the chunked framing still reaches the client, and the next response follows it.
+    let got = exchange(
+        &addr,
+        b"GET /a/chunked HTTP/1.1\r\nHost: x\r\n\r\nGET /a/after HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_millis(700),
+    )
+    .await;
+    assert_eq!(statuses(&got), [200, 200], "{got}");
+    assert!(
+        got.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked\r\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains("0\r\n\r\nHTTP/1.1 200") && got.ends_with("/a/after"),
+        "{got}"
+    );
 }
 
 /// A forged `status_update_event` moving app `/a`'s traffic to `to`.
