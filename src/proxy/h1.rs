@@ -474,7 +474,8 @@ fn plan<'s>(
     // Host is ASCII but for the odd client: checked a word at a time, then taken as it is.
     let host = f.host.map(|h| {
         if h.is_ascii() {
-            Ok(head::ascii(h))
+            // SAFETY: checked just above.
+            Ok(unsafe { head::ascii(h) })
         } else {
             std::str::from_utf8(h)
         }

@@ -78,11 +78,14 @@ fn value_end(buf: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// `s`, known to be ASCII.
-pub(crate) fn ascii(s: &[u8]) -> &str {
+/// `s` as text, without a second look at bytes the caller has checked.
+///
+/// # Safety
+/// Every byte of `s` is ASCII (a safe function could not promise that: a non-ASCII byte would make an invalid
+/// `str` in a release build).
+pub(crate) unsafe fn ascii(s: &[u8]) -> &str {
     debug_assert!(s.is_ascii());
-    // SAFETY: every caller has checked each byte against an ASCII-only set (tchar, SP/HTAB/VCHAR, or
-    // `is_ascii`), and ASCII is UTF-8.
+    // SAFETY: ASCII is UTF-8, and the caller vouches for every byte.
     unsafe { std::str::from_utf8_unchecked(s) }
 }
 
@@ -112,7 +115,8 @@ pub fn response<'b>(buf: &'b [u8], headers: &mut [Header<'b>; MAX]) -> Option<He
     if buf.get(i..i + 2)? != b"\r\n" {
         return None;
     }
-    let reason = ascii(&buf[13..i]);
+    // SAFETY: the loop above took only HTAB and 0x20..0x7f.
+    let reason = unsafe { ascii(&buf[13..i]) };
     let mut at = i + 2;
     let mut fields = 0;
     loop {
@@ -136,7 +140,8 @@ pub fn response<'b>(buf: &'b [u8], headers: &mut [Header<'b>; MAX]) -> Option<He
         if i == at || buf.get(i) != Some(&b':') {
             return None;
         }
-        let name = ascii(&buf[at..i]);
+        // SAFETY: TOKEN holds tchar bytes only, all ASCII.
+        let name = unsafe { ascii(&buf[at..i]) };
         i += 1;
         while i < buf.len() && (buf[i] == b' ' || buf[i] == b'\t') {
             i += 1;
