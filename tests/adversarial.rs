@@ -756,6 +756,20 @@ async fn clients_that_stop_reading_are_cut_at_the_client_timeout() {
     let (r, addr, _m) = front(&backend, &["--client-timeout", "1s"]).await;
     let settled = backend.open.load(std::sync::atomic::Ordering::SeqCst);
 
+    // A chunked upload that stops after its first bytes: cut at the client timeout, nothing at the backend.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"POST /a/up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let rest = common::raw::read_for(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "open after {:?}: {rest}",
+        t.elapsed()
+    );
+    assert!(backend.requests().is_empty(), "{}", backend.all_bytes());
+
     // HTTP/1.0 (hyper path) and HTTP/1.1 (fast path) clients that never read a 64 MiB response.
     let mut stuck = Vec::new();
     for req in [

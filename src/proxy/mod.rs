@@ -467,6 +467,11 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         // A chunked body is read (up to the size the fast path buffers) before any backend sees the request: bad
         // chunk framing is the client's 400, never half a request at a backend and a 502 counted against it.
+        // Timed from here: a client that announces a body and stops sending it is cut at the client timeout.
+        let body = match &conn.activity {
+            Some(a) => idle::Paced::new(body, a, idle::Toward::Backend).boxed(),
+            None => body.boxed(),
+        };
         let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
         let body = if chunked {
             match Replay::read(body, h1::MAX_BUFFERED_BODY).await {
@@ -485,11 +490,7 @@ impl Proxy {
                 }
             }
         } else {
-            body.boxed()
-        };
-        let body = match &conn.activity {
-            Some(a) => idle::Paced::new(body, a, idle::Toward::Backend).boxed(),
-            None => body,
+            body
         };
         strip_hop_by_hop(&mut parts.headers);
         if let Some((proto, _)) = &upgrade {
@@ -637,12 +638,12 @@ fn target_agrees(req: &Request<Incoming>) -> Result<(), &'static str> {
 /// A request body whose first frames were read already, then the rest as it comes.
 pub(crate) struct Replay {
     read: std::collections::VecDeque<Frame<Bytes>>,
-    rest: Option<Incoming>,
+    rest: Option<ProxyBody>,
 }
 
 impl Replay {
     /// Reads frames until the body ends or `max` bytes are in; a framing error is the client's.
-    async fn read(mut body: Incoming, max: u64) -> Result<Replay, hyper::Error> {
+    async fn read(mut body: ProxyBody, max: u64) -> Result<Replay, hyper::Error> {
         let mut read = std::collections::VecDeque::new();
         let mut n = 0u64;
         while n <= max {
