@@ -2,12 +2,12 @@
 //! Scenario "typical": 500 exact hosts + 500 path prefixes (what Bamboo and marathon-lb users write).
 //! Scenario "mixed": 450 hosts, 450 prefixes, 50 host suffixes, 50 regex/sub rules that no index covers.
 
+use rattan::apps::Apps;
 use rattan::discovery::{build_view, Policy};
 use rattan::marathon::model::parse_apps;
 use rattan::rules::acl::Request;
 use rattan::rules::table::{RouteOptions, RouteTable};
 use rattan::rules::Service;
-use rattan::snapshot::Apps;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;

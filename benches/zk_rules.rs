@@ -152,7 +152,7 @@ async fn main() {
     let mut seen = Vec::new();
     for i in 0..20 {
         let acl = format!("hdr(host) -i other{i}.example");
-        let body = rattan::rules::store::encode_v2(&[("Acl".to_string(), acl.clone())].into());
+        let body = rattan::store::encode_v2(&[("Acl".to_string(), acl.clone())].into());
         let t = Instant::now();
         client
             .set_data(&format!("{BASE}/%2Fbulk-1"), &body, None)

@@ -2,11 +2,12 @@
 //! gone, a health flip, an app removed), and reconciles with debounced full snapshots. A failed fetch never
 //! replaces the last good view.
 
+use crate::apps::{AppView, Apps, HealthCheckView, TaskView};
 use crate::marathon::address::{self, Endpoint};
 use crate::marathon::api::MarathonClient;
 use crate::marathon::events::Change;
 use crate::marathon::model::{parse_timestamp, App, Task};
-use crate::snapshot::{AppView, Apps, HealthCheckView, Publisher, TaskView};
+use crate::snapshot::Publisher;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -371,7 +372,7 @@ pub async fn run(
     let mut due: Option<Instant> = Some(Instant::now());
     let mut first_pending: Option<Instant> = None;
     let mut urgent = false;
-    let mut retry = crate::marathon::events::Backoff::new(timing.retry_min, timing.retry_max);
+    let mut retry = crate::backoff::Backoff::new(timing.retry_min, timing.retry_max);
     let mut next_periodic = Instant::now() + timing.interval;
 
     loop {

@@ -4,6 +4,8 @@
 //! `snapshot::Publisher` (one immutable snapshot behind an `ArcSwap`) → the API, the proxy, the HAProxy renderer.
 
 pub mod api;
+pub mod apps;
+pub mod backoff;
 pub mod config;
 pub mod dev;
 pub mod discovery;
@@ -16,3 +18,4 @@ pub mod proxy;
 pub mod rules;
 pub mod server;
 pub mod snapshot;
+pub mod store;

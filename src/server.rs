@@ -1,12 +1,13 @@
 //! Starts the pieces of a running rattan and connects the arrows between them.
 
 use crate::api::{self, ApiState};
+use crate::backoff::Backoff;
 use crate::config::{EventMode, Mode, Settings};
 use crate::discovery::{self, Discovery, Policy, ResyncTiming};
 use crate::marathon::api::MarathonClient;
-use crate::marathon::events::{self, Backoff, SseOptions};
-use crate::rules::store::{FileStore, RuleStore, ZkStore};
+use crate::marathon::events::{self, SseOptions};
 use crate::snapshot::Publisher;
+use crate::store::{FileStore, RuleStore, ZkStore};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;

@@ -499,8 +499,7 @@ async fn thousands_of_rules_load_change_one_by_one_and_shut_down_cleanly() {
 
     // Changes made by others arrive node by node: one changed, one deleted, one created.
     let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
-    let body =
-        |acl: &str| rattan::rules::store::encode_v2(&[("Acl".to_string(), acl.to_string())].into());
+    let body = |acl: &str| rattan::store::encode_v2(&[("Acl".to_string(), acl.to_string())].into());
     client
         .set_data(
             &format!("{BASE}/%2Fbulk-1"),
@@ -570,7 +569,7 @@ async fn large_rule_nodes_load_too() {
     let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
     client.mkdir(BASE, &opts).await.unwrap();
     for i in 0..300 {
-        let body = rattan::rules::store::encode_v2(
+        let body = rattan::store::encode_v2(
             &[
                 ("Acl".to_string(), format!("hdr(host) -i big-{i}.example")),
                 ("note".to_string(), "n".repeat(60 << 10)),

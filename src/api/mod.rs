@@ -7,8 +7,8 @@ pub mod ui;
 
 use crate::marathon::events::{dispatch, Change};
 use crate::metrics::metrics;
-use crate::rules::store::RuleStore;
 use crate::snapshot::Publisher;
+use crate::store::RuleStore;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;

@@ -3,9 +3,9 @@
 
 use super::{gojson, respond, ApiState, Resp};
 use crate::rules::acl;
-use crate::rules::store::StoreError;
 use crate::rules::table::Balance;
 use crate::rules::Service;
+use crate::store::StoreError;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;

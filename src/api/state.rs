@@ -1,8 +1,9 @@
 //! `GET /api/state`: Bamboo's template data as JSON, served from the snapshot (Bamboo fetched Marathon and ZooKeeper
 //! on every request and answered `200 null` on any error).
 
+use crate::apps::AppView;
 use crate::marathon::model::DiscoveryPort;
-use crate::snapshot::{AppView, Snapshot};
+use crate::snapshot::Snapshot;
 use serde::Serialize;
 use std::collections::BTreeMap;
 

@@ -257,8 +257,7 @@ pub async fn run(publisher: Arc<Publisher>, opts: HaproxyOptions, status: Shared
         applied: None,
         status,
     };
-    let mut backoff =
-        crate::marathon::events::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         changes.mark_unchanged();
         let started = Instant::now();

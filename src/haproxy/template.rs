@@ -2,8 +2,9 @@
 //! Bamboo templates render unchanged, plus rattan's extras: the routes in precedence order, one backend per routed
 //! app port, and the TCP services.
 
+use crate::apps::AppView;
 use crate::rules::table::{Balance, Source};
-use crate::snapshot::{AppView, Snapshot};
+use crate::snapshot::Snapshot;
 use gtmpl::{Func, Template};
 use gtmpl_value::{FuncError, Number, Value};
 use std::collections::HashMap;

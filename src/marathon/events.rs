@@ -5,6 +5,7 @@
 
 use super::api::{base, MarathonClient};
 use super::model::IpAddr;
+use crate::backoff::Backoff;
 use crate::metrics::metrics;
 use eventsource_client as es;
 use futures_util::StreamExt;
@@ -158,35 +159,6 @@ pub fn dispatch(data: &str, tx: &mpsc::Sender<Change>) {
             // Queue full: the discovery loop is behind. A resync covers whatever we drop here.
             let _ = tx.try_send(Change::Invalidate { app_id: None });
         }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    pub min: Duration,
-    pub max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff {
-            min,
-            max,
-            current: min,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.current = self.min;
-    }
-
-    /// Next delay: capped exponential with jitter in [d/2, d].
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let half = d / 2;
-        half + d.mul_f64(rand::random::<f64>() * 0.5)
     }
 }
 
@@ -644,15 +616,5 @@ mod tests {
     fn garbage_is_not_an_event() {
         assert_eq!(classify("not json"), (None, None));
         assert_eq!(classify("{}"), (None, None));
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let d: Vec<_> = (0..5).map(|_| b.next_delay()).collect();
-        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
-        assert!(d[4] >= Duration::from_millis(200) && d[4] <= Duration::from_millis(400));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
     }
 }

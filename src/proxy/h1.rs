@@ -1658,7 +1658,7 @@ mod tests {
         let publisher = Arc::new(crate::snapshot::Publisher::new(Default::default()));
         let app = r#"{"apps":[{"id":"/a","portDefinitions":[{"port":10000}],"tasks":[{"id":"a.1","host":"127.0.0.1",
             "ports":[9],"state":"TASK_RUNNING","startedAt":"2019-05-02T10:11:20.001Z"}]}]}"#;
-        let apps: crate::snapshot::Apps = crate::marathon::model::parse_apps(app.as_bytes())
+        let apps: crate::apps::Apps = crate::marathon::model::parse_apps(app.as_bytes())
             .unwrap()
             .apps
             .iter()

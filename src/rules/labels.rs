@@ -1,7 +1,7 @@
 //! marathon-lb labels → routes: `HAPROXY_GROUP`, `HAPROXY_{n}_VHOST`, `_PATH`, `_BALANCE`, `_MODE`, `_ENABLED`,
 //! `_STICKY`, `_REDIRECT_TO_HTTPS`, `_GROUP`.
 
-use crate::snapshot::AppView;
+use crate::apps::AppView;
 use std::collections::BTreeMap;
 
 pub struct LabelRoute {

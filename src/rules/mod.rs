@@ -3,7 +3,6 @@
 
 pub mod acl;
 pub mod labels;
-pub mod store;
 pub mod table;
 pub mod tcp;
 

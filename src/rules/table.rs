@@ -7,7 +7,7 @@
 
 use super::acl::{self, Criterion, HostRank, Request};
 use super::labels;
-use crate::snapshot::Apps;
+use crate::apps::Apps;
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 

@@ -4,7 +4,7 @@
 
 use super::labels;
 use super::table::{Balance, RouteOptions};
-use crate::snapshot::Apps;
+use crate::apps::Apps;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TcpService {

@@ -486,7 +486,7 @@ pub async fn seed_rules(client: &zookeeper_client::Client, base: &str, n: usize)
     futures_util::stream::iter(0..n)
         .map(|i| {
             let path = format!("{base}/%2Fbulk-{i}");
-            let body = rattan::rules::store::encode_v2(
+            let body = rattan::store::encode_v2(
                 &[("Acl".to_string(), format!("hdr(host) -i bulk-{i}.example"))].into(),
             );
             let (client, opts) = (client.clone(), opts.clone());

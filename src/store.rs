@@ -1,8 +1,9 @@
-//! Durable rules: ZooKeeper in Bamboo's exact layout, or a JSON file in `--data-dir`. Both keep the last known
+//! Durable rules: ZooKeeper in Bamboo's exact layout, or a JSON file in `--data-dir`. Outside the pure rules
+//! library (`rules`), which it stores, and above the snapshot, which it publishes to. Both keep the last known
 //! rules, publish every change into the snapshot, and refuse writes they cannot make durable.
 
-use super::Service;
 use crate::rules::Rules;
+use crate::rules::Service;
 use crate::snapshot::Publisher;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -585,10 +586,8 @@ impl ZkStore {
     }
 
     async fn run(self: Arc<Self>) {
-        let mut backoff = crate::marathon::events::Backoff::new(
-            Duration::from_millis(200),
-            Duration::from_secs(5),
-        );
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         let mut reported_down = false;
         let mut stop = self.stop.subscribe();
         loop {
