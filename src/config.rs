@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use url::Url;
 
+use crate::proxy::AccessLog;
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {key}: {reason}")]
 pub struct ConfigError {
@@ -402,13 +404,6 @@ pub struct Settings {
     pub prefer_host_port: bool,
     pub proxy: ProxySettings,
     pub haproxy: HaproxySettings,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AccessLog {
-    Off,
-    Json,
-    Clf,
 }
 
 #[derive(Debug, Clone)]

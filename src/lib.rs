@@ -6,6 +6,7 @@
 pub mod api;
 pub mod apps;
 pub mod backoff;
+pub mod bamboo;
 pub mod config;
 pub mod dev;
 pub mod discovery;

@@ -69,7 +69,7 @@ pub fn encode_v2(config: &BTreeMap<String, String>) -> Vec<u8> {
         version: &'static str,
         config: &'a BTreeMap<String, String>,
     }
-    crate::api::gojson::to_vec(&V2 {
+    crate::bamboo::gojson::to_vec(&V2 {
         version: "2",
         config,
     })
@@ -257,7 +257,7 @@ impl FileStore {
             .map_err(|e| StoreError::Unavailable(e.clone()))?;
         let mut next = current.clone();
         change(&mut next)?;
-        let bytes = crate::api::gojson::to_vec(&next);
+        let bytes = crate::bamboo::gojson::to_vec(&next);
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
             .await

@@ -1,6 +1,5 @@
 //! The API port: `/status`, `/api/state`, `/metrics`, the Marathon event callback receiver.
 
-pub mod gojson;
 pub mod services;
 pub mod state;
 pub mod ui;

@@ -1,7 +1,8 @@
 //! Bamboo's rule API: `GET/POST /api/services`, `PUT/DELETE /api/services/<id>`, plus `GET /api/services/<id>`.
 //! Bodies, status codes and error texts as Bamboo's; every rule is validated before anything is stored.
 
-use super::{gojson, respond, ApiState, Resp};
+use super::{respond, ApiState, Resp};
+use crate::bamboo::gojson;
 use crate::rules::acl;
 use crate::rules::table::Balance;
 use crate::rules::Service;

@@ -75,7 +75,7 @@ pub fn routes_json(snap: &Snapshot) -> Vec<u8> {
         .filter(|k| !snap.apps.contains_key(*k))
         .map(String::as_str)
         .collect();
-    super::gojson::to_vec(&Routes {
+    crate::bamboo::gojson::to_vec(&Routes {
         version: snap.version,
         routes,
         errors: &snap.routes.errors,

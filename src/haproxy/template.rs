@@ -199,7 +199,7 @@ const FUNCS: &[(&str, Func)] = &[
 ];
 
 fn app_value(a: &AppView) -> Value {
-    let state = crate::api::state::bamboo_app(a);
+    let state = crate::bamboo::app::bamboo_app(a);
     let health_checks = state
         .health_checks
         .iter()

@@ -11,7 +11,6 @@ pub mod pool;
 pub mod tcp;
 pub mod tls;
 
-use crate::config::AccessLog;
 use crate::marathon::address::Endpoint;
 use crate::rules::acl::{Headers, Request as AclRequest};
 use crate::snapshot::Publisher;
@@ -34,6 +33,14 @@ pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 pub(crate) fn empty() -> ProxyBody {
     Empty::new().map_err(|never| match never {}).boxed()
+}
+
+/// `--access-log`: one line per request on stdout, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Json,
+    Clf,
 }
 
 #[derive(Debug, Clone)]
