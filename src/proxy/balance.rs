@@ -1,66 +1,18 @@
 //! Backend choice. Counters live here, keyed by backend address, outside any snapshot: they survive swaps, and a
 //! backend that leaves keeps its count until its last request finishes.
 
+use super::backend::{now_ms, InFlight, Slot};
 use crate::marathon::address::Endpoint;
 use crate::rules::table::Balance;
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Connect failures in a row that eject a backend, and for how long (defaults).
 pub const EJECT_AFTER: u32 = 3;
 pub const EJECT_FOR: Duration = Duration::from_secs(10);
-
-fn now_ms() -> u64 {
-    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
-    START.elapsed().as_millis() as u64
-}
-
-#[derive(Default)]
-pub struct Slot {
-    pub in_flight: AtomicUsize,
-    connect_failures: AtomicU32,
-    /// Passive health: not chosen before this time (ms since process start).
-    ejected_until: AtomicU64,
-    /// Keep-alive connections to this backend (HTTP only): hyper's, for the HTTP/2 and fallback path.
-    pub idle: std::sync::Mutex<Vec<super::pool::Idle>>,
-    /// Keep-alive connections the HTTP/1 fast path drives itself, with when each went idle.
-    pub raw_idle: std::sync::Mutex<Vec<(tokio::net::TcpStream, std::time::Instant)>>,
-    /// Connections to this backend kept by their clients between requests (the fast path's `Held`).
-    pub held: AtomicUsize,
-}
-
-impl Slot {
-    fn ejected(&self, now: u64) -> bool {
-        self.ejected_until.load(Ordering::Relaxed) > now
-    }
-}
-
-/// Decrements the backend's in-flight count when the request (or its response body) is done, however it ends.
-pub struct InFlight(Arc<Slot>);
-
-impl InFlight {
-    /// The request reached its backend: connect failures no longer run in a row.
-    pub fn connected(&self) {
-        if self.0.connect_failures.load(Ordering::Relaxed) != 0 {
-            self.0.connect_failures.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
-impl InFlight {
-    pub fn slot(&self) -> &Arc<Slot> {
-        &self.0
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 pub struct Balancer {
     eject_after: u32,

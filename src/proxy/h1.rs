@@ -7,7 +7,7 @@
 //! over [`MAX_BUFFERED_BODY`]. Everything else behaves as the hyper path does (same routing, answers, retries,
 //! metrics and logs, through the same functions).
 
-use super::balance::{InFlight, Slot};
+use super::backend::{InFlight, Slot};
 use super::deadline::{Deadline, Deadlines};
 use super::framing::{self, BodyState};
 use super::head;

@@ -1,6 +1,7 @@
 //! The data plane: reads only the current snapshot (one `load` per request, no lock), matches the route, picks a
 //! backend, forwards over pooled keep-alive connections.
 
+pub mod backend;
 pub mod balance;
 pub mod deadline;
 pub mod framing;
@@ -14,7 +15,8 @@ pub mod tls;
 use crate::marathon::address::Endpoint;
 use crate::rules::acl::{Headers, Request as AclRequest};
 use crate::snapshot::Publisher;
-use balance::{Balancer, InFlight};
+use backend::InFlight;
+use balance::Balancer;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};

@@ -2,7 +2,7 @@
 //! slot's short list (no pool-wide map, no absolute-URI parsing as a general client needs); a request that could
 //! not be written (the idle connection had just closed) comes back untouched and goes out on another connection.
 
-use super::balance::Slot;
+use super::backend::{Idle, Slot};
 use super::ProxyBody;
 use crate::marathon::address::Endpoint;
 use http::Request;
@@ -14,11 +14,6 @@ use tokio::net::TcpStream;
 
 /// Idle connections kept per backend.
 pub const MAX_IDLE: usize = 256;
-
-pub struct Idle {
-    sender: SendRequest<ProxyBody>,
-    since: Instant,
-}
 
 /// Why a request got no response. `Connect` hands the request back: nothing of it was sent.
 pub enum Failure {
