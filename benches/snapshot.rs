@@ -4,11 +4,11 @@
 //! 2. event → snapshot swap latency at 1,000 apps, through the real discovery loop (goal p99 < 5 ms);
 //! 3. haproxy.cfg rendered from that snapshot with the built-in template (goal < 0.3 s).
 
+use rattan::dev::simulator::{SimOptions, Simulator};
 use rattan::discovery::{self, Discovery, Policy, ResyncTiming};
 use rattan::marathon::api::MarathonClient;
 use rattan::marathon::events::Change;
 use rattan::marathon::model::parse_apps;
-use rattan::marathon::simulator::{SimOptions, Simulator};
 use rattan::snapshot::Publisher;
 use serde_json::{json, Value};
 use std::sync::Arc;

@@ -50,7 +50,7 @@ async fn rule_ids(api: &str) -> Vec<String> {
 async fn front(
     backend: &Recorder,
     extra: &[&str],
-) -> (Rattan, String, rattan::marathon::simulator::Simulator) {
+) -> (Rattan, String, rattan::dev::simulator::Simulator) {
     let m = cluster().await;
     app_on(&m, "/a", backend.port);
     let url = m.url();
@@ -240,14 +240,13 @@ async fn forged_marathon_callbacks_move_no_traffic() {
     drop(r);
 
     // Callback mode with API credentials: Marathon is given a URL carrying the token.
-    let m =
-        rattan::marathon::simulator::Simulator::start(rattan::marathon::simulator::SimOptions {
-            serve_tasks: true,
-            callbacks_enabled: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let m = rattan::dev::simulator::Simulator::start(rattan::dev::simulator::SimOptions {
+        serve_tasks: true,
+        callbacks_enabled: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     app_on(&m, "/a", backend.port);
     let url = m.url();
     let mut args = vec![

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{app, fixture, task_count, Rattan, FAST};
-use rattan::marathon::simulator::{AppSpec, SimOptions, Simulator};
+use rattan::dev::simulator::{AppSpec, SimOptions, Simulator};
 use serde_json::{json, Value};
 use std::time::Duration;
 

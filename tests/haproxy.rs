@@ -4,7 +4,7 @@
 mod common;
 
 use common::{cluster, free_port, labeled_app, labels, plain_app, start_against, Rattan, FAST};
-use rattan::marathon::simulator::AppSpec;
+use rattan::dev::simulator::AppSpec;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{app_at, app_on, cluster, labeled_app, plain_app, send, start_against, Rattan, FAST};
-use rattan::marathon::simulator::{AppSpec, Simulator};
+use rattan::dev::simulator::{AppSpec, Simulator};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

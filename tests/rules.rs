@@ -3,7 +3,7 @@
 mod common;
 
 use common::{cpu_seconds, send, Rattan, Zk};
-use rattan::marathon::simulator::{AppSpec, SimOptions, Simulator};
+use rattan::dev::simulator::{AppSpec, SimOptions, Simulator};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use zookeeper_client as zkc;

@@ -5,7 +5,7 @@ mod common;
 
 use common::{Rattan, FAST};
 use futures_util::{SinkExt, StreamExt};
-use rattan::marathon::simulator::{AppSpec, SimOptions, Simulator};
+use rattan::dev::simulator::{AppSpec, SimOptions, Simulator};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

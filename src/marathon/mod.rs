@@ -4,4 +4,3 @@ pub mod address;
 pub mod api;
 pub mod events;
 pub mod model;
-pub mod simulator;

@@ -282,8 +282,8 @@ pub fn start_against(marathon: &str, extra: &[&str]) -> Rattan {
 }
 
 /// A Marathon simulator whose tasks are real HTTP servers answering `<app> <task>`.
-pub async fn cluster() -> rattan::marathon::simulator::Simulator {
-    rattan::marathon::simulator::Simulator::start(rattan::marathon::simulator::SimOptions {
+pub async fn cluster() -> rattan::dev::simulator::Simulator {
+    rattan::dev::simulator::Simulator::start(rattan::dev::simulator::SimOptions {
         serve_tasks: true,
         keepalive: Duration::from_millis(200),
         ..Default::default()
@@ -293,8 +293,8 @@ pub async fn cluster() -> rattan::marathon::simulator::Simulator {
 }
 
 /// An app with `n` tasks and nothing else set.
-pub async fn plain_app(m: &rattan::marathon::simulator::Simulator, id: &str, n: usize) {
-    m.create_app(rattan::marathon::simulator::AppSpec {
+pub async fn plain_app(m: &rattan::dev::simulator::Simulator, id: &str, n: usize) {
+    m.create_app(rattan::dev::simulator::AppSpec {
         id: id.into(),
         instances: n,
         ..Default::default()
@@ -304,12 +304,12 @@ pub async fn plain_app(m: &rattan::marathon::simulator::Simulator, id: &str, n: 
 
 /// An app with `n` tasks and these marathon-lb labels.
 pub async fn labeled_app(
-    m: &rattan::marathon::simulator::Simulator,
+    m: &rattan::dev::simulator::Simulator,
     id: &str,
     n: usize,
     pairs: &[(&str, &str)],
 ) {
-    m.create_app(rattan::marathon::simulator::AppSpec {
+    m.create_app(rattan::dev::simulator::AppSpec {
         id: id.into(),
         instances: n,
         labels: labels(pairs),
@@ -457,13 +457,13 @@ pub async fn send(
 }
 
 /// Registers `port` on loopback as the one running task of app `id`.
-pub fn app_on(m: &rattan::marathon::simulator::Simulator, id: &str, port: u16) {
+pub fn app_on(m: &rattan::dev::simulator::Simulator, id: &str, port: u16) {
     app_at(m, id, 10999, &[port]);
 }
 
 /// Puts app `id`, service port `service`, with one running task on loopback per port of `ports` (the task named
 /// by its port, so it keeps its id when the app is put again with other tasks).
-pub fn app_at(m: &rattan::marathon::simulator::Simulator, id: &str, service: u16, ports: &[u16]) {
+pub fn app_at(m: &rattan::dev::simulator::Simulator, id: &str, service: u16, ports: &[u16]) {
     let name = id.trim_start_matches('/');
     let tasks: Vec<_> = ports
         .iter()

@@ -1,7 +1,9 @@
 //! `rattan dev`: the whole thing on embedded defaults, no Marathon or ZooKeeper needed.
 
+pub mod simulator;
+
 use crate::config::{Opts, Settings};
-use crate::marathon::simulator::{AppSpec, SimOptions, Simulator};
+use simulator::{AppSpec, SimOptions, Simulator};
 use std::collections::BTreeMap;
 
 pub async fn run(opts: &Opts) -> Result<(), String> {
