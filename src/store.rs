@@ -612,7 +612,7 @@ impl ZkStore {
                     Ok(w) => w,
                     Err(e) => {
                         tracing::warn!(hosts = %self.hosts, path = %self.base, error = %e, "ZooKeeper setup failed");
-                        if states.peek_state().is_terminated() {
+                        if states.peek_state().is_terminated() || client_gone(&e) {
                             break 'session;
                         }
                         tokio::time::sleep(backoff.next_delay()).await;
@@ -677,7 +677,7 @@ impl ZkStore {
                                 }
                             }
                             if let Err(e) = self.apply_events(&client, events).await {
-                                if states.peek_state().is_terminated() {
+                                if states.peek_state().is_terminated() || client_gone(&e) {
                                     tracing::warn!(error = %e, "ZooKeeper session ended; starting a new one");
                                     break 'session;
                                 }
@@ -818,6 +818,12 @@ async fn one_by_one(
         }
     }
     Ok(out)
+}
+
+/// The client's session task is gone while its last state still reads connected (zookeeper-client then answers
+/// every call with these): only a new client helps.
+fn client_gone(e: &zk::Error) -> bool {
+    matches!(e, zk::Error::UnexpectedError(_) | zk::Error::ClientClosed)
 }
 
 /// The watcher's next event; `None` when its session task is gone without a last word (the client's own
