@@ -566,6 +566,13 @@ pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
     })
 }
 
+/// A callback token travels unescaped in the URL Marathon is given: at least 16 characters of `A-Z a-z 0-9 - _ . ~`.
+pub fn valid_callback_token(t: &str) -> bool {
+    t.len() >= 16
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+}
+
 /// `65536`, `64KiB`, `16MiB`, `1GiB` (`K`, `M`, `G`, `KB`… are binary too); at least 1 KiB.
 pub fn parse_size(key: &str, s: &str) -> Result<usize, ConfigError> {
     let t = s.trim();
@@ -780,6 +787,12 @@ impl Settings {
             file.keep_alive_timeout,
             "60s",
         )?;
+        let client_timeout = dur(
+            "client-timeout",
+            o.client_timeout,
+            file.client_timeout,
+            "60s",
+        )?;
         for (key, d) in [
             ("resync-interval", resync_interval),
             ("poll-interval", poll_interval),
@@ -789,6 +802,7 @@ impl Settings {
             ("reconnect-min", reconnect_min),
             ("header-read-timeout", header_read_timeout),
             ("keep-alive-timeout", keep_alive_timeout),
+            ("client-timeout", client_timeout),
         ] {
             if d.is_zero() {
                 return Err(bad(key, "must be greater than zero"));
@@ -885,25 +899,13 @@ impl Settings {
                 .api_max_connections
                 .or(file.api_max_connections)
                 .unwrap_or(256),
-            client_timeout: dur(
-                "client-timeout",
-                o.client_timeout.clone(),
-                file.client_timeout.clone(),
-                "60s",
-            )?,
+            client_timeout,
         };
-        if limits.client_timeout.is_zero() {
-            return Err(bad("client-timeout", "must be greater than zero"));
-        }
         if limits.api_max_connections == 0 {
             return Err(bad("api-max-connections", "must be greater than zero"));
         }
         if let Some(t) = &limits.callback_token {
-            if t.len() < 16
-                || !t
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
-            {
+            if !valid_callback_token(t) {
                 return Err(bad(
                     "callback-token",
                     "must be at least 16 characters of A-Z a-z 0-9 - _ . ~ (it travels in a URL)",

@@ -70,8 +70,10 @@ fn callback_token(settings: &Settings) -> Result<String, String> {
     }
     let path = settings.data_dir.join("callback.token");
     match std::fs::read_to_string(&path) {
-        Ok(t) if t.trim().len() >= 16 => return Ok(t.trim().to_string()),
-        Ok(_) => {}
+        Ok(t) if crate::config::valid_callback_token(t.trim()) => return Ok(t.trim().to_string()),
+        Ok(_) => {
+            tracing::warn!(path = %path.display(), "callback token file unusable; a new token is made")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     }

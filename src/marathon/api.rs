@@ -151,7 +151,8 @@ impl MarathonClient {
         if declared > self.max_body as u64 {
             return Err(too_large(endpoint));
         }
-        let mut body = Vec::with_capacity(declared as usize);
+        // Grown as bytes arrive: a declared length is a claim, not memory to set aside before they do.
+        let mut body = Vec::with_capacity(declared.min(8 << 20) as usize);
         loop {
             match resp.chunk().await {
                 Ok(Some(piece)) => {
