@@ -386,10 +386,6 @@ impl ZkStore {
         self.set_current(None);
     }
 
-    fn publish_rules(&self, services: &Services) {
-        publish(&self.publisher, services);
-    }
-
     /// The id of a rule node's path (`None` for the base and anything deeper or elsewhere).
     fn id_of(&self, path: &str) -> Option<String> {
         let name = path.strip_prefix(&self.base)?.strip_prefix('/')?;
@@ -520,7 +516,7 @@ impl ZkStore {
 
     async fn refresh(&self, client: &zk::Client) -> Result<(), zk::Error> {
         let services = self.read_all(client).await?;
-        self.publish_rules(&services);
+        publish(&self.publisher, &services);
         *self.rules.lock().unwrap_or_else(|p| p.into_inner()) = services;
         Ok(())
     }
@@ -557,7 +553,7 @@ impl ZkStore {
             };
         }
         if changed {
-            self.publish_rules(&rules);
+            publish(&self.publisher, &rules);
         }
         Ok(())
     }
@@ -573,7 +569,7 @@ impl ZkStore {
                 rules.remove(id);
             }
         }
-        self.publish_rules(&rules);
+        publish(&self.publisher, &rules);
     }
 
     /// Registers the recursive watch and reads every rule. Run on every new session and after every reconnect:

@@ -362,14 +362,7 @@ mod tests {
         let busy = a.begin();
         let timer = watch(&a);
         // The backend asks for the body; the client sends nothing: cut at 2 × IDLE from the first wait.
-        let (_tx, rx) = tokio::sync::mpsc::channel::<
-            Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
-        >(1);
-        let mut body = Paced::new(
-            http_body_util::StreamBody::new(tokio_stream_from(rx)),
-            &a,
-            Toward::Backend,
-        );
+        let (_tx, mut body) = silent(&a, Toward::Backend);
         let t = tokio::time::Instant::now();
         let reading = tokio::spawn(async move { body.frame().await.is_some() });
         fires(timer, t, Expired::Stalled, IDLE * 2).await;
@@ -384,23 +377,30 @@ mod tests {
         let busy = a.begin();
         let timer = watch(&a);
         // A response body the backend has not produced yet: hyper waits on it, not on the client.
-        let (_tx, rx) = tokio::sync::mpsc::channel::<
-            Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
-        >(1);
-        let mut resp = Paced::new(
-            http_body_util::StreamBody::new(tokio_stream_from(rx)),
-            &a,
-            Toward::Client,
-        );
+        let (_tx, mut resp) = silent(&a, Toward::Client);
         let _ = tokio::time::timeout(IDLE * 5, resp.frame()).await;
         assert!(!timer.is_finished());
         drop(busy);
     }
 
-    fn tokio_stream_from<T: Send + 'static>(
-        mut rx: tokio::sync::mpsc::Receiver<T>,
-    ) -> impl futures_util::Stream<Item = T> + Unpin {
-        Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    type Frames = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>;
+
+    /// A body that yields nothing until its sender sends (keep the sender: dropping it ends the body).
+    fn silent(
+        a: &Arc<Activity>,
+        toward: Toward,
+    ) -> (
+        tokio::sync::mpsc::Sender<Frames>,
+        Paced<
+            impl hyper::body::Body<Data = bytes::Bytes, Error = std::convert::Infallible> + Unpin,
+        >,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Frames>(1);
+        let frames = Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        (
+            tx,
+            Paced::new(http_body_util::StreamBody::new(frames), a, toward),
+        )
     }
 
     #[tokio::test(start_paused = true)]
