@@ -379,3 +379,35 @@ pub async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The token file is data anyone with the directory could have written: what does not pass the flag's check
+    /// (too short, or a character that would change the registered URL) is replaced, and a good one is kept.
+    #[test]
+    fn a_hostile_callback_token_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = crate::config::Opts {
+            marathon: Some(vec!["http://marathon:8080".into()]),
+            data_dir: Some(dir.path().to_path_buf()),
+            ..Default::default()
+        };
+        let settings = Settings::resolve(&opts, false).unwrap();
+        let file = dir.path().join("callback.token");
+        for hostile in [
+            "short",
+            "0123456789abcdef&url=http://evil/",
+            "0123456789abcdef\nx",
+        ] {
+            std::fs::write(&file, hostile).unwrap();
+            let token = callback_token(&settings).unwrap();
+            assert!(crate::config::valid_callback_token(&token), "{token:?}");
+            assert_ne!(token, hostile.trim());
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), token);
+        }
+        let kept = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(callback_token(&settings).unwrap(), kept);
+    }
+}
