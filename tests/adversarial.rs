@@ -1,38 +1,14 @@
 //! The adversarial suite: hostile bytes from clients, backends, Marathon and the API, each case asserting what
-//! the backend received (a raw socket that records every byte) and what the client got, on the fast path and the
-//! hyper path alike (HTTP/1.0 and chunked uploads go through hyper).
+//! the backend received (a raw socket that records every byte) and what the client got, over HTTP/1 and HTTP/2.
 
 mod common;
 
-use common::raw::{exchange, statuses, Recorder};
+use common::raw::{exchange, front, get_a, statuses, until_routed, Recorder};
 use common::{app_on, cluster, Rattan, FAST};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(3);
-
-/// `GET /a/x` on a new connection, closed after it.
-async fn get_a(addr: &str) -> String {
-    exchange(
-        addr,
-        b"GET /a/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        WAIT,
-    )
-    .await
-}
-
-/// Waits up to 10 s for `/a` to route through `r` at `addr`.
-async fn until_routed(r: &Rattan, addr: &str) {
-    let t = Instant::now();
-    while !get_a(addr).await.starts_with("HTTP/1.1 200") {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "never routed:\n{}",
-            r.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The ids of the rules the API at `api` lists.
 async fn rule_ids(api: &str) -> Vec<String> {
@@ -46,24 +22,6 @@ async fn rule_ids(api: &str) -> Vec<String> {
     v.as_object().expect("an object").keys().cloned().collect()
 }
 
-/// rattan against a simulator whose app `/a` is `backend`; returns the proxy's `host:port` once `/a` routes.
-async fn front(
-    backend: &Recorder,
-    extra: &[&str],
-) -> (Rattan, String, rattan::dev::simulator::Simulator) {
-    let m = cluster().await;
-    app_on(&m, "/a", backend.port);
-    let url = m.url();
-    let mut args = vec!["--marathon", url.as_str()];
-    args.extend_from_slice(FAST);
-    args.extend_from_slice(extra);
-    let r = Rattan::start(&args);
-    let addr = r.proxy.trim_start_matches("http://").to_string();
-    until_routed(&r, &addr).await;
-    backend.clear();
-    (r, addr, m)
-}
-
 /// The request HAProxy's adversarial run used: `Connection` names `Content-Length`, the body is a whole request.
 const NAMED_LENGTH: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nContent-Length: 40\r\n\r\nGET /slow-smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
 
@@ -72,7 +30,7 @@ async fn connection_cannot_name_away_framing_or_host() {
     let backend = Recorder::start();
     let (r, addr, _m) = front(&backend, &[]).await;
 
-    // Fast path, then hyper path (HTTP/1.0 keep-alive): one request reaches the backend, with its length and its
+    // HTTP/1.1, then HTTP/1.0 keep-alive: one request reaches the backend, with its length and its
     // 40-byte body; the client gets one answer, and a later request on a pooled backend connection its own.
     let on_hyper = String::from_utf8_lossy(NAMED_LENGTH)
         .replace(
@@ -136,7 +94,7 @@ async fn connection_cannot_name_away_framing_or_host() {
         assert!(seen[0].header("x-hop").is_none(), "{path}: {:?}", seen[0]);
     }
 
-    // A chunked upload naming Transfer-Encoding (hyper path): the body arrives whole, framed.
+    // A chunked upload naming Transfer-Encoding: the body arrives whole, framed.
     backend.clear();
     let got = exchange(
         &addr,
@@ -660,7 +618,7 @@ async fn requests_a_backend_must_never_see() {
     let refused: &[(&str, &[u8])] = &[
         // An absolute-form target naming another host than Host: 400, as HAProxy.
         ("authority", b"GET http://other.example/a/x HTTP/1.1\r\nHost: a\r\n\r\n"),
-        // HTTP/1.1 without Host, on the fast path and the hyper path (a chunked upload).
+        // HTTP/1.1 without Host, bodyless and with a chunked upload.
         ("no host, fast", b"GET /a/x HTTP/1.1\r\nX: y\r\n\r\n"),
         ("no host, hyper", b"POST /a/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         // chunked twice, in two lines or one.
@@ -670,6 +628,17 @@ async fn requests_a_backend_must_never_see() {
         ("overflow", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nx\r\n0\r\n\r\n"),
         ("bad hex", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
         ("bare LF", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n"),
+        // The rest of the smuggling set: both framings (either order), two lengths, a coding that is not
+        // chunked, TE folded over two lines, a bare LF after chunk data, and in trailers.
+        ("CL+TE", b"POST /a/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("TE+CL", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"),
+        ("two lengths", b"POST /a/x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+        ("xchunked", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
+        ("chunked, then another line", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n0\r\n\r\n"),
+        ("obs-fold in TE", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n"),
+        ("TE in HTTP/1.0", b"POST /a/x HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("bare LF after data", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n"),
+        ("bare LF in trailers", b"POST /a/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: 1\n\r\n"),
     ];
     for (what, bytes) in refused {
         backend.clear();
@@ -769,7 +738,7 @@ async fn clients_that_stop_reading_are_cut_at_the_client_timeout() {
     );
     assert!(backend.requests().is_empty(), "{}", backend.all_bytes());
 
-    // HTTP/1.0 (hyper path) and HTTP/1.1 (fast path) clients that never read a 64 MiB response.
+    // HTTP/1.0 and HTTP/1.1 clients that never read a 64 MiB response.
     let mut stuck = Vec::new();
     for req in [
         &b"GET /a/huge HTTP/1.0\r\nHost: a\r\n\r\n"[..],
@@ -904,8 +873,8 @@ async fn hand_edits_of_the_rules_file_are_loaded_or_refused_never_overwritten() 
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// Each hostile head, once as the fast path reads it and once as the hyper path does (an absolute-form target
-/// sends an HTTP/1.1 request there): the client gets the refusal, the backend not one byte.
+/// Each hostile head, in origin-form and in absolute-form (once two readers of one connection; now one, and both
+/// forms must still be refused alike): the client gets the refusal, the backend not one byte.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_heads_are_refused_on_both_paths() {
     let backend = Recorder::start();
@@ -980,8 +949,8 @@ async fn hostile_heads_are_refused_on_both_paths() {
         }
     }
 
-    // A head with bare-LF line ends (which hyper takes) does not blind the hyper path's framing watcher: the
-    // CL+TE request after it on the same connection is still refused.
+    // A head with bare-LF line ends (which httparse takes) does not lose the reader its place: the CL+TE request
+    // after it on the same connection is still refused.
     backend.clear();
     let got = exchange(
         &addr,

@@ -548,7 +548,7 @@ async fn no_smuggling_and_slow_headers_time_out() {
         "closed after {idle:?} idle"
     );
 
-    // The same timeouts on the hyper path (HTTP/1.0 keep-alive, HTTP/2), side by side to save the waits.
+    // The same timeouts for HTTP/1.0 keep-alive and HTTP/2, side by side to save the waits.
     tokio::join!(
         hyper_path_keeps_alive(&addr),
         hyper_path_cuts_slow_heads(&addr),
@@ -583,7 +583,7 @@ async fn hyper_path_keeps_alive(addr: &str) {
     );
 }
 
-/// Drip-fed after a first request, a head on the hyper path is cut off at the header timeout from its first byte.
+/// Drip-fed after a first request, an HTTP/1.0 head is cut off at the header timeout from its first byte.
 async fn hyper_path_cuts_slow_heads(addr: &str) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     assert_eq!(exchange(&mut s, HTTP10).await, (200, "ok".into()));
@@ -1669,7 +1669,7 @@ async fn fast_path_on_the_wire() {
     );
     assert_eq!(body, b"helloworld");
 
-    // What the fast path hands to hyper still works: HTTP/1.0, a chunked upload, Expect: 100-continue, a large body.
+    // What the fast path once handed to hyper works: HTTP/1.0, a chunked upload, Expect: 100-continue, a large body.
     let all = raw_exchange(&addr, b"GET /w/echo?old HTTP/1.0\r\nHost: h\r\n\r\n").await;
     assert!(
         all.starts_with("HTTP/1.") && all.contains(" 200 ") && all.contains("old"),

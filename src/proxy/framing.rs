@@ -1,34 +1,20 @@
-//! Request-smuggling guard. hyper resolves a request carrying both `Content-Length` and `Transfer-Encoding` safely
-//! (chunked wins, the connection closes) but drops the `Content-Length` before the handler sees it, so the proxy
-//! could not refuse it. This wrapper watches the client's bytes on their way into hyper, follows HTTP/1 message
-//! framing, and records for each request head whether it had both; the handler answers 400 for those.
+//! HTTP/1 message framing: where a body ends (a length, or chunked coding followed byte by byte), and the framing
+//! no proxy may pass on. The fast path reads requests and responses with it.
 
-use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// One entry per request head seen on the connection, in order; the handler takes them in the same order.
-#[derive(Default)]
-pub struct Heads(Mutex<VecDeque<Option<&'static str>>>);
-
 /// Both framings at once.
 pub const CL_AND_TE: &str = "conflicting Content-Length and Transfer-Encoding";
+/// A request transfer coding other than `chunked` alone (RFC 9112 §6.3: without `chunked` last the body's end
+/// cannot be found).
+pub const NOT_CHUNKED: &str = "transfer coding other than chunked";
+/// HTTP/1.0 has no transfer codings: a proxy that took one would read another body than an HTTP/1.0 server.
+pub const TE_IN_HTTP10: &str = "Transfer-Encoding in an HTTP/1.0 request";
 /// `chunked` applied twice (RFC 9112 §6.1: at most once), in one line or several.
 pub const CHUNKED_TWICE: &str = "chunked transfer coding applied more than once";
-
-impl Heads {
-    /// Why the next request (in arrival order) has framing no proxy may pass on, if it has.
-    pub fn next_conflicting(&self) -> Option<&'static str> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
-            .flatten()
-    }
-}
 
 /// How often `chunked` appears across every Transfer-Encoding value.
 pub fn chunked_count<'a>(values: impl Iterator<Item = &'a [u8]>) -> usize {
@@ -100,6 +86,17 @@ impl BodyState {
     /// Consumes the part of `data` that belongs to the body; returns its length. What follows it (when the body
     /// ends inside `data`) is the next message.
     pub fn advance(&mut self, data: &[u8]) -> Result<usize, BadFraming> {
+        self.advance_with(data, |_| {})
+    }
+
+    /// `advance`, handing each run of body data (chunk data without its framing) to `data_sink`: how a chunked
+    /// body is decoded for an HTTP/1.0 client.
+    #[inline]
+    pub fn advance_with(
+        &mut self,
+        data: &[u8],
+        mut data_sink: impl FnMut(&[u8]),
+    ) -> Result<usize, BadFraming> {
         let mut used = 0;
         while used < data.len() {
             let rest = &data[used..];
@@ -107,6 +104,7 @@ impl BodyState {
                 BodyState::Done => break,
                 BodyState::Length(n) | BodyState::ChunkData(n) => {
                     let take = (rest.len() as u64).min(*n);
+                    data_sink(&rest[..take as usize]);
                     used += take as usize;
                     *n -= take;
                     if *n == 0 {
@@ -120,7 +118,7 @@ impl BodyState {
                     let b = rest[0];
                     used += 1;
                     match b {
-                        b'\n' => *self = BodyState::chunked(),
+                        b'\n' if *cr => *self = BodyState::chunked(),
                         b'\r' if !*cr => *cr = true,
                         _ => return Err(BadFraming),
                     }
@@ -139,7 +137,7 @@ impl BodyState {
                         return Err(BadFraming);
                     }
                     match b {
-                        b'\n' if *digits => {
+                        b'\n' if *digits && *cr => {
                             *self = match *size {
                                 0 => BodyState::Trailers { len: 0, cr: false },
                                 n => BodyState::ChunkData(n),
@@ -164,6 +162,7 @@ impl BodyState {
                     let b = rest[0];
                     used += 1;
                     match b {
+                        b'\n' if !*cr => return Err(BadFraming),
                         b'\n' if *len == 0 => *self = BodyState::Done,
                         b'\n' => {
                             *len = 0;
@@ -185,26 +184,6 @@ impl BodyState {
     }
 }
 
-/// The body a request head announces: `None` for an empty body, `Err` for framing that cannot be followed
-/// (a transfer coding that does not end in `chunked`, a bad length).
-pub fn request_body(te: Option<&[u8]>, cl: Option<&[u8]>) -> Result<Option<BodyState>, BadFraming> {
-    if let Some(te) = te {
-        return if ends_chunked(te) {
-            Ok(Some(BodyState::chunked()))
-        } else {
-            Err(BadFraming)
-        };
-    }
-    match cl {
-        None => Ok(None),
-        Some(cl) => match parse_length(cl) {
-            Some(0) => Ok(None),
-            Some(n) => Ok(Some(BodyState::Length(n))),
-            None => Err(BadFraming),
-        },
-    }
-}
-
 /// Whether a Transfer-Encoding value's last coding (the one that frames the body) is `chunked`.
 pub fn ends_chunked(te: &[u8]) -> bool {
     let last = te.rsplit(|b| *b == b',').next().unwrap_or_default();
@@ -223,205 +202,32 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
     })
 }
 
-enum State {
-    Head,
-    Body(BodyState),
-    /// Upgrades, CONNECT, HTTP/2, anything not understood: stop watching (hyper still parses what it gets).
-    Off,
-}
-
-pub struct Tracker {
-    state: State,
-    buf: Vec<u8>,
-    max_head: usize,
-    heads: Arc<Heads>,
-}
-
-/// Where a request head ends, found as hyper finds it (httparse, which also takes a bare LF as a line end): a
-/// watcher that looked for CRLFCRLF alone lost its place at the first LF-only head and stopped watching.
-enum HeadEnd {
-    At(usize),
-    More,
-    /// hyper refuses this head: the connection ends with it.
-    Bad,
-}
-
-fn head_end(b: &[u8], from: usize) -> HeadEnd {
-    // Only a blank line can end a head: parse only once one may have arrived.
-    let tail = &b[from.min(b.len())..];
-    if !tail.windows(2).any(|w| w == b"\n\n") && !tail.windows(3).any(|w| w == b"\n\r\n") {
-        return HeadEnd::More;
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    match httparse::Request::new(&mut headers).parse(b) {
-        Ok(httparse::Status::Complete(n)) => HeadEnd::At(n),
-        Ok(httparse::Status::Partial) => HeadEnd::More,
-        Err(_) => HeadEnd::Bad,
-    }
-}
-
-impl Tracker {
-    pub fn new(max_head: usize, heads: Arc<Heads>) -> Tracker {
-        Tracker {
-            state: State::Head,
-            buf: Vec::new(),
-            max_head,
-            heads,
-        }
-    }
-
-    /// Classifies one complete head and sets the state for its body.
-    fn head(&mut self, head: &[u8]) {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(head) {
-            Ok(httparse::Status::Complete(_)) => {}
-            _ => {
-                self.state = State::Off;
-                return;
-            }
-        }
-        let (mut te, mut cl, mut upgrade) = (None::<&[u8]>, None::<&[u8]>, false);
-        let mut chunked = 0;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                te = Some(h.value);
-                chunked += chunked_count(std::iter::once(h.value));
-            } else if h.name.eq_ignore_ascii_case("content-length") {
-                cl = Some(h.value);
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
-            }
-        }
-        let conflicting = if te.is_some() && cl.is_some() {
-            Some(CL_AND_TE)
-        } else if chunked > 1 {
-            Some(CHUNKED_TWICE)
-        } else {
-            None
-        };
-        self.heads
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(conflicting);
-        let conflicting = conflicting.is_some();
-        self.state = if conflicting || upgrade || req.method == Some("CONNECT") {
-            // hyper closes after a conflicting request; an upgrade may turn the stream into anything.
-            State::Off
-        } else {
-            match request_body(te, cl) {
-                Ok(None) => State::Head,
-                Ok(Some(body)) => State::Body(body),
-                Err(BadFraming) => State::Off,
-            }
-        };
-    }
-
-    /// Waiting for the next head (the last message ended exactly where the bytes fed so far end).
-    pub fn at_head(&self) -> bool {
-        matches!(self.state, State::Head) && self.buf.is_empty()
-    }
-
-    pub fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            match &mut self.state {
-                State::Off => return,
-                State::Body(body) => match body.advance(data) {
-                    Ok(used) => {
-                        data = &data[used..];
-                        if body.done() {
-                            self.state = State::Head;
-                        }
-                    }
-                    Err(BadFraming) => self.state = State::Off,
-                },
-                State::Head => {
-                    if self.buf.is_empty() {
-                        // Stray CRLFs between requests are allowed.
-                        let skip = data
-                            .iter()
-                            .take_while(|b| **b == b'\r' || **b == b'\n')
-                            .count();
-                        data = &data[skip..];
-                        if data.is_empty() {
-                            return;
-                        }
-                        match head_end(data, 0) {
-                            HeadEnd::At(end) => {
-                                self.head(&data[..end]);
-                                data = &data[end..];
-                                continue;
-                            }
-                            HeadEnd::Bad => {
-                                self.state = State::Off;
-                                return;
-                            }
-                            HeadEnd::More => {}
-                        }
-                    }
-                    let from = self.buf.len().saturating_sub(2);
-                    self.buf.extend_from_slice(data);
-                    match head_end(&self.buf, from) {
-                        HeadEnd::At(end) => {
-                            let buf = std::mem::take(&mut self.buf);
-                            self.head(&buf[..end]);
-                            // Whatever followed the head in this read is fed again from the state it set.
-                            let rest = buf[end..].to_vec();
-                            self.feed(&rest);
-                            return;
-                        }
-                        HeadEnd::Bad => {
-                            self.buf = Vec::new();
-                            self.state = State::Off;
-                            return;
-                        }
-                        HeadEnd::More if self.buf.len() > self.max_head => {
-                            self.buf = Vec::new();
-                            self.state = State::Off;
-                            return;
-                        }
-                        HeadEnd::More => return,
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The client connection as hyper sees it, with every byte read shown to the tracker first. It starts with the
-/// bytes the fast path had read already (`replay`), then reads on.
-pub struct Watched<T> {
+/// A connection with bytes read from it already put back in front: what the fast path read before it found an
+/// HTTP/2 preface goes to hyper first.
+pub struct Rewind<T> {
     inner: T,
-    tracker: Tracker,
     replay: Vec<u8>,
     at: usize,
 }
 
-impl<T> Watched<T> {
-    pub fn new(inner: T, replay: &[u8], max_head: usize) -> (Watched<T>, Arc<Heads>) {
-        let heads = Arc::new(Heads::default());
-        (
-            Watched {
-                inner,
-                tracker: Tracker::new(max_head, heads.clone()),
-                replay: replay.to_vec(),
-                at: 0,
-            },
-            heads,
-        )
+impl<T> Rewind<T> {
+    pub fn new(inner: T, replay: &[u8]) -> Rewind<T> {
+        Rewind {
+            inner,
+            replay: replay.to_vec(),
+            at: 0,
+        }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
-        let r = if this.at < this.replay.len() {
+        if this.at < this.replay.len() {
             let n = (this.replay.len() - this.at).min(buf.remaining());
             buf.put_slice(&this.replay[this.at..this.at + n]);
             this.at += n;
@@ -429,14 +235,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
                 this.replay = Vec::new();
                 this.at = 0;
             }
-            Poll::Ready(Ok(()))
-        } else {
-            Pin::new(&mut this.inner).poll_read(cx, buf)
-        };
-        if let Poll::Ready(Ok(())) = r {
-            this.tracker.feed(&buf.filled()[before..]);
+            return Poll::Ready(Ok(()));
         }
-        r
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -482,47 +283,11 @@ macro_rules! write_through {
 }
 pub(crate) use write_through;
 
-write_through!(Watched);
+write_through!(Rewind);
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn flags(chunks: &[&[u8]]) -> Vec<bool> {
-        let heads = Arc::new(Heads::default());
-        let mut t = Tracker::new(65536, heads.clone());
-        for c in chunks {
-            t.feed(c);
-        }
-        let v: Vec<bool> = heads
-            .0
-            .lock()
-            .unwrap()
-            .iter()
-            .map(Option::is_some)
-            .collect();
-        v
-    }
-
-    #[test]
-    fn follows_bodies_and_flags_conflicts() {
-        let stream: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
-POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 25\r\n\r\nGET /fake HTTP/1.1\r\n\r\n\r\n\
-POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
-POST /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-        let want = vec![false, false, false, true];
-        assert_eq!(flags(&[stream]), want);
-        // Byte by byte: the same answer whatever the read sizes.
-        let singles: Vec<&[u8]> = stream.chunks(1).collect();
-        assert_eq!(flags(&singles), want);
-        let sevens: Vec<&[u8]> = stream.chunks(7).collect();
-        assert_eq!(flags(&sevens), want);
-        // Either order of the two headers.
-        assert_eq!(
-            flags(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n"]),
-            vec![true]
-        );
-    }
 
     /// Feeds `stream` to a body in pieces of `step` bytes; returns the bytes consumed when it ended.
     fn body_end(
@@ -578,54 +343,54 @@ POST /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked
         assert_eq!(parse_length(b" 12 "), Some(12));
         assert_eq!(parse_length(b"+12"), None);
         assert_eq!(parse_length(b"1 2"), None);
-        assert_eq!(
-            request_body(Some(b"gzip, chunked"), None),
-            Ok(Some(BodyState::chunked()))
-        );
-        assert_eq!(request_body(Some(b"chunked, gzip"), None), Err(BadFraming));
-        assert_eq!(request_body(None, Some(b"0")), Ok(None));
+        assert!(ends_chunked(b"gzip, chunked"));
+        assert!(!ends_chunked(b"chunked, gzip"));
+        assert!(!ends_chunked(b"xchunked"));
     }
 
     #[tokio::test]
-    async fn replayed_bytes_come_first_and_are_watched() {
+    async fn replayed_bytes_come_first() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (mut client, server) = tokio::io::duplex(1024);
-        let replay = b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        let (mut w, heads) = Watched::new(server, replay, 65536);
-        client
-            .write_all(b"0\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
+        let replay = b"PRI * HTTP/2.0\r\n";
+        let mut w = Rewind::new(server, replay);
+        client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
         drop(client);
         let mut all = Vec::new();
         w.read_to_end(&mut all).await.unwrap();
-        assert_eq!(
-            all,
-            [&replay[..], b"0\r\n\r\nGET /b HTTP/1.1\r\n\r\n"].concat()
-        );
-        assert!(
-            heads.next_conflicting().is_some(),
-            "the replayed head is tracked"
-        );
+        assert_eq!(all, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     }
 
     #[test]
-    fn stops_at_upgrades_and_h2() {
-        assert_eq!(
-            flags(&[b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"]),
-            vec![false]
-        );
-        assert!(flags(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).is_empty());
+    fn dechunks_into_data_alone() {
+        let chunked: &[u8] = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        for step in [1, 4, chunked.len()] {
+            let mut state = BodyState::chunked();
+            let mut data = Vec::new();
+            let mut used = 0;
+            for piece in chunked.chunks(step) {
+                if state.done() {
+                    break;
+                }
+                used += state
+                    .advance_with(piece, |d| data.extend_from_slice(d))
+                    .unwrap();
+            }
+            assert_eq!(
+                (data.as_slice(), used),
+                (&b"hello world"[..], chunked.len() - 4)
+            );
+        }
     }
 
-    /// A strict reading of a chunked body (RFC 9112 §7.1, bare LF allowed as the decoder allows it): where it ends,
+    /// A strict reading of a chunked body (RFC 9112 §7.1, CRLF line ends only): where it ends,
     /// or `None` when it is malformed or incomplete.
     fn reference_end(b: &[u8]) -> Option<usize> {
         let mut i = 0;
         let line = |i: usize| -> Option<(usize, &[u8])> {
             let nl = b.get(i..)?.iter().position(|c| *c == b'\n')?;
             let l = &b[i..i + nl];
-            Some((i + nl + 1, l.strip_suffix(b"\r").unwrap_or(l)))
+            Some((i + nl + 1, l.strip_suffix(b"\r")?))
         };
         loop {
             let (next, l) = line(i)?;
@@ -661,7 +426,6 @@ POST /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked
             i = end;
             match b.get(i..)? {
                 [b'\r', b'\n', ..] => i += 2,
-                [b'\n', ..] => i += 1,
                 _ => return None,
             }
         }

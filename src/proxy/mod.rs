@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod balance;
 pub mod deadline;
+pub mod error;
 pub mod framing;
 pub mod h1;
 pub mod head;
@@ -87,8 +88,6 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The port the client connected to (X-Forwarded-Port).
     pub port: u16,
-    /// Conflicting-framing flags of the HTTP/1 request heads on this connection.
-    pub heads: Option<Arc<framing::Heads>>,
     /// The hyper path's timers, which time request bodies' waits on the client.
     pub activity: Option<Arc<idle::Activity>>,
 }
@@ -364,18 +363,6 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let m = crate::metrics::metrics();
         let started = Instant::now();
-        // Taken for every HTTP/1 request, so the flags stay in step with the heads.
-        let conflicting = if req.version() <= Version::HTTP_11 {
-            conn.heads.as_ref().and_then(|h| h.next_conflicting())
-        } else {
-            None
-        };
-        if let Some(why) = conflicting {
-            let mut r = Self::smuggling_refused(conn.peer, why).into_response();
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return r;
-        }
         let log = (self.opts.access_log != AccessLog::Off).then(|| {
             (
                 req.method().clone(),
@@ -474,32 +461,10 @@ impl Proxy {
         // two upgraded connections together if it answers 101.
         let upgrade = upgrade_protocol(&req).map(|proto| (proto, hyper::upgrade::on(&mut req)));
         let (mut parts, body) = req.into_parts();
-        // A chunked body is read (up to the size the fast path buffers) before any backend sees the request: bad
-        // chunk framing is the client's 400, never half a request at a backend and a 502 counted against it.
         // Timed from here: a client that announces a body and stops sending it is cut at the client timeout.
         let body = match &conn.activity {
             Some(a) => idle::Paced::new(body, a, idle::Toward::Backend).boxed(),
             None => body.boxed(),
-        };
-        let chunked = parts.headers.contains_key(header::TRANSFER_ENCODING);
-        let body = if chunked {
-            match Replay::read(body, h1::MAX_BUFFERED_BODY).await {
-                Ok(b) => b.boxed(),
-                Err(e) => {
-                    crate::metrics::metrics()
-                        .http_rejected
-                        .with_label_values(&["bad_chunked"])
-                        .inc();
-                    tracing::debug!(client = %client_addr, error = %e, "malformed chunked request body");
-                    return Answer::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("rattan: malformed chunked request body ({e})\n"),
-                    )
-                    .into_response();
-                }
-            }
-        } else {
-            body
         };
         strip_hop_by_hop(&mut parts.headers);
         if let Some((proto, _)) = &upgrade {
@@ -641,56 +606,6 @@ fn target_agrees(req: &Request<Incoming>) -> Result<(), &'static str> {
         }
         (None, None) if req.version() == Version::HTTP_11 => Err("HTTP/1.1 request without Host"),
         _ => Ok(()),
-    }
-}
-
-/// A request body whose first frames were read already, then the rest as it comes.
-pub(crate) struct Replay {
-    read: std::collections::VecDeque<Frame<Bytes>>,
-    rest: Option<ProxyBody>,
-}
-
-impl Replay {
-    /// Reads frames until the body ends or `max` bytes are in; a framing error is the client's.
-    async fn read(mut body: ProxyBody, max: u64) -> Result<Replay, hyper::Error> {
-        let mut read = std::collections::VecDeque::new();
-        let mut n = 0u64;
-        while n <= max {
-            match body.frame().await {
-                None => return Ok(Replay { read, rest: None }),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(f)) => {
-                    n += f.data_ref().map_or(0, |d| d.len() as u64);
-                    read.push_back(f);
-                }
-            }
-        }
-        Ok(Replay {
-            read,
-            rest: Some(body),
-        })
-    }
-}
-
-impl Body for Replay {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        if let Some(f) = self.read.pop_front() {
-            return Poll::Ready(Some(Ok(f)));
-        }
-        match &mut self.rest {
-            Some(rest) => Pin::new(rest).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.read.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
     }
 }
 
@@ -926,17 +841,12 @@ pub async fn serve(
         https_addr.map_or(443, |a| a.port()),
         &opts,
     ));
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        // `idle` keeps the header timeout from a head's first byte, and the keep-alive one; hyper's would also run
-        // through the idle wait.
-        .header_read_timeout(None)
-        .max_buf_size(opts.max_header_bytes.max(8192));
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(opts.max_header_bytes.max(8192) as u32);
     let front = Arc::new(h1::Front {
         proxy,
-        builder,
+        h2,
         stop: shutdown.clone(),
         draining: Default::default(),
         drain: Default::default(),
@@ -1006,10 +916,9 @@ pub async fn serve(
                                     peer,
                                     tls: true,
                                     port,
-                                    heads: None,
                                     activity: None,
                                 };
-                                h1::serve_hyper(s, &front, info, true).await
+                                h1::serve_h2(s, &front, info).await
                             }
                             Ok(Ok(s)) => {
                                 let p = h1::Peer::new(peer, true, port, front.proxy.opts.via);

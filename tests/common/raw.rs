@@ -2,7 +2,7 @@
 //! parsed out of them, and a client that sends bytes as given and reads what comes back.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -227,4 +227,45 @@ pub fn statuses(raw: &str) -> Vec<u16> {
     raw.match_indices("HTTP/1.")
         .filter_map(|(i, _)| raw.get(i + 9..i + 12)?.parse().ok())
         .collect()
+}
+
+/// `GET /a/x` on a new connection, closed after it.
+pub async fn get_a(addr: &str) -> String {
+    exchange(
+        addr,
+        b"GET /a/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await
+}
+
+/// Waits up to 10 s for `/a` to route through `r` at `addr`.
+pub async fn until_routed(r: &super::Rattan, addr: &str) {
+    let t = Instant::now();
+    while !get_a(addr).await.starts_with("HTTP/1.1 200") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never routed:\n{}",
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// rattan against a simulator whose app `/a` is `backend`; returns the proxy's `host:port` once `/a` routes.
+pub async fn front(
+    backend: &Recorder,
+    extra: &[&str],
+) -> (super::Rattan, String, rattan::dev::simulator::Simulator) {
+    let m = super::cluster().await;
+    super::app_on(&m, "/a", backend.port);
+    let url = m.url();
+    let mut args = vec!["--marathon", url.as_str()];
+    args.extend_from_slice(super::FAST);
+    args.extend_from_slice(extra);
+    let r = super::Rattan::start(&args);
+    let addr = r.proxy.trim_start_matches("http://").to_string();
+    until_routed(&r, &addr).await;
+    backend.clear();
+    (r, addr, m)
 }
