@@ -95,13 +95,14 @@ compare() {
   local ratios
   ratios=$(printf '%s\n' "${RESULTS[@]}" | awk '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
-    $1=="haproxy" {h[++nh]=$3; hr[nh]=$2; hp[nh]=ms($4)} $1=="rattan" {t[++nt]=$3; tr[nt]=$2; tp[nt]=ms($4)}
-    END { for (i=1;i<=nh;i++) printf "%f %f %f\n", t[i]/h[i], tp[i]/hp[i], tr[i]/hr[i] }')
+    $1=="haproxy" {h[++nh]=$3; hr[nh]=$2; hp[nh]=ms($4); hq[nh]=ms($5)}
+    $1=="rattan" {t[++nt]=$3; tr[nt]=$2; tp[nt]=ms($4); tq[nt]=ms($5)}
+    END { for (i=1;i<=nh;i++) printf "%f %f %f %f\n", t[i]/h[i], tp[i]/hp[i], tr[i]/hr[i], tq[i]/hq[i] }')
   local cpu
   cpu=$(echo "$ratios" | awk '{print $1}')
-  printf "%s median ratio rattan/haproxy: req per CPU-second %.2fx, req/s %.2fx, p50 %.2fx (lower is better)\n" "$mode" \
+  printf "%s median ratio rattan/haproxy: req per CPU-second %.2fx, req/s %.2fx, p50 %.2fx, p99 %.2fx (latencies: lower is better)\n" "$mode" \
     "$(echo "$cpu" | median)" "$(echo "$ratios" | awk '{print $3}' | median)" \
-    "$(echo "$ratios" | awk '{print $2}' | median)"
+    "$(echo "$ratios" | awk '{print $2}' | median)" "$(echo "$ratios" | awk '{print $4}' | median)"
   echo "$cpu" | sort -n | awk -v mode="$mode" -v goal="$goal" '{v[NR]=$1; if ($1 >= goal) met++}
     END { printf "%s req per CPU-second, per round: min %.2fx, quartiles %.2fx %.2fx, max %.2fx; %d of %d rounds >= %.1fx (the goal)\n",
       mode, v[1], v[int((NR+3)/4)], v[int((3*NR+3)/4)], v[NR], met, NR, goal }'

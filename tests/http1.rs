@@ -85,7 +85,8 @@ async fn chunked_request_bodies_pass_through_with_extensions_and_trailers() {
     assert_eq!(seen[1].target, "/a/next");
 }
 
-/// A backend that reads its request body slowly (16 KiB every 2 ms) and answers with the number of body bytes.
+/// A backend that reads its request body slowly (16 KiB every 2 ms) and answers with the number of body bytes; one
+/// request per connection.
 fn slow_backend() -> (u16, Arc<AtomicUsize>) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
@@ -112,7 +113,9 @@ fn slow_backend() -> (u16, Arc<AtomicUsize>) {
                     .and_then(|v| v.trim().parse::<usize>().ok())
                 else {
                     let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
                         .await;
                     return;
                 };
@@ -131,7 +134,7 @@ fn slow_backend() -> (u16, Arc<AtomicUsize>) {
                 let _ = s
                     .write_all(
                         format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                             body.len()
                         )
                         .as_bytes(),

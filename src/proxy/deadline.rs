@@ -1,7 +1,9 @@
 //! Coarse deadlines for the fast path's connections: one atomic per connection, set when a wait begins and checked
 //! by a sweeper task every [`TICK`], instead of a tokio timer moved and polled on every wait (which cost more than
 //! all the rest of a small request's bookkeeping). Deadlines fire between their time and two ticks after it.
+//! [`Timeouts::within`] is the one call every HTTP/1 wait goes through.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
@@ -66,6 +68,11 @@ impl Deadlines {
         Registered(d)
     }
 
+    /// The one timeout call for a connection whose deadline is `mine`.
+    pub fn timeouts<'a>(&'a self, mine: &'a Deadline) -> Timeouts<'a> {
+        Timeouts { all: self, mine }
+    }
+
     /// Sets `d` to fire `after` from now (never earlier, at most two ticks later).
     pub fn arm(&self, d: &Deadline, after: Duration) {
         let ticks = after.as_millis().div_ceil(TICK.as_millis()) as u64;
@@ -122,6 +129,33 @@ impl Deadline {
             let _ = self.waker.set(cx.waker().clone());
         }
         Poll::Pending
+    }
+}
+
+/// The connection's deadline, with the sweeper's clock.
+#[derive(Clone, Copy)]
+pub struct Timeouts<'a> {
+    pub all: &'a Deadlines,
+    pub mine: &'a Deadline,
+}
+
+impl Timeouts<'_> {
+    /// `fut`, unless `after` passes first. The deadline is set only when `fut` has to wait: most writes finish on
+    /// their first poll.
+    pub async fn within<F: Future>(self, after: Duration, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        let mut armed = false;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                return Poll::Ready(Some(r));
+            }
+            if !armed {
+                self.all.arm(self.mine, after);
+                armed = true;
+            }
+            self.mine.poll_expired(cx).map(|()| None)
+        })
+        .await
     }
 }
 

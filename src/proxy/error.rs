@@ -1,7 +1,7 @@
 //! One error type for a request on its way through the proxy, as pingora has: where it failed (the client, the
 //! backend), whether it may be sent again, and the one mapping to the answer the client gets.
 
-use super::Answer;
+use super::answer::Answer;
 use crate::marathon::address::Endpoint;
 use crate::rules::table::Route;
 use http::StatusCode;

@@ -3,6 +3,7 @@
 //! not be written (the idle connection had just closed) comes back untouched and goes out on another connection.
 
 use super::backend::{Idle, Slot};
+use super::error::Error;
 use super::ProxyBody;
 use crate::marathon::address::Endpoint;
 use http::Request;
@@ -15,11 +16,8 @@ use tokio::net::TcpStream;
 /// Idle connections kept per backend.
 pub const MAX_IDLE: usize = 256;
 
-/// Why a request got no response. `Connect` hands the request back: nothing of it was sent.
-pub enum Failure {
-    Connect(String, Box<Request<ProxyBody>>),
-    Request(hyper::Error),
-}
+/// Why a request got no response; a connect failure hands the request back, as nothing of it was sent.
+pub type Failure = (Error, Option<Box<Request<ProxyBody>>>);
 
 /// A ready idle connection of this backend, dropping closed and expired ones; busy ones (a response body still
 /// streaming) stay for later.
@@ -120,18 +118,18 @@ pub async fn send(
                     req = again;
                     break;
                 }
-                (None, None) => return Err(Failure::Request(e.into_error())),
+                (None, None) => return Err((Error::Failed(e.into_error().to_string()), None)),
             },
         }
     }
     let stream = match connect(backend, connect_timeout).await {
         Ok(s) => s,
-        Err(e) => return Err(Failure::Connect(e, Box::new(req))),
+        Err(e) => return Err((Error::Connect(e), Some(Box::new(req)))),
     };
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(x) => x,
-        Err(e) => return Err(Failure::Connect(e.to_string(), Box::new(req))),
+        Err(e) => return Err((Error::Connect(e.to_string()), Some(Box::new(req)))),
     };
     tokio::spawn(async move {
         // Upgrades (101) hand the connection over to the tunnel.
@@ -146,14 +144,16 @@ pub async fn send(
             Ok(resp)
         }
         Err(mut e) => match (e.take_message(), copy) {
-            (Some(back), _) => Err(Failure::Connect(e.into_error().to_string(), Box::new(back))),
-            // A new connection reset before any response (a task dying with connections in its backlog): for a
-            // request without a body, as good as a connect failure.
-            (None, Some(again)) => Err(Failure::Connect(
-                format!("{} (new connection, before any response)", e.into_error()),
-                Box::new(again),
+            (Some(back), _) => Err((
+                Error::Connect(e.into_error().to_string()),
+                Some(Box::new(back)),
             )),
-            (None, None) => Err(Failure::Request(e.into_error())),
+            // A new connection reset before any response (a task dying with connections in its backlog): for a
+            // request without a body, as good as a connect failure ([`Error::unanswered`]).
+            (None, again) => Err((
+                Error::unanswered(false, again.is_some(), e.into_error().to_string()),
+                again.map(Box::new),
+            )),
         },
     }
 }

@@ -3,6 +3,7 @@
 //! only new connections; open ones keep their backend until either side closes.
 
 use super::balance::Balancer;
+use super::route::{Picker, Target};
 use crate::marathon::address::Endpoint;
 use crate::snapshot::Publisher;
 use std::collections::HashMap;
@@ -138,12 +139,22 @@ async fn serve(
         .get(&svc.app_id)
         .map(|a| a.healthy_backends(svc.port_index))
         .unwrap_or(&[]);
-    let mut failed: Vec<Endpoint> = Vec::new();
+    // The same picker as HTTP's: the balancing policy, ejection after repeated connect failures, the attempt cap.
+    let mut picker = Picker::new(
+        balancer,
+        Target {
+            app_id: &svc.app_id,
+            port_index: svc.port_index,
+            balance: svc.balance,
+            sticky: false,
+        },
+        backends,
+        None,
+    );
+    let mut tried = false;
     let (backend, conn, guard) = loop {
-        let Some((b, guard)) =
-            balancer.pick(&svc.app_id, svc.port_index, svc.balance, backends, &failed)
-        else {
-            let outcome = if !failed.is_empty() {
+        let Some((b, guard)) = picker.next() else {
+            let outcome = if tried {
                 "connect_failed"
             } else {
                 "no_backend"
@@ -154,29 +165,20 @@ async fn serve(
             tracing::warn!(port, app = %svc.app_id, client = %peer, outcome, "TCP connection refused");
             return;
         };
-        let addr = b.to_string();
-        match tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&addr)).await {
-            Ok(Ok(s)) => {
+        tried = true;
+        match super::pool::connect(b, opts.connect_timeout).await {
+            Ok(s) => {
                 guard.connected();
                 break (b.clone(), s, guard);
             }
-            result => {
-                let error = match result {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "connect timeout".to_string(),
-                };
-                if balancer.connect_failed(b) {
-                    m.backend_ejections.inc();
-                    tracing::warn!(backend = %b, app = %svc.app_id, "backend ejected after repeated connect failures");
-                }
-                tracing::warn!(backend = %b, app = %svc.app_id, %error, "TCP backend connect failed");
-                if failed.len() + 1 >= super::MAX_CONNECT_ATTEMPTS {
+            Err(error) => {
+                if picker.connect_failed(b, &error).is_err() {
                     m.tcp_connections
                         .with_label_values(&[&svc.app_id, "connect_failed"])
                         .inc();
+                    tracing::warn!(port, app = %svc.app_id, client = %peer, "TCP connection refused: no backend connected");
                     return;
                 }
-                failed.push(b.clone());
             }
         }
     };

@@ -1,0 +1,435 @@
+//! HTTP/2, served by hyper: prior knowledge on the plain port, ALPN `h2` on TLS. Each stream is routed, picked and
+//! answered as HTTP/1 requests are ([`super::route`], [`super::error`]); backends get HTTP/1.1 from the hyper
+//! client pool.
+
+use super::answer::Answer;
+use super::error::Error;
+use super::http1::Front;
+use super::idle::Expired;
+use super::log::{access_log, record, AccessEntry, AccessLog};
+use super::route::{host_name, sticky_cookie, Picker, Routed, Target};
+use super::{idle, pool, ConnInfo, Proxy, ProxyBody, MAX_BACKEND_PER_CLIENT};
+use crate::marathon::address::Endpoint;
+use crate::rules::acl::{Headers, Request as AclRequest};
+use crate::rules::table::Route;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// What the access log and the metrics learn while a request is forwarded; borrows the snapshot `handle` holds.
+#[derive(Default)]
+struct Trace<'s> {
+    route: Option<&'s Route>,
+    backend: Option<&'s Endpoint>,
+}
+
+/// A response body that holds `guard` until hyper is done with it (the client has it all, or went away): the
+/// backend's in-flight count, or the client connection's request in flight (`idle::Busy`).
+pub(crate) struct Guarded<B, G> {
+    inner: B,
+    _guard: G,
+}
+
+impl<B, G> Guarded<B, G> {
+    pub(crate) fn new(inner: B, guard: G) -> Self {
+        Guarded {
+            inner,
+            _guard: guard,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin, G: Unpin> Body for Guarded<B, G> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// By constant name: a `&str` would be parsed into a header name on every lookup.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Fields a `Connection` token can never remove. Dropping the length of a message whose body is still forwarded
+/// splits it in two for the next hop (request smuggling, responses run together); dropping `Host` re-targets it.
+/// RFC 9110 §7.6.1 lets a sender name only connection-specific fields, and these never are.
+pub(crate) fn never_named(token: &[u8]) -> bool {
+    [&b"content-length"[..], b"transfer-encoding", b"host"]
+        .iter()
+        .any(|n| token.eq_ignore_ascii_case(n))
+}
+
+/// RFC 9110 §7.6.1: connection-specific fields, and every field named in `Connection` (but the framing fields and
+/// `Host`: [`never_named`]), never cross a proxy.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|n| !never_named(n.as_bytes()))
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+fn bodyless(req: &Request<Incoming>) -> bool {
+    req.body().is_end_stream()
+        || (matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+        ) && !req.headers().contains_key(header::CONTENT_LENGTH)
+            && !req.headers().contains_key(header::TRANSFER_ENCODING))
+}
+
+impl Proxy {
+    /// Proxies one request and records it: by app and status class, with its time to the response head.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+        let m = crate::metrics::metrics();
+        let started = Instant::now();
+        let log = (self.opts.access_log != AccessLog::Off).then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.version(),
+                req.headers().get(header::HOST).cloned(),
+            )
+        });
+        m.http_in_flight.inc();
+        let snap = self.publisher.load_full();
+        let mut trace = Trace::default();
+        let mut resp = self.forward(req, conn, &snap, &mut trace).await;
+        m.http_in_flight.dec();
+        if self.opts.via {
+            resp.headers_mut()
+                .append(header::VIA, HeaderValue::from_static("1.1 rattan"));
+        }
+        let status = resp.status().as_u16();
+        record(trace.route, status, started);
+        if let Some((method, uri, version, host)) = log {
+            access_log(
+                self.opts.access_log,
+                &AccessEntry {
+                    peer: conn.peer,
+                    method: &method,
+                    uri: &uri,
+                    version,
+                    host: host.as_ref().and_then(|h| h.to_str().ok()),
+                    status,
+                    size: resp
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                    app: trace.route.map_or("", |r| r.app_id.as_str()),
+                    backend: trace.backend,
+                    tls: conn.tls,
+                    duration: started.elapsed(),
+                },
+            );
+        }
+        resp
+    }
+
+    /// Routes and forwards; `trace` learns the route and the backend.
+    async fn forward<'s>(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+        snap: &'s crate::snapshot::Snapshot,
+        trace: &mut Trace<'s>,
+    ) -> Response<ProxyBody> {
+        let client_addr = conn.peer;
+        if let Err(why) = target_agrees(&req) {
+            crate::metrics::metrics()
+                .http_rejected
+                .with_label_values(&["bad_request"])
+                .inc();
+            return Answer::new(StatusCode::BAD_REQUEST, format!("rattan: {why}\n"))
+                .into_response();
+        }
+        // HTTP/2 carries the host in :authority (Host, when also there, names the same). Kept as a header value:
+        // cloning it is a refcount.
+        let host_value: Option<HeaderValue> =
+            req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
+        let host = host_value.as_ref().and_then(|h| h.to_str().ok());
+        let routed = self.route(
+            snap,
+            &AclRequest {
+                path: req.uri().path(),
+                method: req.method().as_str(),
+                // Rules name hosts; a port (always in HTTP/2's :authority) is not part of it.
+                host: host.map(host_name),
+                headers: req.headers().into(),
+                src: Some(client_addr.ip()),
+            },
+            host,
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            conn.tls,
+        );
+        let (route, backends) = match routed {
+            Routed::Forward(route, backends) => (route, backends),
+            Routed::Answer(route, answer) => {
+                trace.route = route;
+                return answer.into_response();
+            }
+        };
+        trace.route = Some(route);
+        let bodyless = bodyless(&req);
+        let (mut parts, body) = req.into_parts();
+        // Timed from here: a client that announces a body and stops sending it is cut at the client timeout.
+        let body = match &conn.activity {
+            Some(a) => idle::Paced::new(body, a, idle::Toward::Backend).boxed(),
+            None => body.boxed(),
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(h) = host_value {
+            if !parts.headers.contains_key(header::HOST) {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+            parts.headers.insert(X_FORWARDED_HOST, h);
+        }
+        let ip = client_addr.ip().to_string();
+        let xff = match parts
+            .headers
+            .get(X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::try_from(xff) {
+            parts.headers.insert(X_FORWARDED_FOR, v);
+        }
+        parts.headers.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+        parts
+            .headers
+            .insert(X_FORWARDED_PORT, HeaderValue::from(conn.port));
+        if self.opts.via {
+            parts
+                .headers
+                .append(header::VIA, HeaderValue::from_static("1.1 rattan"));
+        }
+        // Built once: origin-form URI and the same headers whatever the backend, so a connect failure hands it
+        // back for the next backend, body unread.
+        let mut out = Request::new(body);
+        *out.method_mut() = parts.method;
+        *out.uri_mut() = http::Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        *out.version_mut() = Version::HTTP_11;
+        let picker = Picker::new(
+            &self.balancer,
+            Target::of(route),
+            backends,
+            sticky_cookie(Headers::Map(&parts.headers)),
+        );
+        *out.headers_mut() = parts.headers;
+        self.send(out, route, picker, bodyless, trace).await
+    }
+
+    /// Sends `out` to the picker's backends until one takes it.
+    async fn send<'s>(
+        &self,
+        mut out: Request<ProxyBody>,
+        route: &'s Route,
+        mut picker: Picker<'_, 's>,
+        bodyless: bool,
+        trace: &mut Trace<'s>,
+    ) -> Response<ProxyBody> {
+        loop {
+            let Some((backend, guard)) = picker.next() else {
+                return picker.exhausted().into_response();
+            };
+            trace.backend = Some(backend);
+            let sent = pool::send(
+                guard.slot(),
+                backend,
+                out,
+                bodyless,
+                self.opts.connect_timeout,
+                self.opts.idle_timeout,
+            );
+            let result = match tokio::time::timeout(self.opts.backend_timeout, sent).await {
+                Ok(r) => r,
+                Err(_) => Err((Error::Timeout(self.opts.backend_timeout), None)),
+            };
+            match result {
+                Ok(resp) => {
+                    guard.connected();
+                    let (mut rparts, rbody) = resp.into_parts();
+                    strip_hop_by_hop(&mut rparts.headers);
+                    if let Some(cookie) = picker.set_cookie(backend) {
+                        if let Ok(v) = HeaderValue::from_str(&cookie) {
+                            rparts.headers.append(header::SET_COOKIE, v);
+                        }
+                    }
+                    return Response::from_parts(rparts, Guarded::new(rbody, guard).boxed());
+                }
+                Err((Error::Connect(error), Some(back))) => {
+                    match picker.connect_failed(backend, &error) {
+                        Ok(()) => out = *back,
+                        Err(answer) => return answer.into_response(),
+                    }
+                }
+                Err((e, _)) => {
+                    return e
+                        .answer(Some(route), Some(backend))
+                        .map_or_else(super::answer::empty_response, Answer::into_response)
+                }
+            }
+        }
+    }
+}
+
+/// An absolute-form target (or HTTP/2's `:authority`) must name the host `Host` names, when both are there: a
+/// proxy that routed by one and forwarded the other would let a client pick routes the rules do not give it
+/// (HAProxy answers 400 too). An HTTP/1.1 request must name a host at all (RFC 9112 §3.2).
+fn target_agrees(req: &Request<Incoming>) -> Result<(), &'static str> {
+    let host = req.headers().get(header::HOST);
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Err("more than one Host header");
+    }
+    match (req.uri().authority(), host) {
+        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+            Err("Host does not match the request target's authority")
+        }
+        (None, None) if req.version() == Version::HTTP_11 => Err("HTTP/1.1 request without Host"),
+        _ => Ok(()),
+    }
+}
+
+/// What the hyper path answers with: each body keeps its request counted in flight for the idle timer.
+/// The response body keeps the connection busy (`idle::Busy`) and its backend turn until hyper is done with it.
+type TrackedResponse = Response<
+    Guarded<idle::Paced<ProxyBody>, (idle::Busy, Option<tokio::sync::OwnedSemaphorePermit>)>,
+>;
+
+fn service(
+    proxy: Arc<Proxy>,
+    info: ConnInfo,
+    activity: Arc<idle::Activity>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = TrackedResponse,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<TrackedResponse, std::convert::Infallible>> + Send,
+> + Clone {
+    let info = Arc::new(info);
+    let turns = Arc::new(tokio::sync::Semaphore::new(MAX_BACKEND_PER_CLIENT));
+    hyper::service::service_fn(move |req| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        let busy = activity.begin();
+        let activity = activity.clone();
+        let turns = turns.clone();
+        async move {
+            let turn = turns.acquire_owned().await.ok();
+            let resp = proxy.handle(req, &info).await;
+            Ok::<_, std::convert::Infallible>(resp.map(|b| {
+                let b = idle::Paced::new(b, &activity, idle::Toward::Client);
+                Guarded::new(b, (busy, turn))
+            }))
+        }
+    })
+}
+
+/// An HTTP/2 connection, served by hyper. It closes idle connections at the keep-alive timeout and cuts off heads
+/// at the header timeout, as HTTP/1 does. On drain it gets a GOAWAY; in-flight requests finish.
+pub async fn serve_h2<I>(io: I, front: &Front, info: ConnInfo)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = idle::Activity::new(true);
+    let mut info = info;
+    info.activity = Some(activity.clone());
+    let client = info.peer;
+    let conn = front.h2.serve_connection(
+        TokioIo::new(idle::Metered::new(io, activity.clone())),
+        service(front.proxy.clone(), info, activity.clone()),
+    );
+    tokio::pin!(conn);
+    let opts = &front.proxy.opts;
+    let mut stop = front.stop.clone();
+    let expired = tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = stop.wait_for(|s| *s) => None,
+        why = activity.expired(opts.header_read_timeout, opts.keep_alive_timeout, opts.client_timeout) => Some(why),
+    };
+    match expired {
+        Some(Expired::Head) => {
+            tracing::debug!(client = %client, "request head not received in time");
+        }
+        Some(Expired::Stalled) => {
+            crate::metrics::metrics()
+                .http_rejected
+                .with_label_values(&["client_timeout"])
+                .inc();
+            tracing::debug!(client = %client, timeout = ?opts.client_timeout, "client stalled with a request in flight; cut off");
+        }
+        Some(Expired::Idle) => {
+            // HTTP/2's GOAWAY waits for the client's answer to a ping; a client that never answers is not waited
+            // for longer than for a head.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(opts.header_read_timeout, conn).await;
+        }
+        None => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The HTTP and HTTPS listeners: accept within the connection limit, the TLS handshake (ALPN picks HTTP/1 or
+//! HTTP/2), and the drain at shutdown.
+
+use super::balance::Balancer;
+use super::{h2, http1, tls, ConnInfo, Proxy, ProxyOptions};
+use crate::marathon::address::Endpoint;
+use crate::snapshot::Publisher;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+pub struct Listeners {
+    pub http: SocketAddr,
+    pub https: Option<SocketAddr>,
+}
+
+/// Binds the HTTP (and HTTPS) listeners and serves them in the background until `shutdown` turns true; then they
+/// stop accepting and the returned task ends once every open connection has finished its requests (idle
+/// keep-alive connections close at once, HTTP/2 gets a GOAWAY).
+pub async fn serve(
+    http_bind: SocketAddr,
+    https: Option<(SocketAddr, Arc<tls::CertStore>)>,
+    publisher: Arc<Publisher>,
+    balancer: Arc<Balancer>,
+    opts: ProxyOptions,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<(Listeners, tokio::task::JoinHandle<()>)> {
+    let http = TcpListener::bind(http_bind).await?;
+    let http_addr = http.local_addr()?;
+    let (https, https_addr, acceptor) = bind_https(https).await?;
+    forget_gone_backends(publisher.clone(), balancer.clone());
+    let proxy = Arc::new(Proxy::new(
+        publisher,
+        balancer,
+        https_addr.map_or(443, |a| a.port()),
+        &opts,
+    ));
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(opts.max_header_bytes.max(8192) as u32);
+    let front = Arc::new(http1::Front {
+        proxy,
+        h2,
+        stop: shutdown.clone(),
+        draining: Default::default(),
+        drain: Default::default(),
+        deadlines: Default::default(),
+    });
+    tokio::spawn(front.deadlines.clone().run());
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let task = tokio::spawn(async move {
+        // Every connection task holds a sender: the drain is over when the last one is dropped.
+        let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
+        let stopped = |rx: &mut tokio::sync::watch::Receiver<bool>| {
+            let mut rx = rx.clone();
+            async move { drop(rx.wait_for(|stop| *stop).await) }
+        };
+        let mut backoff = crate::limits::AcceptBackoff::new("proxy");
+        loop {
+            // Past the limit, new connections wait in the kernel's backlog instead of being accepted and starved.
+            let permit = tokio::select! {
+                p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = stopped(&mut shutdown) => break,
+            };
+            let accept_tls = async {
+                match &https {
+                    Some(l) => l.accept().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let (accepted, tls) = tokio::select! {
+                a = http.accept() => (a, false),
+                a = accept_tls => (a, true),
+                _ = stopped(&mut shutdown) => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(s) => {
+                    backoff.succeeded();
+                    s
+                }
+                Err(e) => {
+                    backoff.failed(&e).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let front = front.clone();
+            let acceptor = acceptor.clone();
+            let handshake_timeout = opts.header_read_timeout;
+            let port = if tls {
+                https_addr.map_or(443, |a| a.port())
+            } else {
+                http_addr.port()
+            };
+            let open = open.clone();
+            tokio::spawn(async move {
+                connection(
+                    stream,
+                    peer,
+                    tls.then_some(acceptor).flatten(),
+                    port,
+                    front,
+                    handshake_timeout,
+                )
+                .await;
+                drop((permit, open));
+            });
+        }
+        drop(http);
+        drop(https);
+        front
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        front.drain.notify_waiters();
+        tracing::info!("proxy draining: no new connections, finishing in-flight requests");
+        drop(open);
+        let _ = all_closed.recv().await;
+    });
+    Ok((
+        Listeners {
+            http: http_addr,
+            https: https_addr,
+        },
+        task,
+    ))
+}
+
+/// Forgets the counters and idle connections of backends gone from every app (batched: at most every 5 s).
+fn forget_gone_backends(publisher: Arc<Publisher>, balancer: Arc<Balancer>) {
+    tokio::spawn(async move {
+        let mut changes = publisher.subscribe();
+        while changes.changed().await.is_ok() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            changes.mark_unchanged();
+            let snap = publisher.load_full();
+            let live: std::collections::HashSet<&Endpoint> = snap
+                .apps
+                .values()
+                .flat_map(|a| a.backends.iter().flatten())
+                .collect();
+            balancer.retain(|e| live.contains(e));
+        }
+    });
+}
+
+/// One accepted connection, served to its end: HTTP/1, or (TLS with ALPN `h2`) HTTP/2.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    port: u16,
+    front: Arc<http1::Front>,
+    handshake_timeout: Duration,
+) {
+    let m = crate::metrics::metrics();
+    m.http_connections.inc();
+    match tls {
+        None => {
+            let p = http1::Peer::new(peer, false, port, front.proxy.opts.via);
+            http1::serve(stream, front, p).await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    let info = ConnInfo {
+                        peer,
+                        tls: true,
+                        port,
+                        activity: None,
+                    };
+                    h2::serve_h2(s, &front, info).await
+                }
+                Ok(Ok(s)) => {
+                    let p = http1::Peer::new(peer, true, port, front.proxy.opts.via);
+                    http1::serve(s, front, p).await
+                }
+                Ok(Err(e)) => {
+                    m.tls_handshake_failures.inc();
+                    tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                }
+                Err(_) => {
+                    m.tls_handshake_failures.inc();
+                    tracing::debug!(client = %peer, "TLS handshake timed out");
+                }
+            }
+        }
+    }
+    m.http_connections.dec();
+}
+
+/// The HTTPS listener, its address and the TLS acceptor, when there is one.
+async fn bind_https(
+    https: Option<(SocketAddr, Arc<tls::CertStore>)>,
+) -> std::io::Result<(
+    Option<TcpListener>,
+    Option<SocketAddr>,
+    Option<tokio_rustls::TlsAcceptor>,
+)> {
+    let Some((bind, certs)) = https else {
+        return Ok((None, None, None));
+    };
+    let l = TcpListener::bind(bind).await?;
+    let addr = l.local_addr()?;
+    let cfg = certs.server_config().map_err(std::io::Error::other)?;
+    Ok((
+        Some(l),
+        Some(addr),
+        Some(tokio_rustls::TlsAcceptor::from(cfg)),
+    ))
+}
