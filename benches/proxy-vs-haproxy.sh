@@ -6,7 +6,8 @@
 # Many short rounds, because the shared machine's noise comes in bursts of seconds that can swamp one long round;
 # the median of the per-round ratios is the figure, and the spread is printed beside it.
 # Usage: benches/proxy-vs-haproxy.sh [seconds-per-round] [rounds] (default 3 s x 15)
-# Needs: nginx, haproxy, wrk (Debian packages), a release build (built here if missing).
+# Needs: nginx, haproxy, wrk (Debian packages), a release build (built here if missing; RATTAN_BIN=path runs another
+# binary, e.g. an older build, for a before/after in one run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-3}
@@ -54,7 +55,7 @@ HAP
 haproxy -c -q -f "$TMP/haproxy.cfg"
 taskset -c 0 haproxy -f "$TMP/haproxy.cfg" -db & HAP_PID=$!; PIDS+=($HAP_PID)
 
-RATTAN_WORKERS=${RATTAN_WORKERS:-1} RUST_LOG=warn taskset -c 0 target/release/rattan --marathon "http://127.0.0.1:$MARATHON" \
+RATTAN_WORKERS=${RATTAN_WORKERS:-1} RUST_LOG=warn taskset -c 0 "${RATTAN_BIN:-target/release/rattan}" --marathon "http://127.0.0.1:$MARATHON" \
   --events poll --poll-interval 1h --http-bind "127.0.0.1:$RAT" --api-bind "127.0.0.1:$API" --data-dir "$TMP/data" \
   --tcp-bind-address 127.0.0.1 \
   >/dev/null 2>"$TMP/rattan.err" & RAT_PID=$!; PIDS+=($RAT_PID)

@@ -359,6 +359,18 @@ pub struct ResyncTiming {
     pub retry_max: Duration,
 }
 
+impl Default for ResyncTiming {
+    fn default() -> Self {
+        ResyncTiming {
+            debounce: Duration::from_millis(250),
+            max_wait: Duration::from_secs(2),
+            interval: Duration::from_secs(300),
+            retry_min: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Runs discovery: applies changes from `rx`, schedules debounced full snapshots, publishes.
 pub async fn run(
     client: Arc<MarathonClient>,

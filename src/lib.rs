@@ -7,6 +7,7 @@ pub mod api;
 pub mod apps;
 pub mod backoff;
 pub mod bamboo;
+pub mod boolean;
 pub mod config;
 pub mod dev;
 pub mod discovery;

@@ -3,7 +3,7 @@
 use crate::api::{self, ApiState};
 use crate::backoff::Backoff;
 use crate::config::{EventMode, Mode, Settings};
-use crate::discovery::{self, Discovery, Policy, ResyncTiming};
+use crate::discovery::{self, Discovery, Policy};
 use crate::marathon::api::MarathonClient;
 use crate::marathon::events::{self, SseOptions};
 use crate::snapshot::Publisher;
@@ -97,6 +97,9 @@ fn callback_token(settings: &Settings) -> Result<String, String> {
 }
 
 /// Starts every task in the background and returns once the API port is bound.
+/// `--drain-timeout`: the default.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 pub async fn start(settings: &Settings) -> Result<Running, String> {
     let publisher = Arc::new(Publisher::new(settings.route_options.clone()));
     let store = Arc::new(open_store(settings, &publisher)?);
@@ -127,16 +130,16 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     let budget = crate::limits::Budget::new(
         nofile,
         settings.limits.api_max_connections,
-        settings.proxy.max_connections,
+        settings.http.max_connections,
     );
     budget.report(
         settings.limits.api_max_connections,
-        settings.proxy.max_connections,
+        settings.http.max_connections,
     );
     let api_limits = api::ApiLimits {
         max_connections: budget.api,
-        header_read_timeout: settings.header_read_timeout,
-        keep_alive_timeout: settings.keep_alive_timeout,
+        header_read_timeout: settings.http.header_read_timeout,
+        keep_alive_timeout: settings.http.keep_alive_timeout,
     };
     let api_addr = api::serve(settings.api_bind, api_state, api_limits)
         .await
@@ -153,7 +156,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     };
     if let Some(status) = &haproxy_status {
         let h = &settings.haproxy;
-        if h.reload_validation_command.is_none() {
+        if h.pipeline.validation_command.is_none() {
             tracing::warn!("no validation command (--haproxy-validation-cmd, e.g. `haproxy -c -f {{{{.}}}}`): configs are installed unchecked");
         }
         tokio::spawn(crate::haproxy::run(
@@ -168,7 +171,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
             let opts = SseOptions {
                 idle_timeout: settings.sse_idle_timeout,
                 max_event: settings.limits.marathon_max_event_size,
-                backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
+                backoff: Backoff::new(settings.resync.retry_min, settings.resync.retry_max),
             };
             tokio::spawn(events::run_sse(client.clone(), opts, tx.clone()));
         }
@@ -198,14 +201,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     }
 
     let discovery = discovery(settings, &publisher);
-    let timing = ResyncTiming {
-        debounce: settings.resync_debounce,
-        max_wait: settings.resync_max_wait,
-        interval: settings.resync_interval,
-        retry_min: settings.reconnect_min,
-        retry_max: settings.reconnect_max,
-    };
-    tokio::spawn(discovery::run(client, discovery, rx, timing));
+    tokio::spawn(discovery::run(client, discovery, rx, settings.resync));
 
     Ok(Running {
         api_addr,
@@ -242,16 +238,8 @@ async fn start_proxy(
         publisher.clone(),
         balancer.clone(),
         crate::proxy::ProxyOptions {
-            connect_timeout: ps.connect_timeout,
-            header_read_timeout: settings.header_read_timeout,
-            keep_alive_timeout: settings.keep_alive_timeout,
-            idle_timeout: ps.backend_idle_timeout,
-            backend_timeout: ps.backend_timeout,
-            client_timeout: settings.limits.client_timeout,
-            max_header_bytes: ps.max_header_size,
             max_connections,
-            via: ps.via,
-            access_log: ps.access_log,
+            ..settings.http.clone()
         },
         stop_rx.clone(),
     )
@@ -276,7 +264,7 @@ async fn start_proxy(
         balancer,
         crate::proxy::tcp::TcpOptions {
             bind: ps.tcp_bind_address,
-            connect_timeout: ps.connect_timeout,
+            connect_timeout: settings.http.connect_timeout,
         },
         stop_rx,
     ));
@@ -300,16 +288,9 @@ pub fn haproxy_extra(settings: &Settings) -> crate::haproxy::template::Extra {
 }
 
 fn haproxy_options(settings: &Settings) -> crate::haproxy::HaproxyOptions {
-    let h = &settings.haproxy;
     crate::haproxy::HaproxyOptions {
-        template: h.template_path.clone(),
-        output: h.output_path.clone(),
-        reload_command: h.reload_command.clone(),
-        validation_command: h.reload_validation_command.clone(),
-        cleanup_command: h.reload_cleanup_command.clone(),
-        command_timeout: h.command_timeout,
-        min_interval: h.min_interval,
         extra: haproxy_extra(settings),
+        ..settings.haproxy.pipeline.clone()
     }
 }
 
@@ -334,7 +315,7 @@ pub async fn render(settings: &Settings, template: Option<&std::path::Path>) -> 
         .await
         .map_err(|e| format!("cannot fetch apps from Marathon: {e}"))?;
     discovery(settings, &publisher).apply_snapshot(parsed.apps);
-    let template = template.or(settings.haproxy.template_path.as_deref());
+    let template = template.or(settings.haproxy.pipeline.template.as_deref());
     let cfg = crate::haproxy::render_once(&publisher, template, &haproxy_extra(settings))?;
     use std::io::Write;
     let mut out = std::io::stdout().lock();

@@ -335,6 +335,11 @@ pub struct ZkStore {
 /// 100,000 round trips into a stream (one at a time, a 1 ms network allowed ~6,000 rules in 6 s; this loads
 /// 100,000 in 1.4 s there). Deeper buys little and costs the bound below.
 const PIPELINE: usize = 8;
+
+/// `--zk-path` (Bamboo's), `--zk-session-timeout` (Bamboo's 10 s) and `--data-dir`: the defaults.
+pub const DEFAULT_ZK_PATH: &str = "/marathon-haproxy/state";
+pub const ZK_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_DATA_DIR: &str = "rattan-data";
 /// Nodes per multi-read (ZooKeeper 3.6+). With `PIPELINE`, at most 512 nodes are in flight: nodes others wrote as
 /// large as ZooKeeper allows (1 MiB) hold at most 512 MiB while they load.
 const BATCH: usize = 64;

@@ -23,6 +23,10 @@ use tokio::sync::mpsc;
 /// Marathon's heavy deployment events can be megabytes.
 const MAX_CALLBACK_BODY: usize = 16 << 20;
 
+/// `--api-bind` and `--api-max-connections`: the defaults.
+pub const DEFAULT_BIND: &str = "0.0.0.0:8000";
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// The Marathon event callback receiver (callback mode only).
 pub struct Callback {
     pub tx: mpsc::Sender<Change>,

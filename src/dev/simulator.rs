@@ -176,9 +176,10 @@ impl Simulator {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    // ---- controls -------------------------------------------------------------------------------------------
+    // ---- controls (fault injection: the tests', behind the `sim-faults` feature) ---------------------------
 
     /// Every request answers this status (e.g. 503 for "no leader"); `None` restores service.
+    #[cfg(feature = "sim-faults")]
     pub fn fail_with(&self, status: Option<u16>) {
         self.lock().fail_status = status;
         if status.is_some() {
@@ -187,39 +188,47 @@ impl Simulator {
     }
 
     /// Built-in basic auth, as `--http_credentials`.
+    #[cfg(feature = "sim-faults")]
     pub fn require_auth(&self, user: &str, password: &str) {
         self.lock().credentials = Some((user.into(), password.into()));
     }
 
     /// Answer `/v2/events` with a 302 to another Marathon (a 1.7+ standby).
+    #[cfg(feature = "sim-faults")]
     pub fn redirect_events_to(&self, leader: Option<String>) {
         self.lock().redirect_events_to = leader;
     }
 
     /// Closes every open event stream (a leader change, a network cut).
+    #[cfg(feature = "sim-faults")]
     pub fn drop_streams(&self) {
         self.inner.generation.send_modify(|g| *g += 1);
     }
 
     /// Keeps streams open but sends nothing, not even keep-alives (a half-open connection).
+    #[cfg(feature = "sim-faults")]
     pub fn stall_streams(&self, stalled: bool) {
         self.lock().stalled = stalled;
     }
 
     /// A Marathon restart: subscriptions are lost, streams drop.
+    #[cfg(feature = "sim-faults")]
     pub fn restart(&self) {
         self.lock().subscribers.clear();
         self.drop_streams();
     }
 
+    #[cfg(feature = "sim-faults")]
     pub fn subscribers(&self) -> Vec<String> {
         self.lock().subscribers.iter().cloned().collect()
     }
 
+    #[cfg(feature = "sim-faults")]
     pub fn requests(&self) -> Vec<RequestLog> {
         self.lock().requests.clone()
     }
 
+    #[cfg(feature = "sim-faults")]
     pub fn open_streams(&self) -> usize {
         self.inner.events.receiver_count()
     }
@@ -429,6 +438,7 @@ impl Simulator {
     }
 
     /// The task's server dies but Marathon has not noticed yet (no event, still listed as running).
+    #[cfg(feature = "sim-faults")]
     pub fn crash_task_server(&self, task_id: &str) {
         if let Some(h) = self.lock().task_servers.remove(task_id) {
             h.abort();

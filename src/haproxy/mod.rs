@@ -10,6 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 use template::{Extra, Renderer};
 
 /// rattan's own template, used when no template path is given.
+/// `--haproxy-stats-bind`: the default.
+pub const STATS_BIND: &str = "127.0.0.1:9090";
+
 pub const DEFAULT_TEMPLATE: &str = include_str!("../../config/haproxy_template.cfg");
 
 #[derive(Debug, Clone)]
@@ -22,6 +25,21 @@ pub struct HaproxyOptions {
     pub command_timeout: Duration,
     pub min_interval: Duration,
     pub extra: Extra,
+}
+
+impl Default for HaproxyOptions {
+    fn default() -> Self {
+        HaproxyOptions {
+            template: None,
+            output: PathBuf::from("/etc/haproxy/haproxy.cfg"),
+            reload_command: None,
+            validation_command: None,
+            cleanup_command: None,
+            command_timeout: Duration::from_secs(30),
+            min_interval: Duration::from_secs(1),
+            extra: Extra::default(),
+        }
+    }
 }
 
 /// What `/status` and `/api/haproxy` report.

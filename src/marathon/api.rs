@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use url::Url;
 
+/// `--marathon-timeout` and `--marathon-max-body`: the defaults.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const MAX_BODY: usize = 512 << 20;
+
 pub const APPS_PATH: &str = "/v2/apps?embed=apps.tasks&embed=apps.readiness&embed=apps.deployments";
 
 /// Why one call to one endpoint failed. Every kind moves on to the next endpoint; none empties the routing table.

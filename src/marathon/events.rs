@@ -16,6 +16,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// The events that matter for routing (server-side filter, 1.3.7+; re-checked client side).
+/// `--poll-interval`, `--sse-idle-timeout` (3× Marathon's keep-alive), `--callback-check-interval`,
+/// `--marathon-max-event-size`: the defaults.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+pub const SSE_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALLBACK_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+pub const MAX_EVENT: usize = 16 << 20;
+
 pub const EVENT_TYPES: &[&str] = &[
     "status_update_event",
     "health_status_changed_event",

@@ -41,6 +41,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// `--http-bind`: the default.
+pub const DEFAULT_HTTP_BIND: &str = "0.0.0.0:80";
+
 pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 pub(crate) fn empty() -> ProxyBody {

@@ -14,6 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
+/// `--tcp-bind-address`: the default.
+pub const DEFAULT_BIND: &str = "0.0.0.0";
+
 pub struct TcpOptions {
     pub bind: IpAddr,
     pub connect_timeout: Duration,

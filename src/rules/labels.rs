@@ -19,10 +19,7 @@ pub fn label<'a>(app: &'a AppView, n: usize, key: &str) -> Option<&'a str> {
 }
 
 pub fn falsy(v: &str) -> bool {
-    matches!(
-        v.to_ascii_lowercase().as_str(),
-        "false" | "0" | "no" | "off"
-    )
+    crate::boolean::parse(v, crate::boolean::Spelling::Words) == Some(false)
 }
 
 pub fn has_routing_labels(app: &AppView) -> bool {

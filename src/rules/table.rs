@@ -179,12 +179,7 @@ struct Spec {
 }
 
 fn flag(v: Option<&String>) -> bool {
-    v.is_some_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "true" | "1" | "yes" | "on"
-        )
-    })
+    v.and_then(|v| crate::boolean::parse(v, crate::boolean::Spelling::Words)) == Some(true)
 }
 
 impl RouteTable {
