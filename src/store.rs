@@ -216,22 +216,32 @@ impl FileStore {
     pub fn watch(self: &Arc<Self>, every: Duration) {
         crate::periodic::every(self, every, |store: Arc<Self>| async move {
             let mut state = store.state.lock().await;
-            store.reread(&mut state);
+            store.reread(&mut state).await;
         });
     }
 
-    /// Takes in what changed on disk since the rules were last read or written.
-    fn reread(&self, state: &mut FileState) {
-        let now = stamp(&self.path);
+    /// Takes in what changed on disk since the rules were last read or written (the file system's calls on a
+    /// blocking thread: a slow disk never holds up a runtime worker).
+    async fn reread(&self, state: &mut FileState) {
+        let (path, before) = (self.path.clone(), state.stamp);
+        let looked = tokio::task::spawn_blocking(move || {
+            let now = stamp(&path);
+            let changed = now != before && now.is_some();
+            (now, changed.then(|| load(&path)))
+        })
+        .await;
+        let Ok((now, loaded)) = looked else {
+            return;
+        };
         if now == state.stamp {
             return;
         }
         state.stamp = now;
-        if now.is_none() {
+        let Some(loaded) = loaded else {
             tracing::warn!(file = %self.path.display(), "rules file removed; keeping the last rules (the next write recreates it)");
             return;
-        }
-        match load(&self.path) {
+        };
+        match loaded {
             Ok(services) => {
                 tracing::info!(file = %self.path.display(), rules = services.len(), "rules file changed on disk; loaded");
                 publish(&self.publisher, &services);
@@ -250,7 +260,7 @@ impl FileStore {
     ) -> Result<(), StoreError> {
         let mut state = self.state.lock().await;
         // A hand edit the watcher has not seen yet is taken in first, never written over.
-        self.reread(&mut state);
+        self.reread(&mut state).await;
         let current = state
             .rules
             .as_ref()
@@ -259,18 +269,19 @@ impl FileStore {
         change(&mut next)?;
         let bytes = crate::bamboo::gojson::to_vec(&next);
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
-            .await
-            .map_err(|e| StoreError::Failed(e.to_string()))?
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "cannot write rules file {}: {e}",
-                    self.path.display()
-                ))
-            })?;
+        let written =
+            tokio::task::spawn_blocking(move || write_atomic(&path, &bytes).map(|()| stamp(&path)))
+                .await
+                .map_err(|e| StoreError::Failed(e.to_string()))?
+                .map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "cannot write rules file {}: {e}",
+                        self.path.display()
+                    ))
+                })?;
         publish(&self.publisher, &next);
         state.rules = Ok(next);
-        state.stamp = stamp(&self.path);
+        state.stamp = written;
         Ok(())
     }
 

@@ -18,6 +18,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -225,10 +226,7 @@ impl Proxy {
         let bodyless = bodyless(&req);
         let (mut parts, body) = req.into_parts();
         // Timed from here: a client that announces a body and stops sending it is cut at the client timeout.
-        let body = match &conn.activity {
-            Some(a) => idle::Paced::new(body, a, idle::Toward::Backend).boxed(),
-            None => body.boxed(),
-        };
+        let body = idle::Paced::new(body, &conn.activity, idle::Toward::Backend).boxed();
         strip_hop_by_hop(&mut parts.headers);
         if let Some(h) = host_value {
             if !parts.headers.contains_key(header::HOST) {
@@ -390,14 +388,18 @@ fn service(
 
 /// An HTTP/2 connection, served by hyper. It closes idle connections at the keep-alive timeout and cuts off heads
 /// at the header timeout, as HTTP/1 does. On drain it gets a GOAWAY; in-flight requests finish.
-pub async fn serve_h2<I>(io: I, front: &Front, info: ConnInfo)
+pub async fn serve_h2<I>(io: I, front: &Front, (peer, tls, port): (SocketAddr, bool, u16))
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = idle::Activity::new(true);
-    let mut info = info;
-    info.activity = Some(activity.clone());
-    let client = info.peer;
+    let info = ConnInfo {
+        peer,
+        tls,
+        port,
+        activity: activity.clone(),
+    };
+    let client = peer;
     let conn = front.h2.serve_connection(
         TokioIo::new(idle::Metered::new(io, activity.clone())),
         service(front.proxy.clone(), info, activity.clone()),

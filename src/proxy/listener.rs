@@ -2,7 +2,7 @@
 //! HTTP/2), and the drain at shutdown.
 
 use super::balance::Balancer;
-use super::{h2, http1, tls, ConnInfo, Proxy, ProxyOptions};
+use super::{h2, http1, tls, Proxy, ProxyOptions};
 use crate::marathon::address::Endpoint;
 use crate::snapshot::Publisher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -164,13 +164,7 @@ async fn connection(
         Some(acceptor) => {
             match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                    let info = ConnInfo {
-                        peer,
-                        tls: true,
-                        port,
-                        activity: None,
-                    };
-                    h2::serve_h2(s, &front, info).await
+                    h2::serve_h2(s, &front, (peer, true, port)).await
                 }
                 Ok(Ok(s)) => {
                     let p = http1::Peer::new(peer, true, port, front.proxy.opts.via);

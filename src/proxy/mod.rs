@@ -92,8 +92,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The port the client connected to (X-Forwarded-Port).
     pub port: u16,
-    /// The hyper path's timers, which time request bodies' waits on the client.
-    pub activity: Option<Arc<idle::Activity>>,
+    /// The connection's timers, which time request bodies' waits on the client.
+    pub activity: Arc<idle::Activity>,
 }
 
 /// Backend requests one client connection may have at once (HTTP/2 streams past it wait for a turn, holding no

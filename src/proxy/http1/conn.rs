@@ -12,7 +12,7 @@ use crate::proxy::backend::Slot;
 use crate::proxy::deadline::{Deadlines, Timeouts};
 use crate::proxy::error::{Blame, Error};
 use crate::proxy::log::{access_log, record, AccessEntry};
-use crate::proxy::{ConnInfo, Proxy};
+use crate::proxy::Proxy;
 use crate::rules::table::Route;
 use crate::snapshot::Snapshot;
 use http::StatusCode;
@@ -328,14 +328,8 @@ async fn to_h2<S>(c: Client<S>, front: &Front, peer: &Peer)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let info = ConnInfo {
-        peer: peer.addr,
-        tls: peer.tls,
-        port: peer.port,
-        activity: None,
-    };
     let io = Rewind::new(c.io, c.buf.bytes());
-    crate::proxy::h2::serve_h2(io, front, info).await;
+    crate::proxy::h2::serve_h2(io, front, (peer.addr, peer.tls, peer.port)).await;
 }
 
 impl Waits<'_, '_, '_> {
