@@ -2,7 +2,7 @@
 //! fields.
 
 use super::cli::{EventMode, Mode};
-use super::{bad, ConfigError};
+use super::value::{bad, ConfigError};
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};

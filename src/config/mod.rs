@@ -16,28 +16,14 @@ mod value;
 
 pub use cli::{Cli, Command, EventMode, Mode, Opts};
 pub use file::{load_file, FileConfig, HaproxyFile, StringOrList};
-pub use value::{parse_bind, parse_duration, parse_size, valid_callback_token};
+pub use value::{parse_bind, parse_duration, parse_size, valid_callback_token, ConfigError};
 
 use crate::proxy::AccessLog;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use url::Url;
-use value::{go_bool, nonempty, parse_url};
-
-#[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {key}: {reason}")]
-pub struct ConfigError {
-    pub key: String,
-    pub reason: String,
-}
-
-pub(crate) fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key: key.to_string(),
-        reason: reason.into(),
-    }
-}
+use value::{bad, go_bool, nonempty, parse_url};
 
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -1,9 +1,22 @@
 //! Values as flags, the environment and files spell them: durations, sizes, addresses, URLs, booleans.
 
-use super::{bad, ConfigError};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 use url::Url;
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+pub(crate) fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
 
 /// `500ms`, `5s`, `2m`, `1h 30m`; a bare number is seconds.
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration, ConfigError> {

@@ -1,12 +1,18 @@
 //! The answers the proxy gives itself, without a backend (404, 301 to HTTPS, 400s, 502, 503, 504): built here, as
 //! HTTP/1 bytes or as a hyper response. What failed and why is [`super::error`]'s to say.
 
-use super::ProxyBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
 use std::net::SocketAddr;
+
+pub(crate) type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+pub(crate) fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
 
 /// A short plain-text response the proxy gives itself, without a backend.
 #[derive(Debug)]
@@ -95,7 +101,7 @@ pub(crate) fn plain(status: StatusCode, msg: String) -> Response<ProxyBody> {
 
 /// A response with no body, for a client nobody can answer any more (hyper drops it).
 pub(crate) fn empty_response() -> Response<ProxyBody> {
-    let mut r = Response::new(super::empty());
+    let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::BAD_REQUEST;
     r
 }

@@ -2,7 +2,7 @@
 //! gives them back), connect failures and ejection, idle keep-alive connections. The balancing policy reads it
 //! (`balance`); the connection pool fills and drains it (`pool`).
 
-use super::ProxyBody;
+use super::answer::ProxyBody;
 use hyper::client::conn::http1::SendRequest;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};

@@ -3,12 +3,15 @@
 //! client pool.
 
 use super::answer::Answer;
+use super::answer::ProxyBody;
 use super::error::Error;
-use super::http1::Front;
+use super::front::Front;
 use super::idle::Expired;
 use super::log::{access_log, record, AccessEntry, AccessLog};
+use super::options::MAX_BACKEND_PER_CLIENT;
+use super::route::Proxy;
 use super::route::{host_name, sticky_cookie, Picker, Routed, Target};
-use super::{idle, pool, ConnInfo, Proxy, ProxyBody, MAX_BACKEND_PER_CLIENT};
+use super::{idle, pool};
 use crate::marathon::address::Endpoint;
 use crate::rules::acl::{Headers, Request as AclRequest};
 use crate::rules::table::Route;
@@ -30,6 +33,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 struct Trace<'s> {
     route: Option<&'s Route>,
     backend: Option<&'s Endpoint>,
+}
+
+/// What a request's connection tells about it.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// The port the client connected to (X-Forwarded-Port).
+    pub port: u16,
+    /// The connection's timers, which time request bodies' waits on the client.
+    pub activity: Arc<idle::Activity>,
 }
 
 /// A response body that holds `guard` until hyper is done with it (the client has it all, or went away): the

@@ -2,7 +2,10 @@
 //! HTTP/2), and the drain at shutdown.
 
 use super::balance::Balancer;
-use super::{h2, http1, tls, Proxy, ProxyOptions};
+use super::front::Front;
+use super::options::ProxyOptions;
+use super::route::Proxy;
+use super::{h2, http1, tls};
 use crate::marathon::address::Endpoint;
 use crate::snapshot::Publisher;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -40,7 +43,7 @@ pub async fn serve(
     let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(opts.max_header_bytes.max(8192) as u32);
-    let front = Arc::new(http1::Front {
+    let front = Arc::new(Front {
         proxy,
         h2,
         stop: shutdown.clone(),
@@ -151,7 +154,7 @@ async fn connection(
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
     port: u16,
-    front: Arc<http1::Front>,
+    front: Arc<Front>,
     handshake_timeout: Duration,
 ) {
     let m = crate::metrics::metrics();

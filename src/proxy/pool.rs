@@ -2,9 +2,9 @@
 //! slot's short list (no pool-wide map, no absolute-URI parsing as a general client needs); a request that could
 //! not be written (the idle connection had just closed) comes back untouched and goes out on another connection.
 
+use super::answer::{empty, ProxyBody};
 use super::backend::{Idle, Slot};
 use super::error::Error;
-use super::ProxyBody;
 use crate::marathon::address::Endpoint;
 use http::Request;
 use hyper::body::Incoming;
@@ -95,7 +95,7 @@ pub async fn send(
 ) -> Result<http::Response<Incoming>, Failure> {
     let copy_of = |req: &Request<ProxyBody>| {
         replay.then(|| {
-            let mut r = Request::new(super::empty());
+            let mut r = Request::new(empty());
             *r.method_mut() = req.method().clone();
             *r.uri_mut() = req.uri().clone();
             *r.version_mut() = req.version();

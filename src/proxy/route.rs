@@ -5,11 +5,37 @@
 use super::answer::Answer;
 use super::backend::InFlight;
 use super::balance::Balancer;
-use super::Proxy;
+use super::options::ProxyOptions;
 use crate::marathon::address::Endpoint;
 use crate::rules::acl::{Headers, Request as AclRequest};
 use crate::rules::table::{Balance, Route};
+use crate::snapshot::Publisher;
 use http::StatusCode;
+use std::sync::Arc;
+
+pub struct Proxy {
+    pub(crate) publisher: Arc<Publisher>,
+    pub(crate) balancer: Arc<Balancer>,
+    pub(crate) opts: ProxyOptions,
+    /// Where redirects to HTTPS point: the HTTPS listener's port (443 when there is none here).
+    https_port: u16,
+}
+
+impl Proxy {
+    pub fn new(
+        publisher: Arc<Publisher>,
+        balancer: Arc<Balancer>,
+        https_port: u16,
+        opts: &ProxyOptions,
+    ) -> Proxy {
+        Proxy {
+            publisher,
+            balancer,
+            opts: opts.clone(),
+            https_port,
+        }
+    }
+}
 
 impl Proxy {
     /// Matches the request against the snapshot's routes and says what to do with it: forward to the route's

@@ -1,7 +1,22 @@
 //! The connection's buffers: bytes read and not used yet, grown to a cap.
 
 use std::io;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Request bodies up to this size are read whole before the request goes out (so a connect failure can send them
+/// again elsewhere, and a backend that answers early can never stall the upload); larger ones stream through hyper.
+pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
+pub(super) const MAX_HEADERS: usize = 100;
+/// Backend reads: a response head and what of the body comes with it, then the body in pieces of this size.
+pub(super) const BACKEND_BUF: usize = 16 * 1024;
+pub(super) const CLIENT_BUF: usize = 4 * 1024;
+/// The client's buffer grows to this for a body (heads stay within the header limit).
+pub(super) const BODY_BUF: usize = 64 * 1024;
+
+pub(super) async fn write<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
+}
 
 /// Bytes read and not used yet.
 pub(super) struct Buf {

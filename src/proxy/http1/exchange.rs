@@ -3,17 +3,17 @@
 //! relayed (decoded for HTTP/1.0), upgrades turned into tunnels.
 
 use super::buf::Buf;
-use super::conn::{Client, Next, Req};
+use super::buf::{write, BACKEND_BUF, BODY_BUF, CLIENT_BUF, MAX_BUFFERED_BODY, MAX_HEADERS};
+use super::client::{Client, Next, Req};
 use super::framing::BodyState;
 use super::request::Forward;
 use super::response::{self, body_part, response_head, Asked, Framing};
-use super::{write, BACKEND_BUF, BODY_BUF, CLIENT_BUF, MAX_BUFFERED_BODY, MAX_HEADERS};
 use crate::marathon::address::Endpoint;
 use crate::proxy::backend::{InFlight, Slot};
 use crate::proxy::deadline::Timeouts;
 use crate::proxy::error::{Blame, Error};
+use crate::proxy::options::ProxyOptions;
 use crate::proxy::route::Picker;
-use crate::proxy::ProxyOptions;
 use crate::rules::table::Route;
 use std::mem::MaybeUninit;
 use std::sync::atomic::Ordering;

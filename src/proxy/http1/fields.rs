@@ -1,8 +1,8 @@
 //! One pass over a head's fields (request or response): what frames the body, what `Connection` says, and which
 //! lines are connection-specific (RFC 9110 §7.6.1: never forwarded, in either direction).
 
+use super::buf::MAX_HEADERS;
 use super::framing;
-use super::MAX_HEADERS;
 
 /// `name` is `lower` in any case. `lower` has only lower-case letters and '-', onto which `| 0x20` maps nothing
 /// else but CR, a byte httparse never leaves in a name or a value: one OR per byte instead of a case fold, and

@@ -33,7 +33,8 @@
 //! | `head` | the fast reader of common response heads |
 //! | `buf` | the connection's buffers |
 
-mod buf;
+pub mod buf;
+mod client;
 mod conn;
 mod exchange;
 mod fields;
@@ -42,22 +43,5 @@ pub mod head;
 mod request;
 mod response;
 
-pub use conn::{serve, Front, Peer};
-
-use std::io;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-
-/// Request bodies up to this size are read whole before the request goes out (so a connect failure can send them
-/// again elsewhere, and a backend that answers early can never stall the upload); larger ones stream through hyper.
-pub const MAX_BUFFERED_BODY: u64 = 64 * 1024;
-const MAX_HEADERS: usize = 100;
-/// Backend reads: a response head and what of the body comes with it, then the body in pieces of this size.
-const BACKEND_BUF: usize = 16 * 1024;
-const CLIENT_BUF: usize = 4 * 1024;
-/// The client's buffer grows to this for a body (heads stay within the header limit).
-const BODY_BUF: usize = 64 * 1024;
-
-async fn write<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
-    io.write_all(bytes).await?;
-    io.flush().await
-}
+pub use client::Peer;
+pub use conn::serve;

@@ -2,43 +2,21 @@
 //! rewritten into the head the backend gets (the client's lines as they came, minus the hop-by-hop ones, plus the
 //! forwarded ones).
 
-use super::conn::Peer;
+use super::buf::MAX_HEADERS;
+use super::client::{LogInfo, Peer};
 use super::fields::{copy_lines, header, Fields};
 use super::framing::{self, BodyState};
-use super::{head, MAX_HEADERS};
+use super::head;
 use crate::proxy::answer::Answer;
 use crate::proxy::log::AccessLog;
+use crate::proxy::route::Proxy;
 use crate::proxy::route::{host_name, sticky_cookie, Picker, Routed, Target};
-use crate::proxy::Proxy;
 use crate::rules::acl::{Headers, Request as AclRequest};
 use crate::rules::table::Route;
 use crate::snapshot::Snapshot;
 use http::StatusCode;
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
-
-/// What the access log keeps of a request (taken only when it is on).
-pub(super) struct LogInfo {
-    pub method: http::Method,
-    pub uri: http::Uri,
-    pub host: Option<String>,
-    pub version: http::Version,
-}
-
-impl LogInfo {
-    fn new(method: &str, target: &str, host: Option<&str>, http10: bool) -> LogInfo {
-        LogInfo {
-            method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
-            uri: target.parse().unwrap_or_default(),
-            host: host.map(str::to_string),
-            version: if http10 {
-                http::Version::HTTP_10
-            } else {
-                http::Version::HTTP_11
-            },
-        }
-    }
-}
 
 /// A request head read and routed, with its rewritten head in the connection's `out`.
 pub(super) struct Forward<'s> {

@@ -1,9 +1,10 @@
 //! A backend's response head: how its body ends (RFC 9112 §6.3, in its order) and the head the client gets (the
 //! backend's lines as they came, minus the hop-by-hop ones; the sticky cookie; `Connection` as the client needs it).
 
+use super::buf::MAX_HEADERS;
 use super::fields::{copy_lines, header, number, Fields};
 use super::framing::{self, BodyState};
-use super::{head, MAX_HEADERS};
+use super::head;
 use crate::proxy::answer::connection_line;
 use std::mem::MaybeUninit;
 
