@@ -23,7 +23,85 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    pub(crate) fn new(status: StatusCode, body: String) -> Answer {
+    /// 400, naming what was wrong with the request.
+    pub(crate) fn bad_request(why: &str) -> Answer {
+        Answer::new(StatusCode::BAD_REQUEST, format!("rattan: {why}\n"))
+    }
+
+    /// 408: the request head did not arrive within the header timeout.
+    pub(crate) fn head_timeout() -> Answer {
+        Answer::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "rattan: request head not received in time\n".into(),
+        )
+    }
+
+    /// 408: the client stopped sending its request body.
+    pub(crate) fn body_timeout() -> Answer {
+        Answer::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "rattan: request body not received in time\n".into(),
+        )
+    }
+
+    /// 431, `what` being too large.
+    pub(crate) fn too_large(what: &str) -> Answer {
+        Answer::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("rattan: {what}\n"),
+        )
+    }
+
+    /// 404: no route matched.
+    pub(crate) fn no_route(host: &str, path: &str) -> Answer {
+        Answer::new(
+            StatusCode::NOT_FOUND,
+            format!("rattan: no route for {host}{path}\n"),
+        )
+    }
+
+    /// 503: the route's app has no routable backend.
+    pub(crate) fn no_backend(app: &str) -> Answer {
+        Answer::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("rattan: {app} has no healthy backend\n"),
+        )
+    }
+
+    /// 301 to `location` (marathon-lb's `redirect scheme https code 301`).
+    pub(crate) fn moved(location: String) -> Answer {
+        Answer {
+            status: StatusCode::MOVED_PERMANENTLY,
+            body: format!("rattan: moved to {location}\n"),
+            location: Some(location),
+        }
+    }
+
+    /// 502: every backend tried failed to connect.
+    pub(crate) fn exhausted(app: &str) -> Answer {
+        Answer::new(
+            StatusCode::BAD_GATEWAY,
+            format!("rattan: no backend of {app} answered\n"),
+        )
+    }
+
+    /// 502: `backend` failed with `error`.
+    pub(crate) fn backend_failed(backend: &str, error: &str) -> Answer {
+        Answer::new(
+            StatusCode::BAD_GATEWAY,
+            format!("rattan: backend {backend} failed: {error}\n"),
+        )
+    }
+
+    /// 504: `backend` did not answer within `after`.
+    pub(crate) fn backend_timeout(backend: &str, after: std::time::Duration) -> Answer {
+        Answer::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("rattan: backend {backend} did not answer within {after:?}\n"),
+        )
+    }
+
+    fn new(status: StatusCode, body: String) -> Answer {
         Answer {
             status,
             body,

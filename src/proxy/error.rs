@@ -4,7 +4,6 @@
 use super::answer::Answer;
 use crate::marathon::address::Endpoint;
 use crate::rules::table::Route;
-use http::StatusCode;
 use std::time::Duration;
 
 /// Whose failure it was.
@@ -89,32 +88,20 @@ impl Error {
             Error::ClientStalled(after) => {
                 rejected("client_timeout");
                 tracing::debug!(%app, timeout = ?after, "client stalled in its request body; cut off");
-                Answer::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "rattan: request body not received in time\n".into(),
-                )
+                Answer::body_timeout()
             }
             Error::BadBody(why) => {
                 rejected("bad_chunked");
                 tracing::debug!(%app, %why, "malformed request body");
-                Answer::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("rattan: malformed chunked request body ({why})\n"),
-                )
+                Answer::bad_request(&format!("malformed chunked request body ({why})"))
             }
             Error::Connect(e) | Error::Reused(e) | Error::Failed(e) => {
                 tracing::warn!(backend = %b, %app, error = %e, "backend request failed");
-                Answer::new(
-                    StatusCode::BAD_GATEWAY,
-                    format!("rattan: backend {b} failed: {e}\n"),
-                )
+                Answer::backend_failed(&b, e)
             }
             Error::Timeout(after) => {
                 tracing::warn!(backend = %b, %app, timeout = ?after, "backend response timeout");
-                Answer::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("rattan: backend {b} did not answer within {after:?}\n"),
-                )
+                Answer::backend_timeout(&b, *after)
             }
         })
     }

@@ -17,7 +17,7 @@ use crate::rules::acl::{Headers, Request as AclRequest};
 use crate::rules::table::Route;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
@@ -202,8 +202,7 @@ impl Proxy {
                 .http_rejected
                 .with_label_values(&["bad_request"])
                 .inc();
-            return Answer::new(StatusCode::BAD_REQUEST, format!("rattan: {why}\n"))
-                .into_response();
+            return Answer::bad_request(why).into_response();
         }
         // HTTP/2 carries the host in :authority (Host, when also there, names the same). Kept as a header value:
         // cloning it is a refcount.

@@ -10,7 +10,6 @@ use crate::marathon::address::Endpoint;
 use crate::rules::acl::{Headers, Request as AclRequest};
 use crate::rules::table::{Balance, Route};
 use crate::snapshot::Publisher;
-use http::StatusCode;
 use std::sync::Arc;
 
 pub struct Proxy {
@@ -50,17 +49,7 @@ impl Proxy {
         tls: bool,
     ) -> Routed<'s> {
         let Some(route) = snap.routes.find(req) else {
-            return Routed::Answer(
-                None,
-                Answer::new(
-                    StatusCode::NOT_FOUND,
-                    format!(
-                        "rattan: no route for {}{}\n",
-                        raw_host.unwrap_or(""),
-                        req.path
-                    ),
-                ),
-            );
+            return Routed::Answer(None, Answer::no_route(raw_host.unwrap_or(""), req.path));
         };
         if route.redirect_https && !tls {
             return Routed::Answer(Some(route), self.redirect_https(raw_host, path_and_query));
@@ -72,13 +61,7 @@ impl Proxy {
             .map(|a| a.healthy_backends(route.port_index))
             .unwrap_or(&[]);
         if backends.is_empty() {
-            return Routed::Answer(
-                Some(route),
-                Answer::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("rattan: {} has no healthy backend\n", route.app_id),
-                ),
-            );
+            return Routed::Answer(Some(route), Answer::no_backend(&route.app_id));
         }
         Routed::Forward(route, backends)
     }
@@ -92,11 +75,7 @@ impl Proxy {
             p => format!(":{p}"),
         };
         let location = format!("https://{name}{port}{path_and_query}");
-        Answer {
-            status: StatusCode::MOVED_PERMANENTLY,
-            body: format!("rattan: moved to {location}\n"),
-            location: Some(location),
-        }
+        Answer::moved(location)
     }
 }
 
@@ -204,10 +183,7 @@ impl<'p, 's> Picker<'p, 's> {
 
     /// The 502 when every backend tried failed to connect.
     pub fn exhausted(&self) -> Answer {
-        Answer::new(
-            StatusCode::BAD_GATEWAY,
-            format!("rattan: no backend of {} answered\n", self.target.app_id),
-        )
+        Answer::exhausted(self.target.app_id)
     }
 
     /// A connect to `backend` failed before anything was sent: counts toward its ejection, then `Ok` when another
@@ -225,10 +201,7 @@ impl<'p, 's> Picker<'p, 's> {
             return Ok(());
         }
         tracing::warn!(backend = %backend, %app, %error, "backend connect failed");
-        Err(Answer::new(
-            StatusCode::BAD_GATEWAY,
-            format!("rattan: backend {backend} failed: {error}\n"),
-        ))
+        Err(Answer::backend_failed(&backend.to_string(), error))
     }
 
     /// The `Set-Cookie` that pins the client to `backend`, unless its cookie names it already.

@@ -11,7 +11,6 @@ use crate::proxy::deadline::Timeouts;
 use crate::proxy::front::Front;
 use crate::proxy::route::Proxy;
 use crate::snapshot::Snapshot;
-use http::StatusCode;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -166,10 +165,7 @@ where
             Woke::Read(Ok(n)) if n > 0 => {}
             Woke::Timeout => {
                 let opts = &w.front.proxy.opts;
-                let a = Answer::new(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "rattan: request head not received in time\n".into(),
-                );
+                let a = Answer::head_timeout();
                 a.write_http1(&mut c.out, true, false, opts.via);
                 let _ =
                     w.t.within(opts.header_read_timeout, write(&mut c.io, &c.out))

@@ -14,7 +14,6 @@ use crate::proxy::route::{host_name, sticky_cookie, Picker, Routed, Target};
 use crate::rules::acl::{Headers, Request as AclRequest};
 use crate::rules::table::Route;
 use crate::snapshot::Snapshot;
-use http::StatusCode;
 use std::borrow::Cow;
 use std::mem::MaybeUninit;
 
@@ -55,10 +54,7 @@ impl Plan<'_> {
     pub fn too_large() -> Plan<'static> {
         Plan::Answer {
             route: None,
-            answer: Answer::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "rattan: request head too large\n".into(),
-            ),
+            answer: Answer::too_large("request head too large"),
             close: true,
             http10: false,
         }
@@ -128,7 +124,7 @@ fn body_framing(f: &Fields<'_>, http10: bool, peer: &Peer) -> Result<Option<Body
 }
 
 fn bad(msg: &str) -> Answer {
-    Answer::new(StatusCode::BAD_REQUEST, format!("rattan: {msg}\n"))
+    Answer::bad_request(msg)
 }
 
 /// The host a request names: Host, else an absolute-form target's authority. An absolute-form target must name
@@ -173,10 +169,7 @@ fn parse<'h, 'b>(
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(Answer::new(
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "rattan: too many header fields\n".into(),
-            ))
+            return Err(Answer::too_large("too many header fields"))
         }
         Err(e) => return Err(bad(&format!("malformed request head ({e})"))),
     };
