@@ -98,15 +98,11 @@ fn slow_backend() -> (u16, Arc<AtomicUsize>) {
         while let Ok((mut s, _)) = l.accept().await {
             let g = g.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if !matches!(s.read(&mut b).await, Ok(1)) {
-                        return;
-                    }
-                    head.push(b[0]);
+                let head = read_head(&mut s).await;
+                if !head.ends_with("\r\n\r\n") {
+                    return;
                 }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let head = head.to_ascii_lowercase();
                 let Some(len) = head
                     .lines()
                     .find_map(|l| l.strip_prefix("content-length:"))
@@ -207,13 +203,8 @@ async fn a_backend_that_answers_before_the_body_ends_is_heard() {
         let l = TcpListener::from_std(l).unwrap();
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if !matches!(s.read(&mut b).await, Ok(1)) {
-                        return;
-                    }
-                    head.push(b[0]);
+                if !read_head(&mut s).await.ends_with("\r\n\r\n") {
+                    return;
                 }
                 let _ = s
                     .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
