@@ -363,7 +363,7 @@ fn target_agrees(req: &Request<Incoming>) -> Result<(), &'static str> {
     }
 }
 
-/// What the hyper path answers with: each body keeps its request counted in flight for the idle timer.
+/// What HTTP/2 answers with: each body keeps its request counted in flight for the idle timer.
 /// The response body keeps the connection busy (`idle::Busy`) and its backend turn until hyper is done with it.
 type TrackedResponse = Response<
     Guarded<idle::Paced<ProxyBody>, (idle::Busy, Option<tokio::sync::OwnedSemaphorePermit>)>,

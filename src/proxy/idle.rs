@@ -1,4 +1,4 @@
-//! Idle and header timeouts for the connections hyper serves (HTTP/2, HTTP/1.0, what the fast path hands over),
+//! Idle and header timeouts for the connections hyper serves (HTTP/2, and the API's),
 //! the way the fast path keeps them: a connection with no request in flight closes `keep_alive_timeout` after its
 //! last response, and an HTTP/1 request head must be whole `header_read_timeout` after its first byte. hyper cannot
 //! do either: its HTTP/1 header timer also runs through the idle wait, and HTTP/2 has no idle timeout at all.
@@ -46,7 +46,7 @@ pub enum Toward {
 }
 
 /// A body whose waits on the client are timed (`--client-timeout`): what the fast path's write and read timeouts
-/// do, for the hyper path, where a body is written by hyper and a stalled HTTP/2 stream writes nothing at all.
+/// do, for HTTP/2, where a body is written by hyper and a stalled HTTP/2 stream writes nothing at all.
 pub struct Paced<B> {
     inner: B,
     stall: Arc<Stall>,
