@@ -349,13 +349,7 @@ fn hostile_marathon(backend: u16, huge_apps: Arc<std::sync::atomic::AtomicBool>)
 }
 
 fn rss_mib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
+    common::proc_status_kib(pid, "VmRSS") / 1024
 }
 
 #[tokio::test(flavor = "multi_thread")]

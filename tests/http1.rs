@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::raw::{exchange, front, read_for, statuses, Recorder};
+use common::raw::{exchange, front, read_for, read_head, start_on, statuses, Recorder};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,26 +13,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const WAIT: Duration = Duration::from_secs(3);
 
-/// Reads one head (through its blank line) byte by byte, so nothing after it is taken.
-async fn read_head(s: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match tokio::time::timeout(WAIT, s.read(&mut b)).await {
-            Ok(Ok(1)) => head.push(b[0]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
-}
-
 fn vm_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    common::proc_status_kib(pid, "VmHWM")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -146,13 +128,7 @@ fn slow_backend() -> (u16, Arc<AtomicUsize>) {
 async fn a_large_upload_streams_to_a_slow_backend_in_bounded_memory() {
     const SIZE: usize = 10 << 20;
     let (port, got) = slow_backend();
-    let m = common::cluster().await;
-    common::app_on(&m, "/a", port);
-    let url = m.url();
-    let mut args = vec!["--marathon", url.as_str()];
-    args.extend_from_slice(common::FAST);
-    let r = common::Rattan::start(&args);
-    let addr = r.proxy.trim_start_matches("http://").to_string();
+    let (r, addr, _m) = start_on(port, &[]).await;
     common::raw::until_routed(&r, &addr).await;
     let before = vm_hwm_kib(r.pid());
     let mut s = TcpStream::connect(&addr).await.unwrap();
@@ -214,13 +190,7 @@ async fn a_backend_that_answers_before_the_body_ends_is_heard() {
             });
         }
     });
-    let m = common::cluster().await;
-    common::app_on(&m, "/a", port);
-    let url = m.url();
-    let mut args = vec!["--marathon", url.as_str()];
-    args.extend_from_slice(common::FAST);
-    let r = common::Rattan::start(&args);
-    let addr = r.proxy.trim_start_matches("http://").to_string();
+    let (r, addr, _m) = start_on(port, &[]).await;
     let t = std::time::Instant::now();
     loop {
         let got = exchange(
@@ -283,7 +253,9 @@ async fn expect_100_continue_is_answered_once() {
         )
         .await
         .unwrap();
-        let cont = read_head(&mut s).await;
+        let cont = tokio::time::timeout(WAIT, read_head(&mut s))
+            .await
+            .unwrap_or_default();
         assert_eq!(cont, "HTTP/1.1 100 Continue\r\n\r\n", "{target}");
         assert!(backend.requests().is_empty(), "the body is not there yet");
         s.write_all(b"ping").await.unwrap();

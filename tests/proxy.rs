@@ -338,22 +338,7 @@ fn content_length(head: &str) -> Option<usize> {
     })
 }
 
-async fn read_head(s: &mut TcpStream) -> String {
-    read_until(s, b"\r\n\r\n").await
-}
-
-/// Reads byte by byte (never past `end`, so what follows stays on the socket) until `end` or the end of the stream.
-async fn read_until(s: &mut TcpStream, end: &[u8]) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(end) {
-        match s.read(&mut byte).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => buf.push(byte[0]),
-        }
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
+use common::raw::{read_head, read_until};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrade_is_tunnelled_both_ways() {

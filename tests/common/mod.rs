@@ -496,3 +496,13 @@ pub async fn seed_rules(client: &zookeeper_client::Client, base: &str, n: usize)
         .for_each(|r| async move { r.expect("seed a rule") })
         .await;
 }
+
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS`, `VmHWM`, ...); 0 when unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}

@@ -215,6 +215,24 @@ pub async fn exchange(addr: &str, bytes: &[u8], wait: Duration) -> String {
     read_for(&mut s, wait).await
 }
 
+/// Reads one head (through its blank line) byte by byte, so what follows stays on the socket.
+pub async fn read_head(s: &mut TcpStream) -> String {
+    read_until(s, b"\r\n\r\n").await
+}
+
+/// Reads byte by byte (never past `end`, so what follows stays on the socket) until `end` or the end of the stream.
+pub async fn read_until(s: &mut TcpStream, end: &[u8]) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(end) {
+        match s.read(&mut byte).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => buf.push(byte[0]),
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Reads what arrives until the peer closes or `wait` passes.
 pub async fn read_for(s: &mut TcpStream, wait: Duration) -> String {
     let mut all = Vec::new();
@@ -257,15 +275,25 @@ pub async fn front(
     backend: &Recorder,
     extra: &[&str],
 ) -> (super::Rattan, String, rattan::dev::simulator::Simulator) {
+    let (r, addr, m) = start_on(backend.port, extra).await;
+    until_routed(&r, &addr).await;
+    backend.clear();
+    (r, addr, m)
+}
+
+/// rattan against a simulator whose app `/a` is the backend on `port`; returns at once, with the proxy's
+/// `host:port`.
+pub async fn start_on(
+    port: u16,
+    extra: &[&str],
+) -> (super::Rattan, String, rattan::dev::simulator::Simulator) {
     let m = super::cluster().await;
-    super::app_on(&m, "/a", backend.port);
+    super::app_on(&m, "/a", port);
     let url = m.url();
     let mut args = vec!["--marathon", url.as_str()];
     args.extend_from_slice(super::FAST);
     args.extend_from_slice(extra);
     let r = super::Rattan::start(&args);
     let addr = r.proxy.trim_start_matches("http://").to_string();
-    until_routed(&r, &addr).await;
-    backend.clear();
     (r, addr, m)
 }

@@ -110,7 +110,7 @@ fn body_framing(f: &Fields<'_>, http10: bool, peer: &Peer) -> Result<Option<Body
         return smuggling(framing::TE_IN_HTTP10);
     }
     if f.content_length_conflict {
-        return Err(bad("conflicting Content-Length values"));
+        return Err(Answer::bad_request("conflicting Content-Length values"));
     }
     match (
         f.transfer_encoding,
@@ -119,12 +119,8 @@ fn body_framing(f: &Fields<'_>, http10: bool, peer: &Peer) -> Result<Option<Body
         (Some(_), _) => Ok(Some(BodyState::chunked())),
         (None, None | Some(Some(0))) => Ok(None),
         (None, Some(Some(n))) => Ok(Some(BodyState::Length(n))),
-        (None, Some(None)) => Err(bad("invalid Content-Length")),
+        (None, Some(None)) => Err(Answer::bad_request("invalid Content-Length")),
     }
-}
-
-fn bad(msg: &str) -> Answer {
-    Answer::bad_request(msg)
 }
 
 /// The host a request names: Host, else an absolute-form target's authority. An absolute-form target must name
@@ -136,21 +132,25 @@ fn request_host<'a>(
     http10: bool,
 ) -> Result<Option<&'a str>, Answer> {
     if f.hosts > 1 {
-        return Err(bad("more than one Host header"));
+        return Err(Answer::bad_request("more than one Host header"));
     }
     if let (Some(a), Some(h)) = (authority, f.host) {
         if !a.as_bytes().eq_ignore_ascii_case(h) {
-            return Err(bad("Host does not match the request target's authority"));
+            return Err(Answer::bad_request(
+                "Host does not match the request target's authority",
+            ));
         }
     }
     if f.hosts == 0 && authority.is_none() && !http10 {
-        return Err(bad("HTTP/1.1 request without Host"));
+        return Err(Answer::bad_request("HTTP/1.1 request without Host"));
     }
     // Host is ASCII but for the odd client: checked a word at a time, then taken as it is.
     let host = match f.host {
         // SAFETY: checked just before.
         Some(h) if h.is_ascii() => Some(unsafe { head::ascii(h) }),
-        Some(h) => Some(std::str::from_utf8(h).map_err(|_| bad("Host is not UTF-8"))?),
+        Some(h) => {
+            Some(std::str::from_utf8(h).map_err(|_| Answer::bad_request("Host is not UTF-8"))?)
+        }
         None => None,
     };
     Ok(host.or(authority))
@@ -171,11 +171,15 @@ fn parse<'h, 'b>(
         Err(httparse::Error::TooManyHeaders) => {
             return Err(Answer::too_large("too many header fields"))
         }
-        Err(e) => return Err(bad(&format!("malformed request head ({e})"))),
+        Err(e) => {
+            return Err(Answer::bad_request(&format!(
+                "malformed request head ({e})"
+            )))
+        }
     };
     match (req.method, req.path, req.version) {
         (Some(method), Some(target), Some(minor)) => Ok(Some((n, (method, target, minor)))),
-        _ => Err(bad("malformed request head")),
+        _ => Err(Answer::bad_request("malformed request head")),
     }
 }
 
@@ -209,7 +213,7 @@ pub(super) fn plan<'s>(
     let http10 = minor == 0;
     let (authority, path_and_query) = match split_target(target) {
         Ok(t) => t,
-        Err(why) => return refuse(bad(why)),
+        Err(why) => return refuse(Answer::bad_request(why)),
     };
     let headers: &[httparse::Header<'_>] = req.headers;
     let f = Fields::scan(headers);
