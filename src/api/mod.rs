@@ -352,8 +352,10 @@ pub async fn serve(
     state: Arc<ApiState>,
     limits: ApiLimits,
 ) -> std::io::Result<SocketAddr> {
-    use crate::proxy::idle::{Activity, Expired, Metered};
+    use crate::proxy::deadline::Deadlines;
+    use crate::proxy::idle::{self, Activity, Limits, Metered};
     let listener = TcpListener::bind(bind).await?;
+    let deadlines = Deadlines::spawn();
     let addr = listener.local_addr()?;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
@@ -373,22 +375,24 @@ pub async fn serve(
                 }
             };
             let state = state.clone();
+            let deadlines = deadlines.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 let activity = Activity::new(false);
                 let a = activity.clone();
+                let d = deadlines.clone();
                 let svc = hyper::service::service_fn(move |req| {
                     let state = state.clone();
                     let busy = a.begin();
+                    let d = d.clone();
                     async move {
-                        let resp =
-                            match tokio::time::timeout(REQUEST_TIMEOUT, route(state, req)).await {
-                                Ok(r) => r,
-                                Err(_) => services::text_error(
-                                    StatusCode::REQUEST_TIMEOUT,
-                                    "request not completed in time",
-                                ),
-                            };
+                        let resp = match d.within(REQUEST_TIMEOUT, route(state, req)).await {
+                            Some(r) => r,
+                            None => services::text_error(
+                                StatusCode::REQUEST_TIMEOUT,
+                                "request not completed in time",
+                            ),
+                        };
                         drop(busy);
                         Ok::<_, std::convert::Infallible>(resp)
                     }
@@ -396,15 +400,14 @@ pub async fn serve(
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 let conn = builder
                     .serve_connection(TokioIo::new(Metered::new(stream, activity.clone())), svc);
-                tokio::pin!(conn);
-                let why = tokio::select! {
-                    _ = conn.as_mut() => return,
-                    why = activity.expired(limits.header_read_timeout, limits.keep_alive_timeout, REQUEST_TIMEOUT) => why,
+                let mine = deadlines.register();
+                let limits = Limits {
+                    header: limits.header_read_timeout,
+                    keep_alive: limits.keep_alive_timeout,
+                    client: REQUEST_TIMEOUT,
                 };
-                if why == Expired::Idle {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(limits.header_read_timeout, conn).await;
-                }
+                let t = deadlines.timeouts(&mine);
+                idle::serve(conn, &activity, t, limits, std::future::pending()).await;
             });
         }
     });

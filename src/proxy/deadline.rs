@@ -1,13 +1,17 @@
 //! Coarse deadlines for the fast path's connections: one atomic per connection, set when a wait begins and checked
 //! by a sweeper task every [`TICK`], instead of a tokio timer moved and polled on every wait (which cost more than
 //! all the rest of a small request's bookkeeping). Deadlines fire between their time and two ticks after it.
-//! [`Timeouts::within`] is the one call every HTTP/1 wait goes through.
+//! [`Timeouts::within`] is the one timeout call of the proxy: every HTTP/1 wait, the HTTP/2 and API connection
+//! timers ([`super::idle`]), TLS handshakes, backend connects and HTTP/2's backend waits. A wait without a connection
+//! deadline of its own (one stream of many, a connect) takes a fresh one with [`Deadlines::within`].
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, so that tests can pause it.
+use tokio::time::Instant;
 
 pub const TICK: Duration = Duration::from_millis(100);
 
@@ -23,8 +27,8 @@ pub struct Deadlines {
     all: Mutex<Vec<Arc<Deadline>>>,
 }
 
-/// One connection's deadline. It must be polled from one task only (the connection's): the first poll keeps that
-/// task's waker for the sweeper.
+/// One connection's deadline, for one wait at a time. It must be polled from one task only (the connection's): the
+/// first poll keeps that task's waker for the sweeper.
 #[derive(Default)]
 pub struct Deadline {
     at: AtomicU64,
@@ -73,6 +77,13 @@ impl Deadlines {
         Timeouts { all: self, mine }
     }
 
+    /// `fut`, unless `after` passes first, on a deadline of its own: for a wait that may overlap others of its
+    /// connection.
+    pub async fn within<F: Future>(&self, after: Duration, fut: F) -> Option<F::Output> {
+        let mine = self.register();
+        self.timeouts(&mine).within(after, fut).await
+    }
+
     /// Sets `d` to fire `after` from now (never earlier, at most two ticks later).
     pub fn arm(&self, d: &Deadline, after: Duration) {
         let ticks = after.as_millis().div_ceil(TICK.as_millis()) as u64;
@@ -107,15 +118,21 @@ impl Deadlines {
         });
     }
 
-    /// The sweeper: runs for the life of the process.
-    pub async fn run(self: Arc<Self>) {
-        let mut every = tokio::time::interval(TICK);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            let now = (self.start.elapsed().as_millis() / TICK.as_millis()) as u64 + 1;
-            self.sweep(now);
-        }
+    /// New deadlines, with their sweeper: a task that runs until the last `Arc` is dropped.
+    pub fn spawn() -> Arc<Deadlines> {
+        let all = Arc::new(Deadlines::default());
+        let weak = Arc::downgrade(&all);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TICK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let Some(all) = weak.upgrade() else { return };
+                let now = (all.start.elapsed().as_millis() / TICK.as_millis()) as u64 + 1;
+                all.sweep(now);
+            }
+        });
+        all
     }
 }
 

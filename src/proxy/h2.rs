@@ -4,6 +4,7 @@
 
 use super::answer::Answer;
 use super::answer::ProxyBody;
+use super::deadline::Deadlines;
 use super::error::Error;
 use super::front::Front;
 use super::idle::Expired;
@@ -43,6 +44,8 @@ pub struct ConnInfo {
     pub port: u16,
     /// The connection's timers, which time request bodies' waits on the client.
     pub activity: Arc<idle::Activity>,
+    /// For the backend waits of its streams, each on a deadline of its own.
+    pub deadlines: Arc<Deadlines>,
 }
 
 /// A response body that holds `guard` until hyper is done with it (the client has it all, or went away): the
@@ -289,16 +292,17 @@ impl Proxy {
             sticky_cookie(Headers::Map(&parts.headers)),
         );
         *out.headers_mut() = parts.headers;
-        self.send(out, route, picker, bodyless, trace).await
+        self.send(out, (route, picker), bodyless, &conn.deadlines, trace)
+            .await
     }
 
     /// Sends `out` to the picker's backends until one takes it.
     async fn send<'s>(
         &self,
         mut out: Request<ProxyBody>,
-        route: &'s Route,
-        mut picker: Picker<'_, 's>,
+        (route, mut picker): (&'s Route, Picker<'_, 's>),
         bodyless: bool,
+        deadlines: &Deadlines,
         trace: &mut Trace<'s>,
     ) -> Response<ProxyBody> {
         loop {
@@ -306,17 +310,10 @@ impl Proxy {
                 return picker.exhausted().into_response();
             };
             trace.backend = Some(backend);
-            let sent = pool::send(
-                guard.slot(),
-                backend,
-                out,
-                bodyless,
-                self.opts.connect_timeout,
-                self.opts.idle_timeout,
-            );
-            let result = match tokio::time::timeout(self.opts.backend_timeout, sent).await {
-                Ok(r) => r,
-                Err(_) => Err((Error::Timeout(self.opts.backend_timeout), None)),
+            let sent = pool::send(guard.slot(), backend, out, bodyless, &self.opts, deadlines);
+            let result = match deadlines.within(self.opts.backend_timeout, sent).await {
+                Some(r) => r,
+                None => Err((Error::Timeout(self.opts.backend_timeout), None)),
             };
             match result {
                 Ok(resp) => {
@@ -410,40 +407,33 @@ where
         tls,
         port,
         activity: activity.clone(),
+        deadlines: front.deadlines.clone(),
     };
-    let client = peer;
     let conn = front.h2.serve_connection(
         TokioIo::new(idle::Metered::new(io, activity.clone())),
         service(front.proxy.clone(), info, activity.clone()),
     );
-    tokio::pin!(conn);
     let opts = &front.proxy.opts;
-    let mut stop = front.stop.clone();
-    let expired = tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = stop.wait_for(|s| *s) => None,
-        why = activity.expired(opts.header_read_timeout, opts.keep_alive_timeout, opts.client_timeout) => Some(why),
+    let limits = idle::Limits {
+        header: opts.header_read_timeout,
+        keep_alive: opts.keep_alive_timeout,
+        client: opts.client_timeout,
     };
-    match expired {
+    let mine = front.deadlines.register();
+    let t = front.deadlines.timeouts(&mine);
+    let mut stop = front.stop.clone();
+    let stop = async move { drop(stop.wait_for(|s| *s).await) };
+    match idle::serve(conn, &activity, t, limits, stop).await {
         Some(Expired::Head) => {
-            tracing::debug!(client = %client, "request head not received in time");
+            tracing::debug!(client = %peer, "request head not received in time");
         }
         Some(Expired::Stalled) => {
             crate::metrics::metrics()
                 .http_rejected
                 .with_label_values(&["client_timeout"])
                 .inc();
-            tracing::debug!(client = %client, timeout = ?opts.client_timeout, "client stalled with a request in flight; cut off");
+            tracing::debug!(client = %peer, timeout = ?opts.client_timeout, "client stalled with a request in flight; cut off");
         }
-        Some(Expired::Idle) => {
-            // HTTP/2's GOAWAY waits for the client's answer to a ping; a client that never answers is not waited
-            // for longer than for a head.
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(opts.header_read_timeout, conn).await;
-        }
-        None => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+        _ => {}
     }
 }

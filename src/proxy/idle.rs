@@ -3,6 +3,9 @@
 //! last response, and an HTTP/1 request head must be whole `header_read_timeout` after its first byte. hyper cannot
 //! do either: its HTTP/1 header timer also runs through the idle wait, and HTTP/2 has no idle timeout at all.
 
+use super::deadline::Timeouts;
+use hyper_util::server::graceful::GracefulConnection;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -113,6 +116,8 @@ pub enum Expired {
     Head,
     /// A request in flight waited on the client for the client timeout: cut off.
     Stalled,
+    /// The server stops: closed gracefully.
+    Stopped,
 }
 
 impl Activity {
@@ -180,12 +185,12 @@ impl Activity {
 
     /// Resolves when the connection is to close. While requests are in flight, the waits on the client are looked
     /// at every `client / 4` (at most every second): they change with every frame, too often to be told of.
-    pub async fn expired(
-        &self,
-        header: Duration,
-        keep_alive: Duration,
-        client: Duration,
-    ) -> Expired {
+    pub async fn expired(&self, t: Timeouts<'_>, limits: Limits) -> Expired {
+        let Limits {
+            header,
+            keep_alive,
+            client,
+        } = limits;
         let look = (client / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         loop {
             // Taken before the state is read, so a change made meanwhile still wakes this loop.
@@ -206,15 +211,53 @@ impl Activity {
             };
             match wait {
                 None => changed.await,
-                Some(wait) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = changed => {}
-                    }
-                }
+                Some(wait) => drop(t.within(wait, changed).await),
             }
         }
     }
+}
+
+/// The timeouts of a connection hyper serves.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    /// A request head must be whole this long after its first byte.
+    pub header: Duration,
+    /// A connection with no request in flight closes this long after its last response.
+    pub keep_alive: Duration,
+    /// A request in flight may wait on the client this long.
+    pub client: Duration,
+}
+
+/// Serves `conn` until it ends, `stop` resolves (a graceful close, waited for) or `activity` expires (an idle
+/// connection is closed gracefully, for at most the header timeout; the others are cut off). Says why it was
+/// closed; `None` when it ended by itself.
+pub async fn serve<C: GracefulConnection>(
+    conn: C,
+    activity: &Activity,
+    t: Timeouts<'_>,
+    limits: Limits,
+    stop: impl Future<Output = ()>,
+) -> Option<Expired> {
+    tokio::pin!(conn);
+    let why = tokio::select! {
+        _ = conn.as_mut() => return None,
+        () = stop => Expired::Stopped,
+        why = activity.expired(t, limits) => why,
+    };
+    match why {
+        Expired::Idle => {
+            // HTTP/2's GOAWAY waits for the client's answer to a ping; a client that never answers is not waited
+            // for longer than for a head.
+            conn.as_mut().graceful_shutdown();
+            let _ = t.within(limits.header, conn).await;
+        }
+        Expired::Stopped => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+        Expired::Head | Expired::Stalled => {}
+    }
+    Some(why)
 }
 
 /// A request in flight; dropped with its response body (`Guarded`).
@@ -305,15 +348,27 @@ mod tests {
     use super::*;
     use tokio::task::JoinHandle;
 
-    const HEAD: Duration = Duration::from_millis(100);
-    const IDLE: Duration = Duration::from_millis(300);
+    use crate::proxy::deadline::{Deadlines, TICK};
+
+    // Long against the sweeper's tick, which is how late a deadline may fire.
+    const HEAD: Duration = Duration::from_millis(1000);
+    const IDLE: Duration = Duration::from_millis(3000);
 
     fn watch(a: &Arc<Activity>) -> JoinHandle<Expired> {
         let a = a.clone();
-        tokio::spawn(async move { a.expired(HEAD, IDLE, IDLE * 2).await })
+        let deadlines = Deadlines::spawn();
+        tokio::spawn(async move {
+            let mine = deadlines.register();
+            let limits = Limits {
+                header: HEAD,
+                keep_alive: IDLE,
+                client: IDLE * 2,
+            };
+            a.expired(deadlines.timeouts(&mine), limits).await
+        })
     }
 
-    /// `timer` fires for `want`, `after` from `from` (give or take the clock's millisecond steps).
+    /// `timer` fires for `want`, `after` from `from` (not before, and at most two sweeper ticks late).
     async fn fires(
         timer: JoinHandle<Expired>,
         from: tokio::time::Instant,
@@ -327,7 +382,7 @@ mod tests {
         let took = from.elapsed();
         let slack = Duration::from_millis(5);
         assert!(
-            why == want && took + slack >= after && took < after + slack,
+            why == want && took + slack >= after && took < after + TICK * 2 + slack,
             "{why:?} after {took:?}, want {want:?} after {after:?}"
         );
     }

@@ -2,6 +2,7 @@
 //! HTTP/2), and the drain at shutdown.
 
 use super::balance::Balancer;
+use super::deadline::Deadlines;
 use super::front::Front;
 use super::options::ProxyOptions;
 use super::route::Proxy;
@@ -49,9 +50,8 @@ pub async fn serve(
         stop: shutdown.clone(),
         draining: Default::default(),
         drain: Default::default(),
-        deadlines: Default::default(),
+        deadlines: Deadlines::spawn(),
     });
-    tokio::spawn(front.deadlines.clone().run());
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
     let task = tokio::spawn(async move {
         // Every connection task holds a sender: the drain is over when the last one is dropped.
@@ -165,19 +165,22 @@ async fn connection(
             http1::serve(stream, front, p).await
         }
         Some(acceptor) => {
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            match (front.deadlines)
+                .within(handshake_timeout, acceptor.accept(stream))
+                .await
+            {
+                Some(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
                     h2::serve_h2(s, &front, (peer, true, port)).await
                 }
-                Ok(Ok(s)) => {
+                Some(Ok(s)) => {
                     let p = http1::Peer::new(peer, true, port, front.proxy.opts.via);
                     http1::serve(s, front, p).await
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     m.tls_handshake_failures.inc();
                     tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
                 }
-                Err(_) => {
+                None => {
                     m.tls_handshake_failures.inc();
                     tracing::debug!(client = %peer, "TLS handshake timed out");
                 }

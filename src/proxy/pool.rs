@@ -4,7 +4,9 @@
 
 use super::answer::{empty, ProxyBody};
 use super::backend::{Idle, Slot};
+use super::deadline::{Deadlines, Timeouts};
 use super::error::Error;
+use super::options::ProxyOptions;
 use crate::marathon::address::Endpoint;
 use http::Request;
 use hyper::body::Incoming;
@@ -69,16 +71,21 @@ pub fn put_raw(slot: &Slot, s: TcpStream, now: Instant) {
     }
 }
 
-/// A new connection to `backend`, within `timeout`, with Nagle off (heads and bodies go out in one write each).
-pub async fn connect(backend: &Endpoint, timeout: Duration) -> Result<TcpStream, String> {
+/// A new connection to `backend`, within `timeout` on `t`, with Nagle off (heads and bodies go out in one write
+/// each).
+pub async fn connect(
+    backend: &Endpoint,
+    timeout: Duration,
+    t: Timeouts<'_>,
+) -> Result<TcpStream, String> {
     let addr = backend.to_string();
-    match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
-        Ok(Ok(s)) => {
+    match t.within(timeout, TcpStream::connect(&addr)).await {
+        Some(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("connect timeout after {timeout:?}")),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(format!("connect timeout after {timeout:?}")),
     }
 }
 
@@ -90,8 +97,8 @@ pub async fn send(
     backend: &Endpoint,
     mut req: Request<ProxyBody>,
     replay: bool,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
+    opts: &ProxyOptions,
+    deadlines: &Deadlines,
 ) -> Result<http::Response<Incoming>, Failure> {
     let copy_of = |req: &Request<ProxyBody>| {
         replay.then(|| {
@@ -103,7 +110,7 @@ pub async fn send(
             r
         })
     };
-    while let Some(mut sender) = take_idle(slot, idle_timeout) {
+    while let Some(mut sender) = take_idle(slot, opts.idle_timeout) {
         let copy = copy_of(&req);
         match sender.try_send_request(req).await {
             Ok(resp) => {
@@ -122,7 +129,9 @@ pub async fn send(
             },
         }
     }
-    let stream = match connect(backend, connect_timeout).await {
+    let mine = deadlines.register();
+    let t = deadlines.timeouts(&mine);
+    let stream = match connect(backend, opts.connect_timeout, t).await {
         Ok(s) => s,
         Err(e) => return Err((Error::Connect(e), Some(Box::new(req)))),
     };

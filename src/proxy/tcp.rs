@@ -3,6 +3,7 @@
 //! only new connections; open ones keep their backend until either side closes.
 
 use super::balance::Balancer;
+use super::deadline::Deadlines;
 use super::route::{Picker, Target};
 use crate::marathon::address::Endpoint;
 use crate::snapshot::Publisher;
@@ -22,6 +23,12 @@ pub struct TcpOptions {
     pub connect_timeout: Duration,
 }
 
+/// What every TCP listener's connections share.
+struct Shared {
+    opts: TcpOptions,
+    deadlines: Arc<Deadlines>,
+}
+
 /// Follows the snapshot's TCP table until `stop` turns true; then closes every listener (open connections live
 /// on until they end).
 pub async fn run(
@@ -30,7 +37,10 @@ pub async fn run(
     opts: TcpOptions,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let opts = Arc::new(opts);
+    let shared = Arc::new(Shared {
+        opts,
+        deadlines: Deadlines::spawn(),
+    });
     let mut changes = publisher.subscribe();
     let mut open: HashMap<u16, AbortHandle> = HashMap::new();
     loop {
@@ -48,7 +58,7 @@ pub async fn run(
             if open.contains_key(&svc.port) {
                 continue;
             }
-            let addr = SocketAddr::new(opts.bind, svc.port);
+            let addr = SocketAddr::new(shared.opts.bind, svc.port);
             match bind(addr) {
                 Ok(l) => {
                     tracing::info!(port = svc.port, app = %svc.app_id, "TCP listener open");
@@ -57,7 +67,7 @@ pub async fn run(
                         svc.port,
                         publisher.clone(),
                         balancer.clone(),
-                        opts.clone(),
+                        shared.clone(),
                     ));
                     open.insert(svc.port, task.abort_handle());
                 }
@@ -99,7 +109,7 @@ async fn accept_loop(
     port: u16,
     publisher: Arc<Publisher>,
     balancer: Arc<Balancer>,
-    opts: Arc<TcpOptions>,
+    shared: Arc<Shared>,
 ) {
     let mut backoff = crate::limits::AcceptBackoff::new("tcp");
     loop {
@@ -117,9 +127,9 @@ async fn accept_loop(
         let _ = client.set_nodelay(true);
         let publisher = publisher.clone();
         let balancer = balancer.clone();
-        let opts = opts.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            serve(client, peer, port, &publisher, &balancer, &opts).await;
+            serve(client, peer, port, &publisher, &balancer, &shared).await;
         });
     }
 }
@@ -130,7 +140,7 @@ async fn serve(
     port: u16,
     publisher: &Publisher,
     balancer: &Balancer,
-    opts: &TcpOptions,
+    shared: &Shared,
 ) {
     let m = crate::metrics::metrics();
     let snap = publisher.load_full();
@@ -169,7 +179,9 @@ async fn serve(
             return;
         };
         tried = true;
-        match super::pool::connect(b, opts.connect_timeout).await {
+        let mine = shared.deadlines.register();
+        let t = shared.deadlines.timeouts(&mine);
+        match super::pool::connect(b, shared.opts.connect_timeout, t).await {
             Ok(s) => {
                 guard.connected();
                 break (b.clone(), s, guard);

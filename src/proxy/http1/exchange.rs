@@ -315,7 +315,7 @@ impl<'s> Exchange<'_, 's> {
             let reused = idle.is_some();
             let mut s = match idle {
                 Some(s) => s,
-                None => crate::proxy::pool::connect(backend, opts.connect_timeout)
+                None => crate::proxy::pool::connect(backend, opts.connect_timeout, t)
                     .await
                     .map_err(Error::Connect)?,
             };
