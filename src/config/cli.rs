@@ -1,11 +1,12 @@
 //! The command line (and the environment variables each flag reads, Bamboo's names among them).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(
+    // `Cli::read` adds each setting's default to its help.
     name = "rattan",
     version,
     // The last occurrence of a flag wins (a wrapper script's defaults can be overridden by appending).
@@ -33,7 +34,7 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The built-in proxy routes the traffic.
@@ -45,10 +46,11 @@ pub enum Mode {
     Both,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum EventMode {
     /// Server-sent events from `/v2/events`.
+    #[default]
     Sse,
     /// Marathon POSTs events to `/api/marathon/event_callback` (Marathon < 1.5).
     Callback,
@@ -56,44 +58,54 @@ pub enum EventMode {
     Poll,
 }
 
-/// Every flag also reads an environment variable; values given here beat the config file.
-#[derive(Debug, Clone, Default, Args)]
+/// Every setting, declared once: its flag, the environment variable the flag reads, and its key in the TOML file
+/// (the field's name; Bamboo's JSON file is mapped onto the same struct by [`super::file`]). Values given on the
+/// command line beat the environment, which beats the file; what none gives is the owning subsystem's default.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Opts {
     /// TOML config file, or a Bamboo JSON config file (`{"Marathon":…,"Bamboo":…,"HAProxy":…}`).
     #[arg(long, global = true, env = "CONFIG_PATH")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Marathon base URLs, comma-separated, tried in order.
     #[arg(long, global = true, env = "MARATHON_ENDPOINT", value_delimiter = ',')]
+    #[serde(default, deserialize_with = "super::file::string_or_list")]
     pub marathon: Option<Vec<String>>,
     #[arg(long, global = true, env = "MARATHON_USER")]
     pub marathon_user: Option<String>,
     #[arg(long, global = true, env = "MARATHON_PASSWORD", hide_env_values = true)]
     pub marathon_password: Option<String>,
-    /// How Marathon events arrive [default: sse].
+    /// How Marathon events arrive.
     #[arg(long, global = true, value_enum, env = "RATTAN_EVENTS")]
     pub events: Option<EventMode>,
     /// Bamboo's switch: true = sse, false = callback.
     #[arg(long, global = true, env = "MARATHON_USE_EVENT_STREAM", hide = true)]
+    #[serde(skip)]
     pub marathon_use_event_stream: Option<String>,
     /// This instance's base URL as Marathon reaches it (callback mode).
     #[arg(long, global = true, env = "BAMBOO_ENDPOINT")]
     pub callback_url: Option<String>,
-    /// REST API, /api/state, /metrics and the UI [default: 0.0.0.0:8000].
+    /// REST API, /api/state, /metrics and the UI.
     #[arg(long, global = true, env = "BIND")]
     pub api_bind: Option<String>,
-    /// HTTP proxy listener [default: 0.0.0.0:80].
+    /// HTTP proxy listener.
     #[arg(long, global = true, env = "RATTAN_HTTP_BIND")]
     pub http_bind: Option<String>,
     /// ZooKeeper hosts, comma-separated (rules store); without it rules live in --data-dir.
     #[arg(long, global = true, env = "BAMBOO_ZK_HOST")]
     pub zk: Option<String>,
-    /// Base znode of the rules [default: /marathon-haproxy/state].
+    /// Base znode of the rules.
     #[arg(long, global = true, env = "BAMBOO_ZK_PATH")]
     pub zk_path: Option<String>,
-    /// ZooKeeper session timeout (Bamboo's is 10 s) [default: 10s].
+    /// ZooKeeper session timeout (Bamboo's is 10 s).
     #[arg(long, global = true, env = "RATTAN_ZK_SESSION_TIMEOUT")]
     pub zk_session_timeout: Option<String>,
     /// ZooKeeper digest credentials `user:password`; nodes rattan creates are then readable by that user only.
+    /// Bamboo's `Zookeeper.ReportingDelay`, from its JSON file: checked and accepted, not used (rule changes apply
+    /// as the watch reports them).
+    #[arg(skip)]
+    pub zk_reporting_delay: Option<u64>,
     #[arg(long, global = true, env = "RATTAN_ZK_AUTH", hide_env_values = true)]
     pub zk_auth: Option<String>,
     /// Require `Authorization: Bearer <token>` for rule changes.
@@ -111,23 +123,23 @@ pub struct Opts {
         hide_env_values = true
     )]
     pub callback_token: Option<String>,
-    /// Largest Marathon SSE event (or line) read; a longer one drops the stream [default: 16MiB].
+    /// Largest Marathon SSE event (or line) read; a longer one drops the stream.
     #[arg(long, global = true, env = "RATTAN_MARATHON_MAX_EVENT_SIZE")]
     pub marathon_max_event_size: Option<String>,
-    /// Largest Marathon REST response read (`/v2/apps`); a larger one fails the fetch [default: 512MiB].
+    /// Largest Marathon REST response read (`/v2/apps`); a larger one fails the fetch.
     #[arg(long, global = true, env = "RATTAN_MARATHON_MAX_BODY")]
     pub marathon_max_body: Option<String>,
     /// A client that takes no response bytes (or sends no body bytes) for this long while its request is in flight
-    /// is cut off, on every path [default: 60s].
+    /// is cut off, on every path.
     #[arg(long, global = true, env = "RATTAN_CLIENT_TIMEOUT")]
     pub client_timeout: Option<String>,
-    /// Open connections to the API port at most; past it new ones wait in the kernel's backlog [default: 256].
+    /// Open connections to the API port at most; past it new ones wait in the kernel's backlog.
     #[arg(long, global = true, env = "RATTAN_API_MAX_CONNECTIONS")]
     pub api_max_connections: Option<usize>,
     /// Protect reads (the UI, /api/state, /api/services) too.
     #[arg(long, global = true, env = "RATTAN_API_AUTH_READS", value_parser = crate::boolean::arg)]
     pub api_auth_reads: Option<bool>,
-    /// Route for apps without a rule or labels: path (`path_beg -i <app id>`, Bamboo's), vhost, none [default: path].
+    /// Route for apps without a rule or labels: path (`path_beg -i <app id>`, Bamboo's), vhost, none.
     #[arg(long, global = true, env = "RATTAN_DEFAULT_RULE")]
     pub default_rule: Option<String>,
     /// Domain of `--default-rule vhost`: `<app>.<domain>`.
@@ -136,47 +148,49 @@ pub struct Opts {
     /// marathon-lb groups to expose by labels (`HAPROXY_GROUP`), comma-separated; `*` for all [default: all].
     #[arg(long, global = true, env = "RATTAN_GROUP", value_delimiter = ',')]
     pub group: Option<Vec<String>>,
-    /// Directory of the embedded rule file when no --zk is given [default: ./rattan-data].
+    /// Directory of the embedded rule file when no --zk is given.
     #[arg(long, global = true, env = "RATTAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Full snapshot even when events flow, e.g. `5m` [default: 5m].
+    /// Full snapshot even when events flow, e.g. `5m`.
     #[arg(long, global = true, env = "RATTAN_RESYNC_INTERVAL")]
     pub resync_interval: Option<String>,
-    /// Poll period in `--events poll` mode [default: 5s].
+    /// Poll period in `--events poll` mode.
     #[arg(long, global = true, env = "RATTAN_POLL_INTERVAL")]
     pub poll_interval: Option<String>,
-    /// Quiet time after an event before the reconciling fetch [default: 250ms].
+    /// Quiet time after an event before the reconciling fetch.
     #[arg(long, global = true, env = "RATTAN_RESYNC_DEBOUNCE")]
     pub resync_debounce: Option<String>,
-    /// Longest an event waits for its reconciling fetch during a storm [default: 2s].
+    /// Longest an event waits for its reconciling fetch during a storm.
     #[arg(long, global = true, env = "RATTAN_RESYNC_MAX_WAIT")]
     pub resync_max_wait: Option<String>,
-    /// An event stream silent this long is dead (3× Marathon's 10 s keep-alive) [default: 30s].
+    /// An event stream silent this long is dead (3× Marathon's 10 s keep-alive).
     #[arg(long, global = true, env = "RATTAN_SSE_IDLE_TIMEOUT")]
     pub sse_idle_timeout: Option<String>,
-    /// First reconnect delay; doubles up to --reconnect-max [default: 500ms].
+    /// First reconnect delay; doubles up to --reconnect-max.
     #[arg(long, global = true, env = "RATTAN_RECONNECT_MIN")]
     pub reconnect_min: Option<String>,
+    /// Longest reconnect delay.
     #[arg(long, global = true, env = "RATTAN_RECONNECT_MAX")]
     pub reconnect_max: Option<String>,
-    /// Timeout of one Marathon REST call [default: 10s].
+    /// Timeout of one Marathon REST call.
     #[arg(long, global = true, env = "RATTAN_MARATHON_TIMEOUT")]
     pub marathon_timeout: Option<String>,
-    /// How often callback subscriptions are checked and re-registered [default: 30s].
+    /// How often callback subscriptions are checked and re-registered.
     #[arg(long, global = true, env = "RATTAN_CALLBACK_CHECK_INTERVAL")]
     pub callback_check_interval: Option<String>,
     /// Runtime threads: 1 runs everything on one current-thread runtime (least cross-thread wake-ups); more
     /// uses a multi-thread runtime with that many workers [default: one per CPU].
     #[arg(long, global = true, env = "RATTAN_WORKERS")]
+    #[serde(skip)]
     pub workers: Option<usize>,
-    /// Slowloris guard: a client must send its request headers within this time [default: 10s].
+    /// Slowloris guard: a client must send its request headers within this time.
     #[arg(long, global = true, env = "RATTAN_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<String>,
     /// How long a client connection may wait idle for its next request (HTTP/1.x keep-alive; HTTP/2 then gets a
-    /// GOAWAY) [default: 60s].
+    /// GOAWAY).
     #[arg(long, global = true, env = "RATTAN_KEEP_ALIVE_TIMEOUT")]
     pub keep_alive_timeout: Option<String>,
-    /// On SIGTERM, how long in-flight requests may take before the process exits anyway [default: 30s].
+    /// On SIGTERM, how long in-flight requests may take before the process exits anyway.
     #[arg(long, global = true, env = "RATTAN_DRAIN_TIMEOUT")]
     pub drain_timeout: Option<String>,
     /// HTTPS proxy listener, e.g. `:443` (TLS by rustls; certificates from --tls-cert-dir).
@@ -190,71 +204,197 @@ pub struct Opts {
     /// Proxy every app service port as TCP (besides HAPROXY_n_MODE=tcp and BAMBOO_TCP_PORT).
     #[arg(long, global = true, env = "RATTAN_TCP_SERVICE_PORTS", value_parser = crate::boolean::arg)]
     pub tcp_service_ports: Option<bool>,
-    /// Address TCP-mode service ports listen on [default: 0.0.0.0].
+    /// Address TCP-mode service ports listen on.
     #[arg(long, global = true, env = "RATTAN_TCP_BIND_ADDRESS")]
     pub tcp_bind_address: Option<String>,
-    /// One line per proxied request on stdout: off, json, clf (common log format) [default: off].
+    /// One line per proxied request on stdout: off, json, clf (common log format).
     #[arg(long, global = true, env = "RATTAN_ACCESS_LOG")]
     pub access_log: Option<String>,
-    /// Client connections served at once (HTTP and HTTPS); more wait in the kernel's backlog [default: 10000].
+    /// Client connections served at once (HTTP and HTTPS); more wait in the kernel's backlog.
     #[arg(long, global = true, env = "RATTAN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Backend connect timeout [default: 5s].
+    /// Backend connect timeout.
     #[arg(long, global = true, env = "RATTAN_CONNECT_TIMEOUT")]
     pub connect_timeout: Option<String>,
-    /// Longest wait for a backend's response head; then 504 [default: 60s].
+    /// Longest wait for a backend's response head; then 504.
     #[arg(long, global = true, env = "RATTAN_BACKEND_TIMEOUT")]
     pub backend_timeout: Option<String>,
-    /// Idle pooled backend connections close after this [default: 90s].
+    /// Idle pooled backend connections close after this.
     #[arg(long, global = true, env = "RATTAN_BACKEND_IDLE_TIMEOUT")]
     pub backend_idle_timeout: Option<String>,
-    /// Largest request head accepted, in bytes [default: 65536].
+    /// Largest request head accepted, in bytes.
     #[arg(long, global = true, env = "RATTAN_MAX_HEADER_SIZE")]
     pub max_header_size: Option<usize>,
     /// Add `Via: 1.1 rattan` to requests and responses.
     #[arg(long, global = true, env = "RATTAN_VIA", value_parser = crate::boolean::arg)]
     pub via: Option<bool>,
-    /// Connect failures in a row that take a backend out of rotation [default: 3].
+    /// Connect failures in a row that take a backend out of rotation.
     #[arg(long, global = true, env = "RATTAN_EJECT_AFTER")]
     pub eject_after: Option<u32>,
-    /// How long an ejected backend stays out [default: 10s].
+    /// How long an ejected backend stays out.
     #[arg(long, global = true, env = "RATTAN_EJECT_FOR")]
     pub eject_for: Option<String>,
-    /// Who carries the traffic: the built-in proxy, HAProxy (rattan renders and reloads it), or both [default: proxy].
+    /// Who carries the traffic: the built-in proxy, HAProxy (rattan renders and reloads it), or both.
     #[arg(long, global = true, value_enum, env = "RATTAN_MODE")]
     pub mode: Option<Mode>,
-    /// Go text/template for haproxy.cfg (Bamboo's templates work) [default: the built-in one].
-    #[arg(long, global = true, env = "HAPROXY_TEMPLATE_PATH")]
-    pub haproxy_template: Option<PathBuf>,
-    /// Where haproxy.cfg is written [default: /etc/haproxy/haproxy.cfg].
-    #[arg(long, global = true, env = "HAPROXY_OUTPUT_PATH")]
-    pub haproxy_output: Option<PathBuf>,
-    /// Reloads HAProxy after a new config is installed, e.g. `systemctl reload haproxy`.
-    #[arg(long, global = true, env = "HAPROXY_RELOAD_CMD")]
-    pub haproxy_reload_cmd: Option<String>,
-    /// Checks a candidate config before it is installed; `{{.}}` is its path, e.g. `haproxy -c -f {{.}}`.
-    #[arg(long, global = true, env = "HAPROXY_RELOAD_VALIDATION_CMD")]
-    pub haproxy_validation_cmd: Option<String>,
-    /// Runs after every reload attempt.
-    #[arg(long, global = true, env = "HAPROXY_RELOAD_CLEANUP_CMD")]
-    pub haproxy_cleanup_cmd: Option<String>,
-    /// Each of those commands is killed after this [default: 30s].
-    #[arg(long, global = true, env = "RATTAN_HAPROXY_COMMAND_TIMEOUT")]
-    pub haproxy_command_timeout: Option<String>,
-    /// Least time between two reloads; changes in between are merged [default: 1s].
-    #[arg(long, global = true, env = "RATTAN_HAPROXY_MIN_INTERVAL")]
-    pub haproxy_min_interval: Option<String>,
-    /// The default template's stats listener, without credentials; `off` for none [default: 127.0.0.1:9090].
-    #[arg(long, global = true, env = "RATTAN_HAPROXY_STATS_BIND")]
-    pub haproxy_stats_bind: Option<String>,
-    /// Where the rendered config's HTTP frontend binds (`.Settings.HttpBind`) [default: --http-bind; must differ
-    /// from it in --mode both, where the built-in proxy holds --http-bind].
-    #[arg(long, global = true, env = "RATTAN_HAPROXY_BIND")]
-    pub haproxy_bind: Option<String>,
+    #[command(flatten)]
+    #[serde(default)]
+    pub haproxy: HaproxyOpts,
     /// Route tasks whatever Marathon's health checks say (like Traefik).
     #[arg(long, global = true, env = "RATTAN_IGNORE_HEALTH", value_parser = crate::boolean::arg)]
     pub ignore_health: Option<bool>,
     /// In container networking, reach tasks at the agent's host:hostPort where a host port exists.
     #[arg(long, global = true, env = "RATTAN_PREFER_HOST_PORT", value_parser = crate::boolean::arg)]
     pub prefer_host_port: Option<bool>,
+}
+
+/// HAProxy's settings: `--haproxy-*` on the command line, the `[haproxy]` table in the file.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyOpts {
+    /// Go text/template for haproxy.cfg (Bamboo's templates work) [default: the built-in one].
+    #[arg(
+        long = "haproxy-template",
+        global = true,
+        env = "HAPROXY_TEMPLATE_PATH"
+    )]
+    pub template_path: Option<PathBuf>,
+    /// Where haproxy.cfg is written.
+    #[arg(long = "haproxy-output", global = true, env = "HAPROXY_OUTPUT_PATH")]
+    pub output_path: Option<PathBuf>,
+    /// Reloads HAProxy after a new config is installed, e.g. `systemctl reload haproxy`.
+    #[arg(long = "haproxy-reload-cmd", global = true, env = "HAPROXY_RELOAD_CMD")]
+    pub reload_command: Option<String>,
+    /// Checks a candidate config before it is installed; `{{.}}` is its path, e.g. `haproxy -c -f {{.}}`.
+    #[arg(
+        long = "haproxy-validation-cmd",
+        global = true,
+        env = "HAPROXY_RELOAD_VALIDATION_CMD"
+    )]
+    pub reload_validation_command: Option<String>,
+    /// Runs after every reload attempt.
+    #[arg(
+        long = "haproxy-cleanup-cmd",
+        global = true,
+        env = "HAPROXY_RELOAD_CLEANUP_CMD"
+    )]
+    pub reload_cleanup_command: Option<String>,
+    /// Each of those commands is killed after this.
+    #[arg(
+        long = "haproxy-command-timeout",
+        global = true,
+        env = "RATTAN_HAPROXY_COMMAND_TIMEOUT"
+    )]
+    pub command_timeout: Option<String>,
+    /// Least time between two reloads; changes in between are merged.
+    #[arg(
+        long = "haproxy-min-interval",
+        global = true,
+        env = "RATTAN_HAPROXY_MIN_INTERVAL"
+    )]
+    pub min_interval: Option<String>,
+    /// The default template's stats listener, without credentials; `off` for none.
+    #[arg(
+        long = "haproxy-stats-bind",
+        global = true,
+        env = "RATTAN_HAPROXY_STATS_BIND"
+    )]
+    pub stats_bind: Option<String>,
+    /// Where the rendered config's HTTP frontend binds (`.Settings.HttpBind`) [default: --http-bind; must differ
+    /// from it in --mode both, where the built-in proxy holds --http-bind].
+    #[arg(long = "haproxy-bind", global = true, env = "RATTAN_HAPROXY_BIND")]
+    pub bind: Option<String>,
+}
+
+impl Cli {
+    /// The command line, with `--help` showing each setting's default as its subsystem defines it.
+    pub fn read() -> Cli {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut cmd = Cli::command();
+        for (id, default) in shown_defaults() {
+            cmd = cmd.mut_arg(id, |a| {
+                let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                a.help(format!("{help} [default: {default}]"))
+            });
+        }
+        Cli::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
+    }
+}
+
+/// A value enum's name, as the flag and the file spell it.
+fn name<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// The defaults `--help` shows, read from where they are defined (by argument id: the field's name).
+pub(super) fn shown_defaults() -> Vec<(&'static str, String)> {
+    use super::value::{show_duration as d, show_size as size};
+    let proxy = crate::proxy::ProxyOptions::default();
+    let timing = crate::discovery::ResyncTiming::default();
+    let haproxy = crate::haproxy::HaproxyOptions::default();
+    let access_log = match proxy.access_log {
+        crate::proxy::AccessLog::Off => "off",
+        crate::proxy::AccessLog::Json => "json",
+        crate::proxy::AccessLog::Clf => "clf",
+    };
+    vec![
+        ("events", name(&EventMode::default())),
+        ("api_bind", crate::api::DEFAULT_BIND.into()),
+        ("http_bind", crate::proxy::DEFAULT_HTTP_BIND.into()),
+        ("zk_path", crate::store::DEFAULT_ZK_PATH.into()),
+        ("zk_session_timeout", d(crate::store::ZK_SESSION_TIMEOUT)),
+        (
+            "marathon_max_event_size",
+            size(crate::marathon::events::MAX_EVENT),
+        ),
+        ("marathon_max_body", size(crate::marathon::api::MAX_BODY)),
+        ("client_timeout", d(proxy.client_timeout)),
+        (
+            "api_max_connections",
+            crate::api::MAX_CONNECTIONS.to_string(),
+        ),
+        (
+            "default_rule",
+            name(&crate::rules::table::DefaultRule::default()),
+        ),
+        ("data_dir", crate::store::DEFAULT_DATA_DIR.into()),
+        ("resync_interval", d(timing.interval)),
+        ("poll_interval", d(crate::marathon::events::POLL_INTERVAL)),
+        ("resync_debounce", d(timing.debounce)),
+        ("resync_max_wait", d(timing.max_wait)),
+        (
+            "sse_idle_timeout",
+            d(crate::marathon::events::SSE_IDLE_TIMEOUT),
+        ),
+        ("reconnect_min", d(timing.retry_min)),
+        ("reconnect_max", d(timing.retry_max)),
+        ("marathon_timeout", d(crate::marathon::api::TIMEOUT)),
+        (
+            "callback_check_interval",
+            d(crate::marathon::events::CALLBACK_CHECK_INTERVAL),
+        ),
+        ("header_read_timeout", d(proxy.header_read_timeout)),
+        ("keep_alive_timeout", d(proxy.keep_alive_timeout)),
+        ("drain_timeout", d(crate::server::DRAIN_TIMEOUT)),
+        ("tcp_bind_address", crate::proxy::tcp::DEFAULT_BIND.into()),
+        ("access_log", access_log.into()),
+        ("max_connections", proxy.max_connections.to_string()),
+        ("connect_timeout", d(proxy.connect_timeout)),
+        ("backend_timeout", d(proxy.backend_timeout)),
+        ("backend_idle_timeout", d(proxy.idle_timeout)),
+        ("max_header_size", proxy.max_header_bytes.to_string()),
+        (
+            "eject_after",
+            crate::proxy::balance::EJECT_AFTER.to_string(),
+        ),
+        ("eject_for", d(crate::proxy::balance::EJECT_FOR)),
+        ("mode", name(&Mode::default())),
+        ("output_path", haproxy.output.display().to_string()),
+        ("command_timeout", d(haproxy.command_timeout)),
+        ("min_interval", d(haproxy.min_interval)),
+        ("stats_bind", crate::haproxy::STATS_BIND.into()),
+    ]
 }

@@ -1,106 +1,31 @@
 //! The config file: rattan's TOML, or Bamboo's JSON (`{"Marathon":…,"Bamboo":…,"HAProxy":…}`) mapped onto the same
 //! fields.
 
-use super::cli::{EventMode, Mode};
+use super::cli::{EventMode, HaproxyOpts, Opts};
 use super::value::{bad, ConfigError};
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-/// The config file, in rattan's TOML form (keys are the long flag names with `_`).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub marathon: Option<StringOrList>,
-    pub marathon_user: Option<String>,
-    pub marathon_password: Option<String>,
-    pub events: Option<EventMode>,
-    pub callback_url: Option<String>,
-    pub api_bind: Option<String>,
-    pub http_bind: Option<String>,
-    pub zk: Option<String>,
-    pub zk_path: Option<String>,
-    /// Bamboo's `Zookeeper.ReportingDelay`: checked and accepted, not used (rule changes apply as the watch
-    /// reports them).
-    pub zk_reporting_delay: Option<u64>,
-    pub zk_auth: Option<String>,
-    pub zk_session_timeout: Option<String>,
-    pub api_token: Option<String>,
-    pub api_basic: Option<String>,
-    pub callback_token: Option<String>,
-    pub marathon_max_event_size: Option<String>,
-    pub marathon_max_body: Option<String>,
-    pub api_max_connections: Option<usize>,
-    pub client_timeout: Option<String>,
-    pub api_auth_reads: Option<bool>,
-    pub default_rule: Option<String>,
-    pub default_domain: Option<String>,
-    pub group: Option<Vec<String>>,
-    pub data_dir: Option<PathBuf>,
-    pub resync_interval: Option<String>,
-    pub poll_interval: Option<String>,
-    pub resync_debounce: Option<String>,
-    pub resync_max_wait: Option<String>,
-    pub sse_idle_timeout: Option<String>,
-    pub reconnect_min: Option<String>,
-    pub reconnect_max: Option<String>,
-    pub marathon_timeout: Option<String>,
-    pub callback_check_interval: Option<String>,
-    pub drain_timeout: Option<String>,
-    pub header_read_timeout: Option<String>,
-    pub keep_alive_timeout: Option<String>,
-    pub ignore_health: Option<bool>,
-    pub prefer_host_port: Option<bool>,
-    pub https_bind: Option<String>,
-    pub tls_cert_dir: Option<PathBuf>,
-    pub tcp_service_ports: Option<bool>,
-    pub tcp_bind_address: Option<String>,
-    pub access_log: Option<String>,
-    pub max_connections: Option<usize>,
-    pub connect_timeout: Option<String>,
-    pub backend_timeout: Option<String>,
-    pub backend_idle_timeout: Option<String>,
-    pub max_header_size: Option<usize>,
-    pub via: Option<bool>,
-    pub eject_after: Option<u32>,
-    pub eject_for: Option<String>,
-    pub mode: Option<Mode>,
-    #[serde(default)]
-    pub haproxy: HaproxyFile,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HaproxyFile {
-    pub template_path: Option<PathBuf>,
-    pub output_path: Option<PathBuf>,
-    pub reload_command: Option<String>,
-    pub reload_validation_command: Option<String>,
-    pub reload_cleanup_command: Option<String>,
-    pub command_timeout: Option<String>,
-    pub min_interval: Option<String>,
-    pub stats_bind: Option<String>,
-    pub bind: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum StringOrList {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl StringOrList {
-    pub(super) fn into_list(self) -> Vec<String> {
-        match self {
-            StringOrList::One(s) => s.split(',').map(str::to_string).collect(),
-            StringOrList::Many(v) => v,
-        }
+/// `marathon`: a comma-separated string, or a list.
+pub(super) fn string_or_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StringOrList {
+        One(String),
+        Many(Vec<String>),
     }
+    Ok(match Option::<StringOrList>::deserialize(d)? {
+        None => None,
+        Some(StringOrList::One(s)) => Some(s.split(',').map(str::to_string).collect()),
+        Some(StringOrList::Many(v)) => Some(v),
+    })
 }
 
 /// Reads the config file: TOML, or Bamboo's JSON when it starts with `{` (keys matched case-insensitively).
-pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+pub fn load_file(path: &Path) -> Result<Opts, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
     if text.trim_start().starts_with('{') {
@@ -144,7 +69,7 @@ fn lower_keys(v: &Value) -> Value {
 
 /// Maps Bamboo's `{"Marathon":{…},"Bamboo":{…},"HAProxy":{…}}` onto the same settings. Unknown keys are ignored,
 /// as Bamboo ignores them; a value of the wrong type is an error naming the key.
-fn bamboo_json(v: &Value) -> Result<FileConfig, ConfigError> {
+fn bamboo_json(v: &Value) -> Result<Opts, ConfigError> {
     let v = lower_keys(v);
     let get = |path: &[&str]| -> Option<&Value> {
         let mut cur = &v;
@@ -164,14 +89,15 @@ fn bamboo_json(v: &Value) -> Result<FileConfig, ConfigError> {
             )),
         }
     };
-    let mut f = FileConfig {
-        marathon: string(&["marathon", "endpoint"])?.map(StringOrList::One),
+    let mut f = Opts {
+        marathon: string(&["marathon", "endpoint"])?
+            .map(|s| s.split(',').map(str::to_string).collect()),
         marathon_user: string(&["marathon", "user"])?,
         marathon_password: string(&["marathon", "password"])?,
         callback_url: string(&["bamboo", "endpoint"])?,
         zk: string(&["bamboo", "zookeeper", "host"])?,
         zk_path: string(&["bamboo", "zookeeper", "path"])?,
-        ..FileConfig::default()
+        ..Opts::default()
     };
     match get(&["marathon", "useeventstream"]) {
         None | Some(Value::Null) => f.events = Some(EventMode::Callback),
@@ -194,13 +120,13 @@ fn bamboo_json(v: &Value) -> Result<FileConfig, ConfigError> {
             ))
         }
     }
-    f.haproxy = HaproxyFile {
+    f.haproxy = HaproxyOpts {
         template_path: string(&["haproxy", "templatepath"])?.map(PathBuf::from),
         output_path: string(&["haproxy", "outputpath"])?.map(PathBuf::from),
         reload_command: string(&["haproxy", "reloadcommand"])?,
         reload_validation_command: string(&["haproxy", "reloadvalidationcommand"])?,
         reload_cleanup_command: string(&["haproxy", "reloadcleanupcommand"])?,
-        ..HaproxyFile::default()
+        ..HaproxyOpts::default()
     };
     Ok(f)
 }

@@ -14,8 +14,8 @@ mod cli;
 mod file;
 mod value;
 
-pub use cli::{Cli, Command, EventMode, Mode, Opts};
-pub use file::{load_file, FileConfig, HaproxyFile, StringOrList};
+pub use cli::{Cli, Command, EventMode, HaproxyOpts, Mode, Opts};
+pub use file::load_file;
 pub use value::{parse_bind, parse_duration, parse_size, valid_callback_token, ConfigError};
 
 use crate::proxy::AccessLog;
@@ -83,29 +83,65 @@ pub struct HaproxySettings {
     pub http_bind: SocketAddr,
 }
 
+/// The command line (with the environment) laid over the file: a value given on the command line wins; an empty
+/// one (an environment variable set to "", as Bamboo's images do) gives way, as in Bamboo.
+fn layered(cli: &Opts, file: Opts) -> Result<Opts, ConfigError> {
+    use serde_json::Value;
+    fn given(v: &Value) -> bool {
+        match v {
+            Value::Null => false,
+            Value::String(s) => !s.trim().is_empty(),
+            Value::Array(a) => a.iter().any(given),
+            _ => true,
+        }
+    }
+    fn over(base: &mut Value, top: Value) {
+        match (base, top) {
+            (Value::Object(b), Value::Object(t)) => {
+                for (k, v) in t {
+                    match b.get_mut(&k) {
+                        Some(slot) if v.is_object() => over(slot, v),
+                        Some(slot) if given(&v) => *slot = v,
+                        _ => {}
+                    }
+                }
+            }
+            (b, t) => *b = t,
+        }
+    }
+    let internal = |e: serde_json::Error| bad("config", format!("cannot merge settings: {e}"));
+    let mut merged = serde_json::to_value(&file).map_err(internal)?;
+    over(&mut merged, serde_json::to_value(cli).map_err(internal)?);
+    let mut o: Opts = serde_json::from_value(merged).map_err(internal)?;
+    // Not in the file, so not in the merge: the command line's own.
+    o.config.clone_from(&cli.config);
+    o.workers = cli.workers;
+    Ok(o)
+}
+
 impl Settings {
     /// Resolves the layers. `dev` relaxes what the dev command fills in itself (Marathon URL).
     pub fn resolve(opts: &Opts, dev: bool) -> Result<Settings, ConfigError> {
+        let mut cli = opts.clone();
+        // Bamboo's switch is an environment variable: below --events, above the file.
+        if cli.events.is_none() {
+            cli.events = match nonempty(cli.marathon_use_event_stream.take()) {
+                Some(s) if go_bool("MARATHON_USE_EVENT_STREAM", s.trim())? => Some(EventMode::Sse),
+                Some(_) => Some(EventMode::Callback),
+                None => None,
+            };
+        }
         let file = match &opts.config {
             Some(p) => load_file(p)?,
-            None => FileConfig::default(),
+            None => Opts::default(),
         };
-        let o = opts.clone();
+        let o = layered(&cli, file)?;
 
-        // An empty environment value means "no override", as in Bamboo.
-        let marathon_raw: Vec<String> = match o
-            .marathon
-            .filter(|v| v.iter().any(|s| !s.trim().is_empty()))
-        {
-            Some(v) => v,
-            None => file
-                .marathon
-                .map(StringOrList::into_list)
-                .unwrap_or_default(),
-        };
         let mut marathon = Vec::new();
-        for s in marathon_raw
+        for s in o
+            .marathon
             .iter()
+            .flatten()
             .map(|s| s.trim())
             .filter(|s| !s.is_empty())
         {
@@ -118,8 +154,8 @@ impl Settings {
             ));
         }
 
-        let user = nonempty(o.marathon_user).or(file.marathon_user);
-        let password = nonempty(o.marathon_password).or(file.marathon_password);
+        let user = o.marathon_user;
+        let password = o.marathon_password;
         let marathon_auth = match (user, password) {
             (Some(u), Some(p)) => Some((u, p)),
             (Some(_), None) => {
@@ -134,21 +170,9 @@ impl Settings {
             (None, None) => None,
         };
 
-        let bamboo_switch = match nonempty(o.marathon_use_event_stream) {
-            Some(s) => Some(if go_bool("MARATHON_USE_EVENT_STREAM", s.trim())? {
-                EventMode::Sse
-            } else {
-                EventMode::Callback
-            }),
-            None => None,
-        };
-        let events = o
-            .events
-            .or(bamboo_switch)
-            .or(file.events)
-            .unwrap_or(EventMode::Sse);
+        let events = o.events.unwrap_or(EventMode::Sse);
 
-        let callback_url = match nonempty(o.callback_url).or(file.callback_url) {
+        let callback_url = match o.callback_url {
             Some(s) => Some(parse_url("callback-url", &s)?),
             None => None,
         };
@@ -163,89 +187,50 @@ impl Settings {
         let proxy_d = crate::proxy::ProxyOptions::default();
         let timing_d = crate::discovery::ResyncTiming::default();
         let haproxy_d = crate::haproxy::HaproxyOptions::default();
-        let dur = |key: &str, cli: Option<String>, file: Option<String>, default: Duration| {
-            nonempty(cli)
-                .or(file)
-                .map_or(Ok(default), |v| parse_duration(key, &v))
+        let dur = |key: &str, v: Option<String>, default: Duration| {
+            v.map_or(Ok(default), |v| parse_duration(key, &v))
         };
-        let resync_interval = dur(
-            "resync-interval",
-            o.resync_interval,
-            file.resync_interval,
-            timing_d.interval,
-        )?;
+        let resync_interval = dur("resync-interval", o.resync_interval, timing_d.interval)?;
         let poll_interval = dur(
             "poll-interval",
             o.poll_interval,
-            file.poll_interval,
             crate::marathon::events::POLL_INTERVAL,
         )?;
-        let resync_debounce = dur(
-            "resync-debounce",
-            o.resync_debounce,
-            file.resync_debounce,
-            timing_d.debounce,
-        )?;
-        let resync_max_wait = dur(
-            "resync-max-wait",
-            o.resync_max_wait,
-            file.resync_max_wait,
-            timing_d.max_wait,
-        )?;
+        let resync_debounce = dur("resync-debounce", o.resync_debounce, timing_d.debounce)?;
+        let resync_max_wait = dur("resync-max-wait", o.resync_max_wait, timing_d.max_wait)?;
         let sse_idle_timeout = dur(
             "sse-idle-timeout",
             o.sse_idle_timeout,
-            file.sse_idle_timeout,
             crate::marathon::events::SSE_IDLE_TIMEOUT,
         )?;
-        let reconnect_min = dur(
-            "reconnect-min",
-            o.reconnect_min,
-            file.reconnect_min,
-            timing_d.retry_min,
-        )?;
-        let reconnect_max = dur(
-            "reconnect-max",
-            o.reconnect_max,
-            file.reconnect_max,
-            timing_d.retry_max,
-        )?;
+        let reconnect_min = dur("reconnect-min", o.reconnect_min, timing_d.retry_min)?;
+        let reconnect_max = dur("reconnect-max", o.reconnect_max, timing_d.retry_max)?;
         let marathon_timeout = dur(
             "marathon-timeout",
             o.marathon_timeout,
-            file.marathon_timeout,
             crate::marathon::api::TIMEOUT,
         )?;
         let callback_check_interval = dur(
             "callback-check-interval",
             o.callback_check_interval,
-            file.callback_check_interval,
             crate::marathon::events::CALLBACK_CHECK_INTERVAL,
         )?;
         let drain_timeout = dur(
             "drain-timeout",
             o.drain_timeout,
-            file.drain_timeout,
             crate::server::DRAIN_TIMEOUT,
         )?;
         let header_read_timeout = dur(
             "header-read-timeout",
             o.header_read_timeout,
-            file.header_read_timeout,
             proxy_d.header_read_timeout,
         )?;
         let keep_alive_timeout = dur(
             "keep-alive-timeout",
             o.keep_alive_timeout,
-            file.keep_alive_timeout,
             proxy_d.keep_alive_timeout,
         )?;
-        let client_timeout = dur(
-            "client-timeout",
-            o.client_timeout,
-            file.client_timeout,
-            proxy_d.client_timeout,
-        )?;
+        let client_timeout = dur("client-timeout", o.client_timeout, proxy_d.client_timeout)?;
         for (key, d) in [
             ("resync-interval", resync_interval),
             ("poll-interval", poll_interval),
@@ -276,20 +261,18 @@ impl Settings {
 
         let api_bind = parse_bind(
             "api-bind",
-            &nonempty(o.api_bind)
-                .or(file.api_bind)
+            &o.api_bind
                 .unwrap_or_else(|| crate::api::DEFAULT_BIND.into()),
         )?;
         let http_bind = parse_bind(
             "http-bind",
-            &nonempty(o.http_bind)
-                .or(file.http_bind)
+            &o.http_bind
                 .unwrap_or_else(|| crate::proxy::DEFAULT_HTTP_BIND.into()),
         )?;
 
-        let zk = nonempty(o.zk).or(file.zk);
-        let zk_path = nonempty(o.zk_path)
-            .or(file.zk_path)
+        let zk = o.zk;
+        let zk_path = o
+            .zk_path
             .unwrap_or_else(|| crate::store::DEFAULT_ZK_PATH.into());
         if !zk_path.starts_with('/') || (zk_path.len() > 1 && zk_path.ends_with('/')) {
             return Err(bad(
@@ -310,47 +293,39 @@ impl Settings {
                     },
                 }
             };
-        let zk_auth = pair("zk-auth", nonempty(o.zk_auth).or(file.zk_auth))?;
+        let zk_auth = pair("zk-auth", o.zk_auth)?;
         let zk_session_timeout = dur(
             "zk-session-timeout",
             o.zk_session_timeout,
-            file.zk_session_timeout,
             crate::store::ZK_SESSION_TIMEOUT,
         )?;
         if zk_session_timeout < Duration::from_secs(1) {
             return Err(bad("zk-session-timeout", "must be at least 1s"));
         }
         let api_auth = crate::api::ApiAuth {
-            token: nonempty(o.api_token).or(file.api_token),
-            basic: pair("api-basic", nonempty(o.api_basic).or(file.api_basic))?,
-            reads: o.api_auth_reads.or(file.api_auth_reads).unwrap_or(false),
+            token: o.api_token,
+            basic: pair("api-basic", o.api_basic)?,
+            reads: o.api_auth_reads.unwrap_or(false),
         };
         if api_auth.reads && !api_auth.enabled() {
             return Err(bad("api-auth-reads", "needs --api-token or --api-basic"));
         }
-        let size = |key: &str, cli: Option<String>, file: Option<String>, default: usize| {
-            nonempty(cli)
-                .or(file)
-                .map_or(Ok(default), |v| parse_size(key, &v))
+        let size = |key: &str, v: Option<String>, default: usize| {
+            v.map_or(Ok(default), |v| parse_size(key, &v))
         };
         let limits = Limits {
-            callback_token: nonempty(o.callback_token).or(file.callback_token),
+            callback_token: o.callback_token,
             marathon_max_event_size: size(
                 "marathon-max-event-size",
                 o.marathon_max_event_size,
-                file.marathon_max_event_size,
                 crate::marathon::events::MAX_EVENT,
             )?,
             marathon_max_body: size(
                 "marathon-max-body",
                 o.marathon_max_body,
-                file.marathon_max_body,
                 crate::marathon::api::MAX_BODY,
             )?,
-            api_max_connections: o
-                .api_max_connections
-                .or(file.api_max_connections)
-                .unwrap_or(crate::api::MAX_CONNECTIONS),
+            api_max_connections: o.api_max_connections.unwrap_or(crate::api::MAX_CONNECTIONS),
         };
         if limits.api_max_connections == 0 {
             return Err(bad("api-max-connections", "must be greater than zero"));
@@ -364,8 +339,9 @@ impl Settings {
             }
         }
         use crate::rules::table::{DefaultRule, RouteOptions};
-        let default_rule = match nonempty(o.default_rule).or(file.default_rule).as_deref() {
-            None | Some("path") => DefaultRule::Path,
+        let default_rule = match o.default_rule.as_deref() {
+            None => DefaultRule::default(),
+            Some("path") => DefaultRule::Path,
             Some("vhost") => DefaultRule::Vhost,
             Some("none") => DefaultRule::None,
             Some(other) => {
@@ -375,9 +351,7 @@ impl Settings {
                 ))
             }
         };
-        let domain = nonempty(o.default_domain)
-            .or(file.default_domain)
-            .unwrap_or_default();
+        let domain = o.default_domain.unwrap_or_default();
         if default_rule == DefaultRule::Vhost && domain.is_empty() {
             return Err(bad("default-domain", "required with --default-rule vhost"));
         }
@@ -386,23 +360,19 @@ impl Settings {
             domain,
             groups: o
                 .group
-                .or(file.group)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|g| g.trim().to_string())
                 .filter(|g| !g.is_empty())
                 .collect(),
-            tcp_service_ports: o
-                .tcp_service_ports
-                .or(file.tcp_service_ports)
-                .unwrap_or(false),
+            tcp_service_ports: o.tcp_service_ports.unwrap_or(false),
         };
 
-        let https_bind = match nonempty(o.https_bind).or(file.https_bind) {
+        let https_bind = match o.https_bind {
             Some(b) => Some(parse_bind("https-bind", &b)?),
             None => None,
         };
-        let tls_cert_dir = o.tls_cert_dir.or(file.tls_cert_dir);
+        let tls_cert_dir = o.tls_cert_dir;
         if let Some(d) = &tls_cert_dir {
             if !d.is_dir() {
                 return Err(bad(
@@ -412,8 +382,8 @@ impl Settings {
             }
         }
         let tcp_bind_address = {
-            let v = nonempty(o.tcp_bind_address)
-                .or(file.tcp_bind_address)
+            let v = o
+                .tcp_bind_address
                 .unwrap_or_else(|| crate::proxy::tcp::DEFAULT_BIND.into());
             v.trim()
                 .trim_start_matches('[')
@@ -421,11 +391,7 @@ impl Settings {
                 .parse()
                 .map_err(|_| bad("tcp-bind-address", format!("'{v}' is not an IP address")))?
         };
-        let access_log = match nonempty(o.access_log)
-            .or(file.access_log)
-            .as_deref()
-            .map(str::trim)
-        {
+        let access_log = match o.access_log.as_deref().map(str::trim) {
             None | Some("off") | Some("false") => AccessLog::Off,
             Some("json") => AccessLog::Json,
             Some("clf") | Some("common") => AccessLog::Clf,
@@ -436,24 +402,15 @@ impl Settings {
                 ))
             }
         };
-        let max_connections = o
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(proxy_d.max_connections);
+        let max_connections = o.max_connections.unwrap_or(proxy_d.max_connections);
         if max_connections == 0 {
             return Err(bad("max-connections", "must be greater than zero"));
         }
-        let max_header_size = o
-            .max_header_size
-            .or(file.max_header_size)
-            .unwrap_or(proxy_d.max_header_bytes);
+        let max_header_size = o.max_header_size.unwrap_or(proxy_d.max_header_bytes);
         if max_header_size < 1024 {
             return Err(bad("max-header-size", "must be at least 1024"));
         }
-        let eject_after = o
-            .eject_after
-            .or(file.eject_after)
-            .unwrap_or(crate::proxy::balance::EJECT_AFTER);
+        let eject_after = o.eject_after.unwrap_or(crate::proxy::balance::EJECT_AFTER);
         if eject_after == 0 {
             return Err(bad("eject-after", "must be greater than zero"));
         }
@@ -461,7 +418,6 @@ impl Settings {
             connect_timeout: dur(
                 "connect-timeout",
                 o.connect_timeout,
-                file.connect_timeout,
                 proxy_d.connect_timeout,
             )?,
             header_read_timeout,
@@ -469,19 +425,17 @@ impl Settings {
             idle_timeout: dur(
                 "backend-idle-timeout",
                 o.backend_idle_timeout,
-                file.backend_idle_timeout,
                 proxy_d.idle_timeout,
             )?,
             backend_timeout: dur(
                 "backend-timeout",
                 o.backend_timeout,
-                file.backend_timeout,
                 proxy_d.backend_timeout,
             )?,
             client_timeout,
             max_header_bytes: max_header_size,
             max_connections,
-            via: o.via.or(file.via).unwrap_or(proxy_d.via),
+            via: o.via.unwrap_or(proxy_d.via),
             access_log,
         };
         for (key, d) in [
@@ -497,47 +451,37 @@ impl Settings {
             tls_cert_dir,
             tcp_bind_address,
             eject_after,
-            eject_for: dur(
-                "eject-for",
-                o.eject_for,
-                file.eject_for,
-                crate::proxy::balance::EJECT_FOR,
-            )?,
+            eject_for: dur("eject-for", o.eject_for, crate::proxy::balance::EJECT_FOR)?,
         };
 
-        let h = file.haproxy;
+        let h = o.haproxy;
         let pipeline = crate::haproxy::HaproxyOptions {
-            template: o.haproxy_template.or(h.template_path),
-            output: o
-                .haproxy_output
-                .or(h.output_path)
-                .unwrap_or(haproxy_d.output),
-            reload_command: nonempty(o.haproxy_reload_cmd).or(h.reload_command),
-            validation_command: nonempty(o.haproxy_validation_cmd).or(h.reload_validation_command),
-            cleanup_command: nonempty(o.haproxy_cleanup_cmd).or(h.reload_cleanup_command),
+            template: h.template_path,
+            output: h.output_path.unwrap_or(haproxy_d.output),
+            reload_command: h.reload_command,
+            validation_command: h.reload_validation_command,
+            cleanup_command: h.reload_cleanup_command,
             command_timeout: dur(
                 "haproxy-command-timeout",
-                o.haproxy_command_timeout,
                 h.command_timeout,
                 haproxy_d.command_timeout,
             )?,
             min_interval: dur(
                 "haproxy-min-interval",
-                o.haproxy_min_interval,
                 h.min_interval,
                 haproxy_d.min_interval,
             )?,
             extra: Default::default(),
         };
         let haproxy = HaproxySettings {
-            mode: o.mode.or(file.mode).unwrap_or_default(),
+            mode: o.mode.unwrap_or_default(),
             pipeline,
-            http_bind: match nonempty(o.haproxy_bind).or(h.bind) {
+            http_bind: match h.bind {
                 Some(b) => parse_bind("haproxy-bind", &b)?,
                 None => http_bind,
             },
-            stats_bind: match nonempty(o.haproxy_stats_bind)
-                .or(h.stats_bind)
+            stats_bind: match h
+                .stats_bind
                 .unwrap_or_else(|| crate::haproxy::STATS_BIND.into())
                 .trim()
             {
@@ -579,7 +523,6 @@ impl Settings {
             route_options,
             data_dir: o
                 .data_dir
-                .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(crate::store::DEFAULT_DATA_DIR)),
             resync: crate::discovery::ResyncTiming {
                 debounce: resync_debounce,
@@ -593,11 +536,8 @@ impl Settings {
             marathon_timeout,
             callback_check_interval,
             drain_timeout,
-            ignore_health: o.ignore_health.or(file.ignore_health).unwrap_or(false),
-            prefer_host_port: o
-                .prefer_host_port
-                .or(file.prefer_host_port)
-                .unwrap_or(false),
+            ignore_health: o.ignore_health.unwrap_or(false),
+            prefer_host_port: o.prefer_host_port.unwrap_or(false),
             http,
             proxy,
             haproxy,
@@ -750,7 +690,10 @@ mod tests {
             ),
             (
                 Opts {
-                    haproxy_command_timeout: Some("0s".into()),
+                    haproxy: HaproxyOpts {
+                        command_timeout: Some("0s".into()),
+                        ..HaproxyOpts::default()
+                    },
                     ..base.clone()
                 },
                 "haproxy-command-timeout",
@@ -796,6 +739,46 @@ mod tests {
             let e = Settings::resolve(&opts, false).unwrap_err();
             assert_eq!(e.key, key, "{e}");
         }
+    }
+
+    #[test]
+    fn every_shown_default_names_a_flag() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for (id, default) in cli::shown_defaults() {
+            assert!(
+                cmd.get_arguments().any(|a| a.get_id() == id),
+                "{id} is not an argument"
+            );
+            assert!(!default.is_empty(), "{id}");
+        }
+    }
+
+    #[test]
+    fn flags_and_the_file_meet_in_one_struct() {
+        let (mut opts, _f) = opts_with_file(
+            "marathon = [\"http://m1:8080\", \"http://m2:8080\"]\nhttp_bind = \"127.0.0.1:81\"\n[haproxy]\ncommand_timeout = \"5s\"\nmin_interval = \"2s\"\n",
+            ".toml",
+        );
+        // An environment variable set to "" gives way to the file; a flag beats it, in the [haproxy] table too.
+        opts.http_bind = Some(String::new());
+        opts.haproxy.min_interval = Some("3s".into());
+        let s = Settings::resolve(&opts, false).unwrap();
+        assert_eq!(s.marathon.len(), 2);
+        assert_eq!(s.http_bind, "127.0.0.1:81".parse().unwrap());
+        assert_eq!(s.haproxy.pipeline.command_timeout, Duration::from_secs(5));
+        assert_eq!(s.haproxy.pipeline.min_interval, Duration::from_secs(3));
+        // Without a file, "" is no value at all: the default.
+        let opts = Opts {
+            marathon: Some(vec!["http://m:8080".into()]),
+            http_bind: Some(" ".into()),
+            ..Opts::default()
+        };
+        let s = Settings::resolve(&opts, false).unwrap();
+        assert_eq!(s.http_bind, "0.0.0.0:80".parse().unwrap());
+        // What only the command line has is not written in the file.
+        let (opts, _f) = opts_with_file("marathon = \"http://m:8080\"\nworkers = 2\n", ".toml");
+        assert_eq!(Settings::resolve(&opts, false).unwrap_err().key, "workers");
     }
 
     #[test]

@@ -40,6 +40,29 @@ pub fn valid_callback_token(t: &str) -> bool {
 }
 
 /// `65536`, `64KiB`, `16MiB`, `1GiB` (`K`, `M`, `G`, `KB`… are binary too); at least 1 KiB.
+/// A duration as `--help` shows it: `250ms`, `30s`, `5m`.
+pub fn show_duration(d: Duration) -> String {
+    let (secs, ms) = (d.as_secs(), d.subsec_millis());
+    if ms != 0 || secs == 0 {
+        format!("{}ms", d.as_millis())
+    } else if secs >= 300 && secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// A size as `--help` shows it: `16MiB`, `64KiB`, or bytes.
+pub fn show_size(n: usize) -> String {
+    match n {
+        0 => "0".into(),
+        n if n % (1 << 30) == 0 => format!("{}GiB", n >> 30),
+        n if n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => n.to_string(),
+    }
+}
+
 pub fn parse_size(key: &str, s: &str) -> Result<usize, ConfigError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());

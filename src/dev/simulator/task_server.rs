@@ -1,0 +1,45 @@
+//! The real HTTP server standing in for a task.
+
+use super::wire::full;
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use tokio::net::TcpListener;
+
+/// A real HTTP server standing in for a task: answers every request with `<app id> <task id>\n`, and echoes
+/// each request header back as `x-req-<name>` so tests can see what reached the backend.
+pub(super) async fn serve_task(
+    app_id: String,
+    task_id: String,
+) -> std::io::Result<(u16, tokio::task::AbortHandle)> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let port = listener.local_addr()?.port();
+    let body = Bytes::from(format!("{app_id} {task_id}\n"));
+    let handle = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let mut r = full(StatusCode::OK, "text/plain", body.clone());
+                    for (name, value) in req.headers() {
+                        if let Ok(n) = hyper::header::HeaderName::from_bytes(
+                            format!("x-req-{name}").as_bytes(),
+                        ) {
+                            r.headers_mut().append(n, value.clone());
+                        }
+                    }
+                    async move { Ok::<_, Infallible>(r) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((port, handle.abort_handle()))
+}
