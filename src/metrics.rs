@@ -36,6 +36,8 @@ pub struct Metrics {
     pub tcp_connections: IntCounterVec,
     pub tcp_active: IntGauge,
     pub tcp_listeners: IntGauge,
+    pub http_port_listeners: IntGauge,
+    pub port_errors: IntGauge,
     pub haproxy_reloads: IntCounterVec,
     pub haproxy_render_duration: Histogram,
     pub haproxy_reload_duration: Histogram,
@@ -170,6 +172,16 @@ impl Metrics {
                 &r,
                 "rattan_tcp_listeners",
                 "TCP-mode ports listening now",
+            ),
+            http_port_listeners: gauge(
+                &r,
+                "rattan_http_port_listeners",
+                "HTTP-mode service ports listening now (each an app's own frontend)",
+            ),
+            port_errors: gauge(
+                &r,
+                "rattan_port_errors",
+                "Service ports not served: claimed by another app, or a label that does not parse (see /api/routes)",
             ),
             http_in_flight,
             http_connections: gauge(

@@ -259,13 +259,14 @@ async fn start_proxy(
     }
     println!("rattan: proxy listening on http://{proxy_addr}");
     tracing::info!(addr = %proxy_addr, "proxy listening");
-    tokio::spawn(crate::proxy::tcp::run(
+    tokio::spawn(crate::proxy::ports::run(
         publisher.clone(),
         balancer,
         crate::proxy::tcp::TcpOptions {
             bind: ps.tcp_bind_address,
             connect_timeout: settings.http.connect_timeout,
         },
+        listeners.handoff.clone(),
         stop_rx,
     ));
 

@@ -3,8 +3,8 @@
 
 use crate::apps::Apps;
 use crate::metrics::metrics;
+use crate::rules::ports::PortTable;
 use crate::rules::table::{RouteOptions, RouteTable};
-use crate::rules::tcp::TcpTable;
 use crate::rules::Rules;
 use arc_swap::{ArcSwap, Guard};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +20,7 @@ pub struct Snapshot {
     /// The compiled routes, in precedence order.
     pub routes: Arc<RouteTable>,
     /// TCP (L4) listeners and the app port behind each.
-    pub tcp: Arc<TcpTable>,
+    pub ports: Arc<PortTable>,
 }
 
 impl Snapshot {
@@ -31,7 +31,7 @@ impl Snapshot {
             apps: Arc::default(),
             rules: Arc::default(),
             routes: Arc::default(),
-            tcp: Arc::default(),
+            ports: Arc::default(),
         }
     }
 }
@@ -58,13 +58,13 @@ pub fn build(
     opts: &RouteOptions,
     prev: &Snapshot,
 ) -> Snapshot {
-    let (routes, tcp) =
+    let (routes, ports) =
         if Arc::ptr_eq(&rules, &prev.rules) && same_routing_inputs(&apps, &prev.apps) {
-            (prev.routes.clone(), prev.tcp.clone())
+            (prev.routes.clone(), prev.ports.clone())
         } else {
             (
                 Arc::new(RouteTable::build(&apps, &rules.services, opts)),
-                Arc::new(TcpTable::build(&apps, opts)),
+                Arc::new(PortTable::build(&apps, opts)),
             )
         };
     Snapshot {
@@ -73,7 +73,7 @@ pub fn build(
         apps,
         rules,
         routes,
-        tcp,
+        ports,
     }
 }
 
@@ -165,10 +165,13 @@ impl Publisher {
                 tracing::warn!(app = %e.app_id, error = %e.error, "rule does not compile; the app gets no route");
             }
         }
-        if !Arc::ptr_eq(&snap.tcp, &prev.tcp) {
-            for e in &snap.tcp.errors {
-                tracing::warn!(error = %e, "TCP service not opened");
+        if !Arc::ptr_eq(&snap.ports, &prev.ports) {
+            // Once each: a table rebuilt for another app's change does not repeat them.
+            let before = &prev.ports.errors;
+            for e in snap.ports.errors.iter().filter(|e| !before.contains(e)) {
+                tracing::warn!(app = %e.app_id, error = %e.error, "service port not served");
             }
+            metrics().port_errors.set(snap.ports.errors.len() as i64);
         }
         let m = metrics();
         m.snapshot_version.set(version as i64);

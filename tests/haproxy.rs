@@ -186,6 +186,7 @@ async fn bamboo_template_renders_and_validates() {
         labels: labels(&[("team", "a")]),
         env: labels(&[("BAMBOO_TCP_PORT", &tcp_port.to_string()), ("X", "1")]),
         ports: 2,
+        ..AppSpec::default()
     })
     .await;
     let data = tempfile::tempdir().unwrap();

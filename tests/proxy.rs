@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{app_at, app_on, cluster, labeled_app, plain_app, send, start_against, Rattan, FAST};
+use common::{
+    app_at, app_on, cluster, labeled_app, plain_app, send, start_against, wait_metric, wait_tcp,
+    Rattan, FAST,
+};
 use rattan::dev::simulator::{AppSpec, Simulator};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -1004,36 +1007,6 @@ async fn tls_by_sni_with_reload_redirect_and_h2() {
 /// One HTTP/1.1 request on an open connection; returns the body.
 async fn raw_get(s: &mut TcpStream) -> String {
     exchange(s, b"GET / HTTP/1.1\r\nHost: tcp\r\n\r\n").await.1
-}
-
-/// Waits (10 s at most) for a metric to read `want`.
-async fn wait_metric(r: &Rattan, name: &str, want: f64) {
-    let t = Instant::now();
-    loop {
-        let got = r.metric(name).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{name} is {got}, not {want}\n{}",
-            r.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_tcp(port: u16, r: &Rattan, open: bool) {
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).await.is_ok() != open {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "port {port} never {}\n{}",
-            if open { "opened" } else { "closed" },
-            r.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,7 +27,10 @@ struct AppRow<'a> {
 struct Routes<'a> {
     version: u64,
     routes: Vec<RouteRow<'a>>,
-    errors: &'a [crate::rules::table::RouteError],
+    /// Rules and labels that do not compile, service ports not served.
+    errors: Vec<&'a crate::rules::table::RouteError>,
+    /// Service ports with their own listener.
+    ports: &'a [crate::rules::ports::PortService],
     apps: Vec<AppRow<'a>>,
     /// Stored rules whose app is not in Marathon.
     orphans: Vec<&'a str>,
@@ -65,7 +68,8 @@ pub fn routes_json(snap: &Snapshot) -> Vec<u8> {
             id,
             healthy: a.tasks.iter().filter(|t| t.routable).count(),
             total: a.tasks.len(),
-            routed: snap.routes.routes.iter().any(|r| &r.app_id == id),
+            routed: snap.routes.routes.iter().any(|r| &r.app_id == id)
+                || snap.ports.services.iter().any(|p| &p.app_id == id),
         })
         .collect();
     let orphans = snap
@@ -78,7 +82,13 @@ pub fn routes_json(snap: &Snapshot) -> Vec<u8> {
     crate::bamboo::gojson::to_vec(&Routes {
         version: snap.version,
         routes,
-        errors: &snap.routes.errors,
+        errors: snap
+            .routes
+            .errors
+            .iter()
+            .chain(&snap.ports.errors)
+            .collect(),
+        ports: &snap.ports.services,
         apps,
         orphans,
     })

@@ -414,9 +414,8 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
         }
     }
     let tcp: Vec<Value> = snap
-        .tcp
-        .services
-        .iter()
+        .ports
+        .tcp()
         .filter_map(|t| {
             let app = snap.apps.get(&t.app_id)?;
             Some(obj(vec![

@@ -42,6 +42,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The port the client connected to (X-Forwarded-Port).
     pub port: u16,
+    /// A service port's own listener: every request goes to the app port it serves.
+    pub pinned: Option<u16>,
     /// The connection's timers, which time request bodies' waits on the client.
     pub activity: Arc<idle::Activity>,
     /// For the backend waits of its streams, each on a deadline of its own.
@@ -228,7 +230,7 @@ impl Proxy {
             },
             host,
             req.uri().path_and_query().map_or("/", |p| p.as_str()),
-            conn.tls,
+            (conn.tls, conn.pinned),
         );
         let (route, backends) = match routed {
             Routed::Forward(route, backends) => (route, backends),
@@ -397,8 +399,11 @@ fn service(
 
 /// An HTTP/2 connection, served by hyper. It closes idle connections at the keep-alive timeout and cuts off heads
 /// at the header timeout, as HTTP/1 does. On drain it gets a GOAWAY; in-flight requests finish.
-pub async fn serve_h2<I>(io: I, front: &Front, (peer, tls, port): (SocketAddr, bool, u16))
-where
+pub async fn serve_h2<I>(
+    io: I,
+    front: &Front,
+    (peer, tls, port, pinned): (SocketAddr, bool, u16, Option<u16>),
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = idle::Activity::new(true);
@@ -406,6 +411,7 @@ where
         peer,
         tls,
         port,
+        pinned,
         activity: activity.clone(),
         deadlines: front.deadlines.clone(),
     };

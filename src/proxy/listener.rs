@@ -18,6 +18,17 @@ use tokio::net::TcpListener;
 pub struct Listeners {
     pub http: SocketAddr,
     pub https: Option<SocketAddr>,
+    /// Where service ports' own HTTP listeners ([`super::ports`]) hand their connections, to be served like the
+    /// shared listener's: the same connection limit, drain, timeouts.
+    pub handoff: tokio::sync::mpsc::Sender<Handoff>,
+}
+
+/// A connection accepted on an HTTP-mode service port.
+pub struct Handoff {
+    pub stream: tokio::net::TcpStream,
+    pub peer: SocketAddr,
+    /// The service port it came in on: its app port serves every request.
+    pub port: u16,
 }
 
 /// Binds the HTTP (and HTTPS) listeners and serves them in the background until `shutdown` turns true; then they
@@ -53,6 +64,8 @@ pub async fn serve(
         deadlines: Deadlines::spawn(),
     });
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    // Small: a full channel holds the port listeners back, and their clients wait in the kernel's backlog.
+    let (handoff, mut handed) = tokio::sync::mpsc::channel::<Handoff>(16);
     let task = tokio::spawn(async move {
         // Every connection task holds a sender: the drain is over when the last one is dropped.
         let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
@@ -73,9 +86,10 @@ pub async fn serve(
                     None => std::future::pending().await,
                 }
             };
-            let (accepted, tls) = tokio::select! {
-                a = http.accept() => (a, false),
-                a = accept_tls => (a, true),
+            let (accepted, tls, pinned) = tokio::select! {
+                a = http.accept() => (a, false, None),
+                a = accept_tls => (a, true, None),
+                Some(h) = handed.recv() => (Ok((h.stream, h.peer)), false, Some(h.port)),
                 _ = stopped(&mut shutdown) => break,
             };
             let (stream, peer) = match accepted {
@@ -92,10 +106,10 @@ pub async fn serve(
             let front = front.clone();
             let acceptor = acceptor.clone();
             let handshake_timeout = opts.header_read_timeout;
-            let port = if tls {
-                https_addr.map_or(443, |a| a.port())
-            } else {
-                http_addr.port()
+            let port = match pinned {
+                Some(p) => p,
+                None if tls => https_addr.map_or(443, |a| a.port()),
+                None => http_addr.port(),
             };
             let open = open.clone();
             tokio::spawn(async move {
@@ -103,7 +117,7 @@ pub async fn serve(
                     stream,
                     peer,
                     tls.then_some(acceptor).flatten(),
-                    port,
+                    (port, pinned),
                     front,
                     handshake_timeout,
                 )
@@ -113,6 +127,7 @@ pub async fn serve(
         }
         drop(http);
         drop(https);
+        drop(handed);
         front
             .draining
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -125,6 +140,7 @@ pub async fn serve(
         Listeners {
             http: http_addr,
             https: https_addr,
+            handoff,
         },
         task,
     ))
@@ -153,7 +169,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    port: u16,
+    (port, pinned): (u16, Option<u16>),
     front: Arc<Front>,
     handshake_timeout: Duration,
 ) {
@@ -161,7 +177,10 @@ async fn connection(
     m.http_connections.inc();
     match tls {
         None => {
-            let p = http1::Peer::new(peer, false, port, front.proxy.opts.via);
+            let mut p = http1::Peer::new(peer, false, port, front.proxy.opts.via);
+            if let Some(service) = pinned {
+                p = p.pinned_to(service);
+            }
             http1::serve(stream, front, p).await
         }
         Some(acceptor) => {
@@ -170,7 +189,7 @@ async fn connection(
                 .await
             {
                 Some(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                    h2::serve_h2(s, &front, (peer, true, port)).await
+                    h2::serve_h2(s, &front, (peer, true, port, None)).await
                 }
                 Some(Ok(s)) => {
                     let p = http1::Peer::new(peer, true, port, front.proxy.opts.via);

@@ -3,15 +3,16 @@
 //!
 //! | module | owns | may import |
 //! |---|---|---|
-//! | `listener` | accept, connection limit, TLS handshake, drain | `http1`, `h2`, `tls` |
+//! | `listener` | accept (and the HTTP service ports' hand-off), connection limit, TLS handshake, drain | `http1`, `h2`, `tls` |
 //! | `http1` | the one HTTP/1 implementation: connection loop, request head and fields, body framing, response rewriting, the backend exchange, buffers | `route`, `answer`, `error`, `log`, `pool`, `backend`, `deadline` |
 //! | `h2` | HTTP/2 through hyper, and hop-by-hop rules for header maps | `route`, `answer`, `error`, `log`, `pool`, `idle` |
 //! | `route` | the routing decision: route, answer-here, sticky cookie, the picker (connect failures, ejection, attempt cap) | `balance`, `backend`, `answer`, `error` |
 //! | `answer` / `error` | canned answers; the upstream error type (blame, retry) and its one mapping to an answer | - |
 //! | `log` | request metrics and the access log | - |
 //! | `balance` / `backend` / `pool` | balancing policy; per-backend state (slot, in-flight guard, idle lists); idle connections | `backend` |
-//! | `deadline` / `idle` | the swept deadlines (every HTTP/1 wait); HTTP/2's idle and stall timers | - |
-//! | `tcp` / `tls` | L4 listeners (same picker); certificates by SNI | `route`, `pool` |
+//! | `deadline` / `idle` | the swept deadlines (the one timeout call); the timers of hyper-served connections | - |
+//! | `ports` | the service ports' own listeners: TCP mode to `tcp`, HTTP mode handed to `listener` | `tcp`, `listener` |
+//! | `tcp` / `tls` | L4 connections (same picker); certificates by SNI | `route`, `pool` |
 
 pub mod answer;
 pub mod backend;
@@ -26,6 +27,7 @@ pub mod listener;
 pub mod log;
 pub mod options;
 pub mod pool;
+pub mod ports;
 pub mod route;
 pub mod tcp;
 pub mod tls;

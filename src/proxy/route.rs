@@ -37,7 +37,8 @@ impl Proxy {
 }
 
 impl Proxy {
-    /// Matches the request against the snapshot's routes and says what to do with it: forward to the route's
+    /// Matches the request against the snapshot's routes (or takes the route of the service port it came in on)
+    /// and says what to do with it: forward to the route's
     /// routable backends, or answer here (404 no route, 301 to HTTPS, 503 no backend). One decision for both
     /// front ends.
     pub(crate) fn route<'s>(
@@ -46,9 +47,14 @@ impl Proxy {
         req: &AclRequest<'_>,
         raw_host: Option<&str>,
         path_and_query: &str,
-        tls: bool,
+        (tls, pinned): (bool, Option<u16>),
     ) -> Routed<'s> {
-        let Some(route) = snap.routes.find(req) else {
+        let found = match pinned {
+            None => snap.routes.find(req),
+            // A service port's own listener: its app port, whatever the request says.
+            Some(port) => snap.ports.get(port).and_then(|s| s.route.as_deref()),
+        };
+        let Some(route) = found else {
             return Routed::Answer(None, Answer::no_route(raw_host.unwrap_or(""), req.path));
         };
         if route.redirect_https && !tls {

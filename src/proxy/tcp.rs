@@ -1,19 +1,17 @@
-//! TCP (L4) listeners: one per TCP-mode service port in the snapshot, opened and closed as the snapshot changes.
-//! Each accepted connection looks up its app in the snapshot current at that moment, so a task-set change affects
-//! only new connections; open ones keep their backend until either side closes.
+//! TCP (L4) connections of the TCP-mode service ports ([`super::ports`] opens their listeners). Each accepted
+//! connection looks up its app in the snapshot current at that moment, so a task-set change affects only new
+//! connections; open ones keep their backend until either side closes.
 
 use super::balance::Balancer;
 use super::deadline::Deadlines;
 use super::route::{Picker, Target};
 use crate::marathon::address::Endpoint;
 use crate::snapshot::Publisher;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
+use tokio::net::TcpStream;
 
 /// `--tcp-bind-address`: the default.
 pub const DEFAULT_BIND: &str = "0.0.0.0";
@@ -24,117 +22,14 @@ pub struct TcpOptions {
 }
 
 /// What every TCP listener's connections share.
-struct Shared {
-    opts: TcpOptions,
-    deadlines: Arc<Deadlines>,
+pub(super) struct Shared {
+    pub(super) opts: TcpOptions,
+    pub(super) deadlines: Arc<Deadlines>,
 }
 
-/// Follows the snapshot's TCP table until `stop` turns true; then closes every listener (open connections live
-/// on until they end).
-pub async fn run(
-    publisher: Arc<Publisher>,
-    balancer: Arc<Balancer>,
-    opts: TcpOptions,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let shared = Arc::new(Shared {
-        opts,
-        deadlines: Deadlines::spawn(),
-    });
-    let mut changes = publisher.subscribe();
-    let mut open: HashMap<u16, AbortHandle> = HashMap::new();
-    loop {
-        let snap = publisher.load_full();
-        open.retain(|port, task| {
-            let keep = snap.tcp.get(*port).is_some();
-            if !keep {
-                task.abort();
-                tracing::info!(port, "TCP listener closed");
-            }
-            keep
-        });
-        let mut bind_failed = false;
-        for svc in &snap.tcp.services {
-            if open.contains_key(&svc.port) {
-                continue;
-            }
-            let addr = SocketAddr::new(shared.opts.bind, svc.port);
-            match bind(addr) {
-                Ok(l) => {
-                    tracing::info!(port = svc.port, app = %svc.app_id, "TCP listener open");
-                    let task = tokio::spawn(accept_loop(
-                        l,
-                        svc.port,
-                        publisher.clone(),
-                        balancer.clone(),
-                        shared.clone(),
-                    ));
-                    open.insert(svc.port, task.abort_handle());
-                }
-                // Tried again in a few seconds, or at the next snapshot change.
-                Err(e) => {
-                    bind_failed = true;
-                    tracing::warn!(%addr, app = %svc.app_id, error = %e, "cannot listen for TCP service")
-                }
-            }
-        }
-        crate::metrics::metrics()
-            .tcp_listeners
-            .set(open.len() as i64);
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { break },
-            _ = stop.wait_for(|s| *s) => break,
-            _ = tokio::time::sleep(Duration::from_secs(5)), if bind_failed => {}
-        }
-    }
-    for (_, task) in open {
-        task.abort();
-    }
-    crate::metrics::metrics().tcp_listeners.set(0);
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-    };
-    // A port just closed (app removed and re-added) must be reusable at once.
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr)?;
-    sock.listen(1024)
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    port: u16,
-    publisher: Arc<Publisher>,
-    balancer: Arc<Balancer>,
-    shared: Arc<Shared>,
-) {
-    let mut backoff = crate::limits::AcceptBackoff::new("tcp");
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(c) => {
-                backoff.succeeded();
-                c
-            }
-            Err(e) => {
-                tracing::debug!(port, "TCP accept failed");
-                backoff.failed(&e).await;
-                continue;
-            }
-        };
-        let _ = client.set_nodelay(true);
-        let publisher = publisher.clone();
-        let balancer = balancer.clone();
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            serve(client, peer, port, &publisher, &balancer, &shared).await;
-        });
-    }
-}
-
-async fn serve(
+/// One TCP-mode connection: a backend of the app that serves `port`, then bytes both ways until either side
+/// closes.
+pub(super) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     port: u16,
@@ -144,7 +39,7 @@ async fn serve(
 ) {
     let m = crate::metrics::metrics();
     let snap = publisher.load_full();
-    let Some(svc) = snap.tcp.get(port) else {
+    let Some(svc) = snap.ports.get(port) else {
         return;
     };
     let backends: &[Endpoint] = snap

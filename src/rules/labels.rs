@@ -1,8 +1,16 @@
 //! marathon-lb labels → routes: `HAPROXY_GROUP`, `HAPROXY_{n}_VHOST`, `_PATH`, `_BALANCE`, `_MODE`, `_ENABLED`,
-//! `_STICKY`, `_REDIRECT_TO_HTTPS`, `_GROUP`.
+//! `_STICKY`, `_REDIRECT_TO_HTTPS`, `_GROUP`; and each port's mode for its own listener ([`super::ports`]).
 
 use crate::apps::AppView;
 use std::collections::BTreeMap;
+
+/// How a service port's own listener serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortMode {
+    Tcp,
+    Http,
+}
 
 pub struct LabelRoute {
     pub port_index: usize,
@@ -28,6 +36,40 @@ pub fn has_routing_labels(app: &AppView) -> bool {
 
 fn ports(app: &AppView) -> usize {
     app.service_ports.len().max(app.backends.len()).max(1)
+}
+
+/// The rule config port `n`'s labels give wherever it is served: balance and stickiness.
+pub fn config(app: &AppView, n: usize) -> BTreeMap<String, String> {
+    let mut config = BTreeMap::new();
+    if let Some(b) = label(app, n, "BALANCE") {
+        config.insert("balance".to_string(), b.to_string());
+    }
+    if let Some(s) = label(app, n, "STICKY") {
+        config.insert("sticky".to_string(), s.to_string());
+    }
+    config
+}
+
+/// Port `n`'s mode, as marathon-lb decides it: `HAPROXY_{n}_MODE`; else HTTP when the port has a vhost or a
+/// Marathon health check whose protocol is exactly `HTTP`; else TCP.
+pub fn mode(app: &AppView, n: usize) -> PortMode {
+    match label(app, n, "MODE")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("tcp") => return PortMode::Tcp,
+        Some("http") => return PortMode::Http,
+        _ => {}
+    }
+    let http_check = app
+        .health_checks
+        .iter()
+        .any(|h| h.port_index as usize == n && h.protocol == "HTTP");
+    if label(app, n, "VHOST").is_some() || http_check {
+        PortMode::Http
+    } else {
+        PortMode::Tcp
+    }
 }
 
 /// Whether port `n` is TCP-mode by label (`HAPROXY_{n}_MODE=tcp`).
@@ -71,13 +113,7 @@ pub fn routes(app: &AppView, groups: &[String]) -> Vec<LabelRoute> {
         if acl.is_empty() {
             continue;
         }
-        let mut config = BTreeMap::new();
-        if let Some(b) = label(app, n, "BALANCE") {
-            config.insert("balance".to_string(), b.to_string());
-        }
-        if let Some(s) = label(app, n, "STICKY") {
-            config.insert("sticky".to_string(), s.to_string());
-        }
+        let mut config = config(app, n);
         if let Some(r) = label(app, n, "REDIRECT_TO_HTTPS") {
             config.insert("redirect_https".to_string(), r.to_string());
         }

@@ -3,8 +3,8 @@
 
 pub mod acl;
 pub mod labels;
+pub mod ports;
 pub mod table;
-pub mod tcp;
 
 use std::collections::BTreeMap;
 

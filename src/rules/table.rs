@@ -92,7 +92,7 @@ impl Route {
 }
 
 /// A rule that could not be compiled (a hand-written V1 node, say): reported, and its app gets no route.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RouteError {
     pub app_id: String,
     pub error: String,
@@ -182,6 +182,69 @@ fn flag(v: Option<&String>) -> bool {
     v.and_then(|v| crate::boolean::parse(v, crate::boolean::Spelling::Words)) == Some(true)
 }
 
+/// A rule's conditions, parsed.
+fn criteria(acl: &[String]) -> Result<Vec<Criterion>, String> {
+    acl.iter()
+        .map(|text| acl::parse(text).map_err(|e| format!("{text}: {e}")))
+        .collect()
+}
+
+/// One route from its parsed conditions; a bad balance is reported and the default serves.
+fn compile(s: Spec, criteria: Vec<Criterion>, errors: &mut Vec<RouteError>) -> Route {
+    let balance = match s.config.get("balance").map(|b| Balance::parse(b)) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            errors.push(RouteError {
+                app_id: s.app_id.clone(),
+                error: e,
+            });
+            Balance::default()
+        }
+        None => Balance::default(),
+    };
+    Route {
+        host_rank: criteria
+            .iter()
+            .map(Criterion::host_rank)
+            .max()
+            .unwrap_or(HostRank::None),
+        path_len: criteria
+            .iter()
+            .map(Criterion::path_prefix_len)
+            .max()
+            .unwrap_or(0),
+        app_id: s.app_id,
+        port_index: s.port_index,
+        source: s.source,
+        acl: s.acl,
+        criteria,
+        balance,
+        sticky: flag(s.config.get("sticky")),
+        redirect_https: flag(s.config.get("redirect_https")),
+        metrics: std::sync::OnceLock::new(),
+    }
+}
+
+impl Route {
+    /// The route of a service port's own HTTP listener: every request there goes to that app port. What its
+    /// config gets wrong (a balance the proxy does not know) is reported; the default serves meanwhile.
+    pub fn for_port(
+        app_id: &str,
+        port_index: usize,
+        config: BTreeMap<String, String>,
+        errors: &mut Vec<RouteError>,
+    ) -> Route {
+        let spec = Spec {
+            app_id: app_id.to_string(),
+            port_index,
+            source: Source::Label,
+            acl: Vec::new(),
+            config,
+        };
+        compile(spec, Vec::new(), errors)
+    }
+}
+
 impl RouteTable {
     /// Compiles the routes for these apps and stored rules.
     pub fn build(
@@ -240,52 +303,14 @@ impl RouteTable {
         }
 
         let mut routes = Vec::with_capacity(specs.len());
-        'spec: for s in specs {
-            let mut criteria = Vec::with_capacity(s.acl.len());
-            for text in &s.acl {
-                match acl::parse(text) {
-                    Ok(c) => criteria.push(c),
-                    Err(e) => {
-                        errors.push(RouteError {
-                            app_id: s.app_id.clone(),
-                            error: format!("{text}: {e}"),
-                        });
-                        continue 'spec;
-                    }
-                }
+        for s in specs {
+            match criteria(&s.acl) {
+                Ok(c) => routes.push(compile(s, c, &mut errors)),
+                Err(error) => errors.push(RouteError {
+                    app_id: s.app_id,
+                    error,
+                }),
             }
-            let balance = match s.config.get("balance").map(|b| Balance::parse(b)) {
-                Some(Ok(b)) => b,
-                Some(Err(e)) => {
-                    errors.push(RouteError {
-                        app_id: s.app_id.clone(),
-                        error: e,
-                    });
-                    Balance::default()
-                }
-                None => Balance::default(),
-            };
-            routes.push(Route {
-                host_rank: criteria
-                    .iter()
-                    .map(Criterion::host_rank)
-                    .max()
-                    .unwrap_or(HostRank::None),
-                path_len: criteria
-                    .iter()
-                    .map(Criterion::path_prefix_len)
-                    .max()
-                    .unwrap_or(0),
-                app_id: s.app_id,
-                port_index: s.port_index,
-                source: s.source,
-                acl: s.acl,
-                criteria,
-                balance,
-                sticky: flag(s.config.get("sticky")),
-                redirect_https: flag(s.config.get("redirect_https")),
-                metrics: std::sync::OnceLock::new(),
-            });
         }
         routes.sort_by(|a, b| {
             (

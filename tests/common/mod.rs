@@ -506,3 +506,38 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
+
+/// Waits (10 s at most) for a metric to read `want`.
+pub async fn wait_metric(r: &Rattan, name: &str, want: f64) {
+    let t = Instant::now();
+    loop {
+        let got = r.metric(name).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{name} is {got}, not {want}\n{}",
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (10 s at most) for a loopback port to accept connections (`open`) or refuse them.
+pub async fn wait_tcp(port: u16, r: &Rattan, open: bool) {
+    let t = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_ok()
+        != open
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "port {port} never {}\n{}",
+            if open { "opened" } else { "closed" },
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -45,6 +45,8 @@ pub struct AppSpec {
     pub env: BTreeMap<String, String>,
     /// Service ports to declare (allocated when empty: one port).
     pub ports: usize,
+    /// These service ports instead of allocated ones.
+    pub service_ports: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,13 +179,18 @@ impl Simulator {
     }
 
     pub async fn create_app(&self, spec: AppSpec) -> String {
-        let ports = spec.ports.max(1);
+        let ports = spec.ports.max(spec.service_ports.len()).max(1);
         let app = {
             let mut st = self.lock();
             let defs: Vec<Value> = (0..ports)
                 .map(|i| {
-                    let p = st.next_service_port;
-                    st.next_service_port += 1;
+                    let p = match spec.service_ports.get(i) {
+                        Some(p) => *p,
+                        None => {
+                            st.next_service_port += 1;
+                            st.next_service_port - 1
+                        }
+                    };
                     json!({"port": p, "protocol": "tcp", "name": if i == 0 { "http".to_string() } else { format!("p{i}") }, "labels": {}})
                 })
                 .collect();

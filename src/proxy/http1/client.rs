@@ -27,6 +27,8 @@ pub struct Peer {
     pub(super) ip_line_end: String,
     /// The forwarded fields that are the same for every request of the connection.
     pub(super) fixed_fields: String,
+    /// A service port's own listener: every request goes to the app port it serves.
+    pub pinned: Option<u16>,
 }
 
 impl Peer {
@@ -41,6 +43,15 @@ impl Peer {
             fixed_fields: format!(
                 "x-forwarded-proto: {proto}\r\nx-forwarded-port: {port}\r\n{via}"
             ),
+            pinned: None,
+        }
+    }
+
+    /// A connection to the service port `port`'s own listener.
+    pub fn pinned_to(self, port: u16) -> Peer {
+        Peer {
+            pinned: Some(port),
+            ..self
         }
     }
 }

@@ -243,7 +243,7 @@ pub(super) fn plan<'s>(
         },
         host,
         &path_and_query,
-        peer.tls,
+        (peer.tls, peer.pinned),
     );
     let (route, backends) = match routed {
         Routed::Forward(route, backends) => (route, backends),

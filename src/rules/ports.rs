@@ -1,0 +1,172 @@
+//! Service-port listeners, as marathon-lb opens them: every service port of an app labelled for marathon-lb (in the
+//! selected groups, not `_ENABLED=false`) gets its own listener on `HAPROXY_{n}_BIND_ADDR` (else
+//! `--tcp-bind-address`) and `HAPROXY_{n}_PORT` (else the service port), in HTTP mode (a frontend for that one app)
+//! or TCP mode, as marathon-lb decides it. Bamboo's `BAMBOO_TCP_PORT` env (port index 0) and
+//! `--tcp-service-ports` (every service port of every app) add TCP listeners. Shared by the built-in proxy and the
+//! HAProxy renderer.
+
+use super::labels;
+pub use super::labels::PortMode;
+use super::table::{Balance, Route, RouteError, RouteOptions};
+use crate::apps::Apps;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PortService {
+    pub port: u16,
+    /// `HAPROXY_{n}_BIND_ADDR`; `None`: `--tcp-bind-address`.
+    pub bind: Option<IpAddr>,
+    pub app_id: String,
+    pub port_index: usize,
+    pub mode: PortMode,
+    pub balance: Balance,
+    /// `label`, `env` (BAMBOO_TCP_PORT) or `service-port`.
+    pub source: &'static str,
+    /// HTTP mode: the route every request on this port takes (the port's labels: balance, sticky).
+    #[serde(skip)]
+    pub route: Option<Arc<Route>>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PortTable {
+    /// Sorted by port; one service per port.
+    pub services: Vec<PortService>,
+    /// Ports claimed twice, or unusable values.
+    pub errors: Vec<RouteError>,
+}
+
+fn report(errors: &mut Vec<RouteError>, app_id: &str, error: String) {
+    errors.push(RouteError {
+        app_id: app_id.to_string(),
+        error,
+    });
+}
+
+impl PortTable {
+    pub fn get(&self, port: u16) -> Option<&PortService> {
+        self.services
+            .binary_search_by_key(&port, |s| s.port)
+            .ok()
+            .map(|i| &self.services[i])
+    }
+
+    /// The TCP-mode services.
+    pub fn tcp(&self) -> impl Iterator<Item = &PortService> {
+        self.services.iter().filter(|s| s.mode == PortMode::Tcp)
+    }
+
+    pub fn build(apps: &Apps, opts: &RouteOptions) -> PortTable {
+        let mut wanted: Vec<PortService> = Vec::new();
+        let mut errors = Vec::new();
+        for (id, app) in apps.iter() {
+            let balance = |n: usize| {
+                labels::label(app, n, "BALANCE")
+                    .and_then(|b| Balance::parse(b).ok())
+                    .unwrap_or_default()
+            };
+            if let Some(v) = app.env.get("BAMBOO_TCP_PORT") {
+                match v.trim().parse::<u16>() {
+                    Ok(port) if port != 0 => wanted.push(PortService {
+                        port,
+                        bind: None,
+                        app_id: id.clone(),
+                        port_index: 0,
+                        mode: PortMode::Tcp,
+                        balance: balance(0),
+                        source: "env",
+                        route: None,
+                    }),
+                    _ => report(
+                        &mut errors,
+                        id,
+                        format!("BAMBOO_TCP_PORT '{v}' is not a port"),
+                    ),
+                }
+            }
+            let labelled = labels::has_routing_labels(app);
+            let ports = app.service_ports.len().max(app.backends.len());
+            for n in 0..ports {
+                let service_port = app.service_ports.get(n).copied().unwrap_or(0);
+                let by_label = labelled
+                    && !labels::label(app, n, "ENABLED").is_some_and(labels::falsy)
+                    && labels::in_groups(app, n, &opts.groups);
+                if !by_label && !opts.tcp_service_ports {
+                    continue;
+                }
+                let port = match labels::label(app, n, "PORT") {
+                    Some(p) => match p.parse::<u16>() {
+                        Ok(p) if p != 0 => p,
+                        _ => {
+                            report(
+                                &mut errors,
+                                id,
+                                format!("HAPROXY_{n}_PORT '{p}' is not a port"),
+                            );
+                            continue;
+                        }
+                    },
+                    None => match u16::try_from(service_port) {
+                        Ok(p) if p != 0 => p,
+                        _ => continue,
+                    },
+                };
+                let bind = match labels::label(app, n, "BIND_ADDR") {
+                    None | Some("*") => None,
+                    Some(a) => match a.trim_matches(['[', ']']).parse::<IpAddr>() {
+                        Ok(ip) => Some(ip),
+                        Err(_) => {
+                            report(
+                                &mut errors,
+                                id,
+                                format!("HAPROXY_{n}_BIND_ADDR '{a}' is not an IP address"),
+                            );
+                            continue;
+                        }
+                    },
+                };
+                let mode = if by_label {
+                    labels::mode(app, n)
+                } else {
+                    PortMode::Tcp
+                };
+                let route = (mode == PortMode::Http)
+                    .then(|| Arc::new(Route::for_port(id, n, labels::config(app, n), &mut errors)));
+                wanted.push(PortService {
+                    port,
+                    bind,
+                    app_id: id.clone(),
+                    port_index: n,
+                    mode,
+                    balance: balance(n),
+                    source: if by_label { "label" } else { "service-port" },
+                    route,
+                });
+            }
+        }
+        // Explicit asks (env, label) beat --tcp-service-ports; then the first by (app id, port index) keeps it.
+        wanted.sort_by(|a, b| {
+            (a.port, a.source == "service-port", &a.app_id, a.port_index).cmp(&(
+                b.port,
+                b.source == "service-port",
+                &b.app_id,
+                b.port_index,
+            ))
+        });
+        let mut services: Vec<PortService> = Vec::with_capacity(wanted.len());
+        for s in wanted {
+            match services.last() {
+                Some(prev) if prev.port == s.port => report(
+                    &mut errors,
+                    &s.app_id,
+                    format!(
+                        "port {} (index {}) is already taken by {} (index {})",
+                        s.port, s.port_index, prev.app_id, prev.port_index
+                    ),
+                ),
+                _ => services.push(s),
+            }
+        }
+        PortTable { services, errors }
+    }
+}
