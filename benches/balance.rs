@@ -23,7 +23,7 @@ fn per_thread(threads: usize, each: impl Fn(usize) + Sync) -> f64 {
 
 fn run(b: &Balancer, backends: &[Endpoint], policy: Balance, threads: usize) -> f64 {
     per_thread(threads, |_| {
-        std::hint::black_box(b.pick("/bench", 0, policy, backends, &[]));
+        std::hint::black_box(b.pick("/bench", 0, (policy, None), backends, &[]));
     })
 }
 

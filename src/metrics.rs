@@ -160,7 +160,7 @@ impl Metrics {
             tcp_connections: counter_vec(
                 &r,
                 "rattan_tcp_connections_total",
-                "TCP-mode connections, by app and outcome (proxied, no_backend, connect_failed)",
+                "TCP-mode connections, by app and outcome (proxied, no_backend, connect_failed, denied)",
                 &["app", "outcome"],
             ),
             tcp_active: gauge(

@@ -225,3 +225,286 @@ async fn every_service_port_of_a_labelled_app_gets_its_listener() {
     m.remove_app("/zz-late");
     wait_tcp(tcp, &r, false).await;
 }
+
+/// A request through rattan's shared HTTP frontend or one port: (status, lower-cased head and body).
+async fn ask(port: u16, head: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("port open");
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_lowercase();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("a port")
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functional_labels_guard_rewrite_and_order_routes() {
+    let m = cluster().await;
+    let sha512 = pwhash::sha512_crypt::hash_with("$6$saltsalt", "s3cret").expect("hash");
+    let guarded_port = free_port();
+    let auth = format!("ops:alice:{sha512}");
+    // Auth on the vhost frontend and on the app's own port.
+    app(
+        &m,
+        "/guarded",
+        false,
+        &[
+            ("HAPROXY_0_VHOST", "guarded.example"),
+            ("HAPROXY_0_AUTH", &auth),
+            ("HAPROXY_0_PORT", &guarded_port.to_string()),
+        ],
+    )
+    .await;
+    // An _AUTH that does not parse: that route is not served open; the app's other port still routes.
+    m.create_app(AppSpec {
+        id: "/broken-auth".into(),
+        instances: 1,
+        ports: 2,
+        labels: labels(&[
+            ("HAPROXY_0_VHOST", "broken.example"),
+            ("HAPROXY_0_AUTH", "ops:alice"),
+            ("HAPROXY_1_VHOST", "fine.example"),
+        ]),
+        ..AppSpec::default()
+    })
+    .await;
+    // Allow lists: HTTP gets 403, TCP a closed connection.
+    let tcp_denied = free_port();
+    app(
+        &m,
+        "/private",
+        false,
+        &[
+            ("HAPROXY_0_VHOST", "private.example"),
+            (
+                "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL",
+                "10.0.0.0/8 192.168.1.1",
+            ),
+        ],
+    )
+    .await;
+    app(
+        &m,
+        "/private-tcp",
+        false,
+        &[
+            ("HAPROXY_0_MODE", "tcp"),
+            ("HAPROXY_0_PORT", &tcp_denied.to_string()),
+            ("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "10.0.0.0/8"),
+        ],
+    )
+    .await;
+    // Path rewriting both ways, and the root redirect.
+    app(
+        &m,
+        "/rewritten",
+        false,
+        &[
+            ("HAPROXY_0_VHOST", "rw.example"),
+            ("HAPROXY_0_PATH", "/api"),
+            ("HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH", "/api"),
+            ("HAPROXY_0_HTTP_BACKEND_REVPROXY_PATH", "/api"),
+        ],
+    )
+    .await;
+    app(
+        &m,
+        "/dash",
+        false,
+        &[
+            ("HAPROXY_0_VHOST", "dash.example"),
+            ("HAPROXY_0_HTTP_BACKEND_REDIR", "/dashboard"),
+            ("HAPROXY_0_USE_HSTS", "true"),
+        ],
+    )
+    .await;
+    // Equal specificity: the larger weight wins, whatever the app ids say.
+    app(
+        &m,
+        "/a-light",
+        false,
+        &[("HAPROXY_0_VHOST", "same.example")],
+    )
+    .await;
+    app(
+        &m,
+        "/b-heavy",
+        false,
+        &[
+            ("HAPROXY_0_VHOST", "same.example"),
+            ("HAPROXY_0_BACKEND_WEIGHT", "5"),
+        ],
+    )
+    .await;
+    m.create_app(AppSpec {
+        id: "/sourced".into(),
+        instances: 3,
+        labels: labels(&[
+            ("HAPROXY_0_VHOST", "sourced.example"),
+            ("HAPROXY_0_BALANCE", "source"),
+        ]),
+        ..AppSpec::default()
+    })
+    .await;
+    let r = start_against(
+        &m.url(),
+        &[
+            "--tcp-bind-address",
+            "127.0.0.1",
+            "--trusted-proxies",
+            "127.0.0.1/32",
+            "--https-bind",
+            "127.0.0.1:0",
+        ],
+    );
+    let front = port_of(&r.proxy);
+    let get = |host: &str, path: &str, extra: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n")
+    };
+    wait_tcp(guarded_port, &r, true).await;
+
+    // Auth: none or wrong → 401 with the realm; right → the app, on the vhost and on the port alike.
+    for port in [front, guarded_port] {
+        let (status, text) = ask(port, &get("guarded.example", "/", "")).await;
+        assert_eq!(status, 401, "{text}");
+        assert!(
+            text.contains("www-authenticate: basic realm=\"ops\""),
+            "{text}"
+        );
+        let wrong = format!("Authorization: Basic {}\r\n", basic("alice", "nope"));
+        assert_eq!(ask(port, &get("guarded.example", "/", &wrong)).await.0, 401);
+        let right = format!("Authorization: Basic {}\r\n", basic("alice", "s3cret"));
+        let (status, text) = ask(port, &get("guarded.example", "/", &right)).await;
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains("/guarded "), "{text}");
+    }
+    // The broken label: reported, that vhost has no route; the same app's other port routes.
+    assert_eq!(ask(front, &get("broken.example", "/", "")).await.0, 404);
+    let (status, text) = ask(front, &get("fine.example", "/", "")).await;
+    assert_eq!(status, 200, "{text}");
+    let (_, routes) = r.get("/api/routes").await;
+    assert!(
+        routes.contains("/broken-auth") && routes.contains("three fields"),
+        "{routes}"
+    );
+
+    // Allow lists: this client is 127.0.0.1.
+    assert_eq!(ask(front, &get("private.example", "/", "")).await.0, 403);
+    // A trusted proxy's X-Forwarded-For names the client.
+    let forwarded = "X-Forwarded-For: 10.1.2.3\r\n";
+    let (status, text) = ask(front, &get("private.example", "/", forwarded)).await;
+    assert_eq!(status, 200, "{text}");
+    // Only the last untrusted hop counts: a client cannot claim an address by prepending it.
+    let spoofed = "X-Forwarded-For: 10.1.2.3, 172.16.0.1\r\n";
+    assert_eq!(
+        ask(front, &get("private.example", "/", spoofed)).await.0,
+        403
+    );
+    wait_tcp(tcp_denied, &r, true).await;
+    let (status, text) = ask(tcp_denied, "GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(
+        (status, text.as_str()),
+        (0, ""),
+        "a denied TCP client gets nothing"
+    );
+
+    // Proxypass: the backend sees the path without the prefix; revproxy: its redirect comes back under it.
+    let (status, text) = ask(front, &get("rw.example", "/api/users?x=1", "")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("x-req-target: /users?x=1"), "{text}");
+    let (status, text) = ask(front, &get("rw.example", "/api/redirect", "")).await;
+    assert_eq!(status, 302, "{text}");
+    assert!(text.contains("location: /api/login"), "{text}");
+
+    // The root redirect, and only the root.
+    let (status, text) = ask(front, &get("dash.example", "/", "")).await;
+    assert_eq!(status, 301, "{text}");
+    assert!(text.contains("location: /dashboard"), "{text}");
+    let (status, text) = ask(front, &get("dash.example", "/dashboard", "")).await;
+    assert_eq!(status, 200, "{text}");
+    // HSTS on HTTPS only.
+    assert!(!text.contains("strict-transport-security"), "{text}");
+    let https = r.https.clone().expect("https listener");
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        // HTTP/2 would send 127.0.0.1 as :authority beside the Host asked for (a 400).
+        .http1_only()
+        .build()
+        .expect("client");
+    let resp = client
+        .get(format!("{https}/dashboard"))
+        .header("Host", "dash.example")
+        .send()
+        .await
+        .expect("https answers");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()
+            .get("strict-transport-security")
+            .and_then(|v| v.to_str().ok()),
+        Some("max-age=15768000")
+    );
+
+    // Weight.
+    let (status, text) = ask(front, &get("same.example", "/", "")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("/b-heavy "), "{text}");
+
+    // balance source: one client, one task, connection after connection.
+    let task = |text: &str| {
+        text.split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = task(&ask(front, &get("sourced.example", "/", "")).await.1);
+    assert!(first.starts_with("/sourced "), "{first}");
+    for _ in 0..10 {
+        assert_eq!(
+            task(&ask(front, &get("sourced.example", "/", "")).await.1),
+            first
+        );
+    }
+
+    // A rule stored through the API reaches the same features by its config keys.
+    let rule = format!(
+        r#"{{"id":"/a-light","acl":"hdr(host) -i api.example","config":{{"allowed_networks":"10.0.0.0/8","auth":"{auth}"}}}}"#
+    );
+    let (status, body) = common::send(
+        "POST",
+        &format!("{}/api/services", r.api),
+        Some(&rule),
+        None,
+    )
+    .await;
+    assert!(status < 300, "{status} {body}");
+    let t = Instant::now();
+    while ask(front, &get("api.example", "/", "")).await.0 != 403 {
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", r.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let right = format!("Authorization: Basic {}\r\n", basic("alice", "s3cret"));
+    let both = format!("{forwarded}{right}");
+    assert_eq!(ask(front, &get("api.example", "/", forwarded)).await.0, 401);
+    let (status, text) = ask(front, &get("api.example", "/", &both)).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("/a-light "), "{text}");
+}

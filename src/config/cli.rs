@@ -225,6 +225,10 @@ pub struct Opts {
     /// Largest request head accepted, in bytes.
     #[arg(long, global = true, env = "RATTAN_MAX_HEADER_SIZE")]
     pub max_header_size: Option<usize>,
+    /// Proxies in front of rattan (IPs and CIDR blocks, comma-separated) whose `X-Forwarded-For` names the client
+    /// that allow lists (`HAPROXY_{n}_BACKEND_NETWORK_ALLOWED_ACL`) judge; from other peers it is not believed.
+    #[arg(long, global = true, env = "RATTAN_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<String>,
     /// Add `Via: 1.1 rattan` to requests and responses.
     #[arg(long, global = true, env = "RATTAN_VIA", value_parser = crate::boolean::arg)]
     pub via: Option<bool>,

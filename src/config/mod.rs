@@ -437,6 +437,13 @@ impl Settings {
             max_connections,
             via: o.via.unwrap_or(proxy_d.via),
             access_log,
+            trusted_proxies: match &o.trusted_proxies {
+                Some(t) => Some(
+                    crate::rules::table::Networks::parse(t)
+                        .map_err(|e| bad("trusted-proxies", e))?,
+                ),
+                None => None,
+            },
         };
         for (key, d) in [
             ("connect-timeout", http.connect_timeout),

@@ -277,6 +277,7 @@ fn balance(b: Balance) -> Value {
     s(match b {
         Balance::Leastconn => "leastconn",
         Balance::Roundrobin => "roundrobin",
+        Balance::Source => "source",
     })
 }
 

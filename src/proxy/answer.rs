@@ -1,4 +1,4 @@
-//! The answers the proxy gives itself, without a backend (404, 301 to HTTPS, 400s, 502, 503, 504): built here, as
+//! The answers the proxy gives itself, without a backend (404, 301, 401, 403, 400s, 502, 503, 504): built here, as
 //! HTTP/1 bytes or as a hyper response. What failed and why is [`super::error`]'s to say.
 
 use bytes::Bytes;
@@ -19,7 +19,8 @@ pub(crate) fn empty() -> ProxyBody {
 pub(crate) struct Answer {
     pub status: StatusCode,
     pub body: String,
-    pub location: Option<String>,
+    /// One more field: `location` of a redirect, `www-authenticate` of a 401.
+    pub field: Option<(&'static str, String)>,
 }
 
 impl Answer {
@@ -73,8 +74,25 @@ impl Answer {
         Answer {
             status: StatusCode::MOVED_PERMANENTLY,
             body: format!("rattan: moved to {location}\n"),
-            location: Some(location),
+            field: Some(("location", location)),
         }
+    }
+
+    /// 401 with the route's realm (marathon-lb's `http-request auth realm`).
+    pub(crate) fn unauthorized(realm: &str) -> Answer {
+        Answer {
+            status: StatusCode::UNAUTHORIZED,
+            body: "rattan: authentication required\n".into(),
+            field: Some(("www-authenticate", format!("Basic realm=\"{realm}\""))),
+        }
+    }
+
+    /// 403: the client's address is not in the route's allowed networks.
+    pub(crate) fn forbidden() -> Answer {
+        Answer::new(
+            StatusCode::FORBIDDEN,
+            "rattan: this address may not reach this service\n".into(),
+        )
     }
 
     /// 502: every backend tried failed to connect.
@@ -105,14 +123,17 @@ impl Answer {
         Answer {
             status,
             body,
-            location: None,
+            field: None,
         }
     }
 
     pub(crate) fn into_response(self) -> Response<ProxyBody> {
         let mut r = plain(self.status, self.body);
-        if let Some(v) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-            r.headers_mut().insert(header::LOCATION, v);
+        if let Some((name, v)) = self.field {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                r.headers_mut()
+                    .insert(header::HeaderName::from_static(name), v);
+            }
         }
         r
     }
@@ -139,9 +160,10 @@ impl Answer {
         out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(self.body.len()).as_bytes());
         out.extend_from_slice(b"\r\n");
-        if let Some(l) = &self.location {
-            out.extend_from_slice(b"location: ");
-            out.extend_from_slice(l.as_bytes());
+        if let Some((name, v)) = &self.field {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(connection_line(close, http10));

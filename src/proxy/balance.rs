@@ -6,6 +6,8 @@ use crate::marathon::address::Endpoint;
 use crate::rules::table::Balance;
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -88,7 +90,7 @@ impl Balancer {
         &self,
         app: &str,
         port: usize,
-        policy: Balance,
+        (policy, client): (Balance, Option<IpAddr>),
         backends: &'a [Endpoint],
         avoid: &[Endpoint],
     ) -> Option<(&'a Endpoint, InFlight)> {
@@ -126,6 +128,19 @@ impl Balancer {
             1 => at(0),
             n => match policy {
                 Balance::Roundrobin => at(self.turn(app, port) % n),
+                // Rendezvous hashing: the backend scoring highest for this client, so a change to the set moves
+                // only the clients of the backends that came or went (~1/n), not everyone.
+                Balance::Source => {
+                    let score = |e: &Endpoint| {
+                        let mut h = std::hash::DefaultHasher::new();
+                        (client, e).hash(&mut h);
+                        h.finish()
+                    };
+                    (0..n)
+                        .map(at)
+                        .max_by_key(|e| score(e))
+                        .unwrap_or_else(|| at(0))
+                }
                 Balance::Leastconn => {
                     // Power of two choices over in-flight counts: O(1), and robust to many threads seeing the same
                     // "least loaded" backend at once.
@@ -207,7 +222,9 @@ mod tests {
         let e = eps(3);
         let mut counts = HashMap::new();
         for _ in 0..300 {
-            let (x, _g) = b.pick("/a", 0, Balance::Roundrobin, &e, &[]).unwrap();
+            let (x, _g) = b
+                .pick("/a", 0, (Balance::Roundrobin, None), &e, &[])
+                .unwrap();
             *counts.entry(x.port).or_insert(0) += 1;
         }
         assert!(counts.values().all(|c| *c == 100), "{counts:?}");
@@ -219,10 +236,16 @@ mod tests {
         let e = eps(2);
         // Hold 5 requests on the first backend.
         let busy: Vec<InFlight> = (0..5)
-            .map(|_| b.pick("/a", 0, Balance::Leastconn, &e[..1], &[]).unwrap().1)
+            .map(|_| {
+                b.pick("/a", 0, (Balance::Leastconn, None), &e[..1], &[])
+                    .unwrap()
+                    .1
+            })
             .collect();
         for _ in 0..50 {
-            let (x, _g) = b.pick("/a", 0, Balance::Leastconn, &e, &[]).unwrap();
+            let (x, _g) = b
+                .pick("/a", 0, (Balance::Leastconn, None), &e, &[])
+                .unwrap();
             assert_eq!(x.port, 1001);
         }
         drop(busy);
@@ -260,7 +283,9 @@ mod tests {
         assert!(b.connect_failed(&e[0]), "third failure in a row ejects");
         for _ in 0..20 {
             assert_eq!(
-                b.pick("/a", 0, Balance::Roundrobin, &e, &[]).unwrap().0,
+                b.pick("/a", 0, (Balance::Roundrobin, None), &e, &[])
+                    .unwrap()
+                    .0,
                 &e[1]
             );
         }
@@ -268,7 +293,9 @@ mod tests {
         for _ in 0..3 {
             b.connect_failed(&e[1]);
         }
-        assert!(b.pick("/a", 0, Balance::Roundrobin, &e, &[]).is_some());
+        assert!(b
+            .pick("/a", 0, (Balance::Roundrobin, None), &e, &[])
+            .is_some());
         // A success resets the count.
         let f = eps(3);
         b.connect_failed(&f[2]);
@@ -286,7 +313,7 @@ mod tests {
                 .pick(
                     "/a",
                     0,
-                    Balance::Roundrobin,
+                    (Balance::Roundrobin, None),
                     &e,
                     std::slice::from_ref(&e[0]),
                 )
@@ -297,10 +324,56 @@ mod tests {
             .pick(
                 "/a",
                 0,
-                Balance::Roundrobin,
+                (Balance::Roundrobin, None),
                 &e[..1],
                 std::slice::from_ref(&e[0])
             )
             .is_none());
+    }
+
+    #[test]
+    fn source_keeps_each_client_and_moves_few_when_the_set_changes() {
+        let b = Balancer::new(3, Duration::from_secs(10));
+        let all = eps(4);
+        let clients: Vec<IpAddr> = (0..400u32)
+            .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        let pick = |set: &[Endpoint], c: IpAddr| {
+            b.pick("/a", 0, (Balance::Source, Some(c)), set, &[])
+                .unwrap()
+                .0
+                .clone()
+        };
+        let before: Vec<Endpoint> = clients.iter().map(|c| pick(&all, *c)).collect();
+        for (c, e) in clients.iter().zip(&before) {
+            assert_eq!(&pick(&all, *c), e, "a client keeps its backend");
+        }
+        let mut per: HashMap<&Endpoint, usize> = HashMap::new();
+        for e in &before {
+            *per.entry(e).or_default() += 1;
+        }
+        assert!(per.values().all(|n| (50..=150).contains(n)), "{per:?}");
+        // One backend gone: only its clients move.
+        let fewer = &all[..3];
+        let moved = clients
+            .iter()
+            .zip(&before)
+            .filter(|(c, e)| &pick(fewer, **c) != *e)
+            .count();
+        assert_eq!(moved, per[&all[3]]);
+        // A failed connect moves the client to its next choice, the same one every time.
+        let first = pick(&all, clients[0]);
+        let next = b
+            .pick(
+                "/a",
+                0,
+                (Balance::Source, Some(clients[0])),
+                &all,
+                std::slice::from_ref(&first),
+            )
+            .unwrap()
+            .0
+            .clone();
+        assert_ne!(next, first);
     }
 }

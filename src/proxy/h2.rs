@@ -12,7 +12,7 @@ use super::log::{access_log, record, AccessEntry, AccessLog};
 use super::options::MAX_BACKEND_PER_CLIENT;
 use super::route::Proxy;
 use super::route::{host_name, sticky_cookie, Picker, Routed, Target};
-use super::{idle, pool};
+use super::{idle, pool, rewrite};
 use crate::marathon::address::Endpoint;
 use crate::rules::acl::{Headers, Request as AclRequest};
 use crate::rules::table::Route;
@@ -240,6 +240,7 @@ impl Proxy {
             }
         };
         trace.route = Some(route);
+        let asked_host = route.revproxy_path.as_ref().and(host).map(str::to_string);
         let bodyless = bodyless(&req);
         let (mut parts, body) = req.into_parts();
         // Timed from here: a client that announces a body and stops sending it is cut at the client timeout.
@@ -279,23 +280,49 @@ impl Proxy {
         // back for the next backend, body unread.
         let mut out = Request::new(body);
         *out.method_mut() = parts.method;
-        *out.uri_mut() = http::Uri::from(
-            parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
+        let target = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        let passed = route
+            .proxypass_path
+            .as_deref()
+            .and_then(|p| rewrite::proxypass(p, target.as_str()))
+            .and_then(|p| http::uri::PathAndQuery::try_from(p).ok());
+        *out.uri_mut() = http::Uri::from(passed.unwrap_or(target));
         *out.version_mut() = Version::HTTP_11;
         let picker = Picker::new(
             &self.balancer,
             Target::of(route),
             backends,
             sticky_cookie(Headers::Map(&parts.headers)),
-        );
+        )
+        .for_client(client_addr.ip());
         *out.headers_mut() = parts.headers;
-        self.send(out, (route, picker), bodyless, &conn.deadlines, trace)
-            .await
+        let mut resp = self
+            .send(out, (route, picker), bodyless, &conn.deadlines, trace)
+            .await;
+        let headers = resp.headers_mut();
+        if let Some(root) = &route.revproxy_path {
+            for name in rewrite::LOCATION_FIELDS {
+                let new = headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| rewrite::revproxy(root, v, asked_host.as_deref()))
+                    .and_then(|v| HeaderValue::try_from(v).ok());
+                if let Some(v) = new {
+                    headers.insert(name, v);
+                }
+            }
+        }
+        if route.hsts && conn.tls && !headers.contains_key(header::STRICT_TRANSPORT_SECURITY) {
+            headers.insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static(rewrite::HSTS),
+            );
+        }
+        resp
     }
 
     /// Sends `out` to the picker's backends until one takes it.

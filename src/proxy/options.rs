@@ -23,6 +23,8 @@ pub struct ProxyOptions {
     pub max_connections: usize,
     pub via: bool,
     pub access_log: AccessLog,
+    /// Peers whose `X-Forwarded-For` names the client, for allow lists (`--trusted-proxies`).
+    pub trusted_proxies: Option<crate::rules::table::Networks>,
 }
 
 impl Default for ProxyOptions {
@@ -38,6 +40,7 @@ impl Default for ProxyOptions {
             max_connections: 10_000,
             via: false,
             access_log: AccessLog::Off,
+            trusted_proxies: None,
         }
     }
 }

@@ -57,8 +57,27 @@ impl Proxy {
         let Some(route) = found else {
             return Routed::Answer(None, Answer::no_route(raw_host.unwrap_or(""), req.path));
         };
+        if let Some(allowed) = &route.allowed {
+            if !req
+                .src
+                .is_some_and(|ip| allowed.contains(self.client_ip(ip, req.headers)))
+            {
+                return Routed::Answer(Some(route), Answer::forbidden());
+            }
+        }
+        // Before auth: credentials are not asked for over plain HTTP when HTTPS is wanted.
         if route.redirect_https && !tls {
             return Routed::Answer(Some(route), self.redirect_https(raw_host, path_and_query));
+        }
+        if let Some(auth) = &route.auth {
+            if !auth.allows(req.headers.find_map("authorization", Some)) {
+                return Routed::Answer(Some(route), Answer::unauthorized(&auth.realm));
+            }
+        }
+        if let Some(to) = &route.redirect_root {
+            if req.path == "/" {
+                return Routed::Answer(Some(route), Answer::moved(to.clone()));
+            }
         }
         // Borrowed from the snapshot the request holds: a swap meanwhile does not change its backends.
         let backends: &[Endpoint] = snap
@@ -70,6 +89,35 @@ impl Proxy {
             return Routed::Answer(Some(route), Answer::no_backend(&route.app_id));
         }
         Routed::Forward(route, backends)
+    }
+
+    /// The client's address for allow lists: the peer, or, when the peer is a trusted proxy, the last address in
+    /// `X-Forwarded-For` that is not one.
+    fn client_ip(&self, peer: std::net::IpAddr, headers: Headers<'_>) -> std::net::IpAddr {
+        let Some(trusted) = &self.opts.trusted_proxies else {
+            return peer;
+        };
+        if !trusted.contains(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        // Every X-Forwarded-For line as one list, read from the right.
+        let mut hops: Vec<std::net::IpAddr> = Vec::new();
+        headers.find_map("x-forwarded-for", |v| {
+            let text = std::str::from_utf8(v).ok()?;
+            hops.extend(
+                text.split(',')
+                    .filter_map(|h| h.trim().parse::<std::net::IpAddr>().ok()),
+            );
+            None::<()>
+        });
+        for hop in hops.into_iter().rev() {
+            client = hop;
+            if !trusted.contains(hop) {
+                break;
+            }
+        }
+        client
     }
 
     /// marathon-lb's `redirect scheme https code 301`: same host and path, on the HTTPS port.
@@ -152,6 +200,8 @@ pub(crate) struct Picker<'p, 's> {
     cookie: Option<&'s Endpoint>,
     pinned: Option<&'s Endpoint>,
     failed: Vec<Endpoint>,
+    /// For `balance source`.
+    client: Option<std::net::IpAddr>,
 }
 
 impl<'p, 's> Picker<'p, 's> {
@@ -171,6 +221,15 @@ impl<'p, 's> Picker<'p, 's> {
             cookie,
             pinned: cookie,
             failed: Vec::new(),
+            client: None,
+        }
+    }
+
+    /// Picks for this client (`balance source` hashes its address).
+    pub fn for_client(self, client: std::net::IpAddr) -> Self {
+        Picker {
+            client: Some(client),
+            ..self
         }
     }
 
@@ -180,7 +239,7 @@ impl<'p, 's> Picker<'p, 's> {
             None => self.balancer.pick(
                 self.target.app_id,
                 self.target.port_index,
-                self.target.balance,
+                (self.target.balance, self.client),
                 self.backends,
                 &self.failed,
             ),

@@ -42,6 +42,13 @@ pub(super) async fn serve(
     let Some(svc) = snap.ports.get(port) else {
         return;
     };
+    if svc.allowed.as_ref().is_some_and(|a| !a.contains(peer.ip())) {
+        m.tcp_connections
+            .with_label_values(&[&svc.app_id, "denied"])
+            .inc();
+        tracing::debug!(port, app = %svc.app_id, client = %peer, "TCP client not in the allowed networks");
+        return;
+    }
     let backends: &[Endpoint] = snap
         .apps
         .get(&svc.app_id)
@@ -58,7 +65,8 @@ pub(super) async fn serve(
         },
         backends,
         None,
-    );
+    )
+    .for_client(peer.ip());
     let mut tried = false;
     let (backend, conn, guard) = loop {
         let Some((b, guard)) = picker.next() else {

@@ -38,14 +38,30 @@ fn ports(app: &AppView) -> usize {
     app.service_ports.len().max(app.backends.len()).max(1)
 }
 
-/// The rule config port `n`'s labels give wherever it is served: balance and stickiness.
+/// Port labels and the rule config key each maps onto: labels and stored rules reach the same features.
+const CONFIG_KEYS: &[(&str, &str)] = &[
+    ("BALANCE", "balance"),
+    ("STICKY", "sticky"),
+    ("AUTH", "auth"),
+    ("BACKEND_NETWORK_ALLOWED_ACL", "allowed_networks"),
+    ("USE_HSTS", "hsts"),
+    ("HTTP_BACKEND_PROXYPASS_PATH", "proxypass_path"),
+    ("HTTP_BACKEND_REVPROXY_PATH", "revproxy_path"),
+    ("HTTP_BACKEND_REDIR", "redirect_path"),
+    ("BACKEND_WEIGHT", "weight"),
+];
+
+/// The rule config port `n`'s labels give wherever it is served (its own listener, the shared frontends).
 pub fn config(app: &AppView, n: usize) -> BTreeMap<String, String> {
     let mut config = BTreeMap::new();
-    if let Some(b) = label(app, n, "BALANCE") {
-        config.insert("balance".to_string(), b.to_string());
+    for (suffix, key) in CONFIG_KEYS {
+        if let Some(v) = label(app, n, suffix) {
+            config.insert((*key).to_string(), v.to_string());
+        }
     }
-    if let Some(s) = label(app, n, "STICKY") {
-        config.insert("sticky".to_string(), s.to_string());
+    // marathon-lb: a path raises the weight from 0 to 1.
+    if label(app, n, "PATH").is_some() && !config.contains_key("weight") {
+        config.insert("weight".to_string(), "1".to_string());
     }
     config
 }

@@ -2,6 +2,7 @@
 //! language they are written in, marathon-lb labels, and the compiled route table.
 
 pub mod acl;
+pub mod auth;
 pub mod labels;
 pub mod ports;
 pub mod table;

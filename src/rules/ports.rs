@@ -7,7 +7,7 @@
 
 use super::labels;
 pub use super::labels::PortMode;
-use super::table::{Balance, Route, RouteError, RouteOptions};
+use super::table::{Balance, Networks, Route, RouteError, RouteOptions};
 use crate::apps::Apps;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,9 +23,11 @@ pub struct PortService {
     pub balance: Balance,
     /// `label`, `env` (BAMBOO_TCP_PORT) or `service-port`.
     pub source: &'static str,
-    /// HTTP mode: the route every request on this port takes (the port's labels: balance, sticky).
+    /// HTTP mode: the route every request on this port takes (the port's labels: balance, sticky, auth, ...).
     #[serde(skip)]
     pub route: Option<Arc<Route>>,
+    /// TCP mode: the clients allowed (`_BACKEND_NETWORK_ALLOWED_ACL`); others are closed at once.
+    pub allowed: Option<Networks>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -76,6 +78,7 @@ impl PortTable {
                         balance: balance(0),
                         source: "env",
                         route: None,
+                        allowed: None,
                     }),
                     _ => report(
                         &mut errors,
@@ -130,8 +133,34 @@ impl PortTable {
                 } else {
                     PortMode::Tcp
                 };
-                let route = (mode == PortMode::Http)
-                    .then(|| Arc::new(Route::for_port(id, n, labels::config(app, n), &mut errors)));
+                let allowed = match labels::label(app, n, "BACKEND_NETWORK_ALLOWED_ACL") {
+                    Some(a) if mode == PortMode::Tcp => match Networks::parse(a) {
+                        Ok(n) => Some(n),
+                        // Not served open.
+                        Err(e) => {
+                            report(
+                                &mut errors,
+                                id,
+                                format!("port {port}: allowed networks: {e}"),
+                            );
+                            continue;
+                        }
+                    },
+                    _ => None,
+                };
+                let route = match mode {
+                    PortMode::Tcp => None,
+                    PortMode::Http => {
+                        match Route::for_port(id, n, labels::config(app, n), &mut errors) {
+                            Ok(r) => Some(Arc::new(r)),
+                            // Not served open when a guard (auth, allowed networks) is wrong.
+                            Err(e) => {
+                                report(&mut errors, id, format!("port {port}: {e}"));
+                                continue;
+                            }
+                        }
+                    }
+                };
                 wanted.push(PortService {
                     port,
                     bind,
@@ -141,6 +170,7 @@ impl PortTable {
                     balance: balance(n),
                     source: if by_label { "label" } else { "service-port" },
                     route,
+                    allowed,
                 });
             }
         }

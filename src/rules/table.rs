@@ -3,9 +3,11 @@
 //!
 //! Precedence (the built-in proxy and the HAProxy renderer use the same order): a rule with an exact `Host`
 //! condition beats one with a host suffix (`hdr_end`/`hdr_dom`) beats one with no host condition; then the longest
-//! literal path prefix (`path_beg`/`path_dir`/`path`); then app id, then port index.
+//! literal path prefix (`path_beg`/`path_dir`/`path`); then the larger weight (marathon-lb's `_BACKEND_WEIGHT`),
+//! then app id, then port index.
 
 use super::acl::{self, Criterion, HostRank, Request};
+use super::auth::BasicAuth;
 use super::labels;
 use crate::apps::Apps;
 use std::cmp::Reverse;
@@ -28,6 +30,8 @@ pub enum Balance {
     #[default]
     Leastconn,
     Roundrobin,
+    /// A stable hash of the client's address (HAProxy's `balance source`).
+    Source,
 }
 
 impl Balance {
@@ -35,8 +39,9 @@ impl Balance {
         match s.trim() {
             "leastconn" => Ok(Balance::Leastconn),
             "roundrobin" => Ok(Balance::Roundrobin),
+            "source" => Ok(Balance::Source),
             other => Err(format!(
-                "balance '{other}' is not supported; use roundrobin or leastconn"
+                "balance '{other}' is not supported; use roundrobin, leastconn or source"
             )),
         }
     }
@@ -76,6 +81,22 @@ pub struct Route {
     pub balance: Balance,
     pub sticky: bool,
     pub redirect_https: bool,
+    /// `Strict-Transport-Security` on HTTPS responses (`hsts`, `_USE_HSTS`).
+    pub hsts: bool,
+    /// Requests reach the backend without this path prefix (`proxypass_path`, `_HTTP_BACKEND_PROXYPASS_PATH`).
+    pub proxypass_path: Option<String>,
+    /// Location-type response headers are put back under this path (`revproxy_path`,
+    /// `_HTTP_BACKEND_REVPROXY_PATH`).
+    pub revproxy_path: Option<String>,
+    /// `/` answers a 301 to this path (`redirect_path`, `_HTTP_BACKEND_REDIR`).
+    pub redirect_root: Option<String>,
+    /// Orders routes of equal specificity, larger first (`weight`, `_BACKEND_WEIGHT`).
+    pub weight: i64,
+    /// Basic auth (`auth`, `_AUTH`); its realm is shown.
+    #[serde(serialize_with = "realm")]
+    pub auth: Option<std::sync::Arc<BasicAuth>>,
+    /// Clients allowed, others get 403 (`allowed_networks`, `_BACKEND_NETWORK_ALLOWED_ACL`).
+    pub allowed: Option<Networks>,
     #[serde(skip)]
     pub host_rank: HostRank,
     #[serde(skip)]
@@ -83,6 +104,48 @@ pub struct Route {
     /// The app's request metrics, looked up once per route table instead of once per request.
     #[serde(skip)]
     pub metrics: std::sync::OnceLock<std::sync::Arc<crate::metrics::AppMetrics>>,
+}
+
+fn realm<S: serde::Serializer>(
+    auth: &Option<std::sync::Arc<BasicAuth>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match auth {
+        Some(a) => s.serialize_some(&a.realm),
+        None => s.serialize_none(),
+    }
+}
+
+/// IP addresses and CIDR blocks (an address alone is its own /32 or /128).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Networks(pub Vec<ipnet::IpNet>);
+
+impl Networks {
+    /// Space- or comma-separated addresses and blocks.
+    pub fn parse(text: &str) -> Result<Networks, String> {
+        let nets = text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<ipnet::IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("'{t}' is not an IP address or CIDR block"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if nets.is_empty() {
+            return Err("no network given".into());
+        }
+        Ok(Networks(nets))
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.0.iter().any(|n| n.contains(&ip))
+    }
 }
 
 impl Route {
@@ -189,8 +252,47 @@ fn criteria(acl: &[String]) -> Result<Vec<Criterion>, String> {
         .collect()
 }
 
-/// One route from its parsed conditions; a bad balance is reported and the default serves.
-fn compile(s: Spec, criteria: Vec<Criterion>, errors: &mut Vec<RouteError>) -> Route {
+/// One route from its parsed conditions. A bad balance is reported and the default serves; config that guards
+/// the route (auth, allowed networks) or rewrites its requests must be right, or the route is not served.
+fn compile(
+    s: Spec,
+    criteria: Vec<Criterion>,
+    errors: &mut Vec<RouteError>,
+) -> Result<Route, String> {
+    let text = |key: &str| {
+        s.config
+            .get(key)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let auth = match text("auth") {
+        Some(a) => Some(std::sync::Arc::new(BasicAuth::parse(a)?)),
+        None => None,
+    };
+    let allowed = match text("allowed_networks") {
+        Some(n) => Some(Networks::parse(n).map_err(|e| format!("allowed_networks: {e}"))?),
+        None => None,
+    };
+    let path = |key: &str| -> Result<Option<String>, String> {
+        match text(key) {
+            None => Ok(None),
+            Some(p)
+                if p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_control() || b == b' ') =>
+            {
+                Ok(Some(p.to_string()))
+            }
+            Some(p) => Err(format!("{key} '{p}' is not a path")),
+        }
+    };
+    let proxypass_path = path("proxypass_path")?;
+    let revproxy_path = path("revproxy_path")?;
+    let redirect_root = path("redirect_path")?;
+    let weight = match text("weight") {
+        Some(w) => w
+            .parse::<i64>()
+            .map_err(|_| format!("weight '{w}' is not an integer"))?,
+        None => 0,
+    };
     let balance = match s.config.get("balance").map(|b| Balance::parse(b)) {
         Some(Ok(b)) => b,
         Some(Err(e)) => {
@@ -202,7 +304,7 @@ fn compile(s: Spec, criteria: Vec<Criterion>, errors: &mut Vec<RouteError>) -> R
         }
         None => Balance::default(),
     };
-    Route {
+    Ok(Route {
         host_rank: criteria
             .iter()
             .map(Criterion::host_rank)
@@ -221,19 +323,26 @@ fn compile(s: Spec, criteria: Vec<Criterion>, errors: &mut Vec<RouteError>) -> R
         balance,
         sticky: flag(s.config.get("sticky")),
         redirect_https: flag(s.config.get("redirect_https")),
+        hsts: flag(s.config.get("hsts")),
+        proxypass_path,
+        revproxy_path,
+        redirect_root,
+        weight,
+        auth,
+        allowed,
         metrics: std::sync::OnceLock::new(),
-    }
+    })
 }
 
 impl Route {
-    /// The route of a service port's own HTTP listener: every request there goes to that app port. What its
-    /// config gets wrong (a balance the proxy does not know) is reported; the default serves meanwhile.
+    /// The route of a service port's own HTTP listener: every request there goes to that app port. A balance the
+    /// proxy does not know is reported and the default serves; a guard that does not parse is the error.
     pub fn for_port(
         app_id: &str,
         port_index: usize,
         config: BTreeMap<String, String>,
         errors: &mut Vec<RouteError>,
-    ) -> Route {
+    ) -> Result<Route, String> {
         let spec = Spec {
             app_id: app_id.to_string(),
             port_index,
@@ -304,24 +413,24 @@ impl RouteTable {
 
         let mut routes = Vec::with_capacity(specs.len());
         for s in specs {
-            match criteria(&s.acl) {
-                Ok(c) => routes.push(compile(s, c, &mut errors)),
-                Err(error) => errors.push(RouteError {
-                    app_id: s.app_id,
-                    error,
-                }),
+            let app_id = s.app_id.clone();
+            match criteria(&s.acl).and_then(|c| compile(s, c, &mut errors)) {
+                Ok(r) => routes.push(r),
+                Err(error) => errors.push(RouteError { app_id, error }),
             }
         }
         routes.sort_by(|a, b| {
             (
                 Reverse(a.host_rank),
                 Reverse(a.path_len),
+                Reverse(a.weight),
                 &a.app_id,
                 a.port_index,
             )
                 .cmp(&(
                     Reverse(b.host_rank),
                     Reverse(b.path_len),
+                    Reverse(b.weight),
                     &b.app_id,
                     b.port_index,
                 ))

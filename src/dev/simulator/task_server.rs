@@ -9,7 +9,8 @@ use std::convert::Infallible;
 use tokio::net::TcpListener;
 
 /// A real HTTP server standing in for a task: answers every request with `<app id> <task id>\n`, and echoes
-/// each request header back as `x-req-<name>` so tests can see what reached the backend.
+/// each request header back as `x-req-<name>` (the target as `x-req-target`) so tests can see what reached the
+/// backend; a path ending in `/redirect` gets a 302 to `/login`.
 pub(super) async fn serve_task(
     app_id: String,
     task_id: String,
@@ -26,6 +27,15 @@ pub(super) async fn serve_task(
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let mut r = full(StatusCode::OK, "text/plain", body.clone());
+                    // What reached the backend, for the tests: the target, and a redirect to follow.
+                    if let Ok(v) = req.uri().to_string().parse() {
+                        r.headers_mut().insert("x-req-target", v);
+                    }
+                    if req.uri().path().ends_with("/redirect") {
+                        *r.status_mut() = StatusCode::FOUND;
+                        r.headers_mut()
+                            .insert(hyper::header::LOCATION, "/login".parse().expect("static"));
+                    }
                     for (name, value) in req.headers() {
                         if let Ok(n) = hyper::header::HeaderName::from_bytes(
                             format!("x-req-{name}").as_bytes(),

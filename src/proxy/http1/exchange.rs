@@ -40,6 +40,7 @@ where
         expects_continue,
         http10,
         host_at,
+        host,
     } = f;
     if expects_continue
         && c.buf.is_empty()
@@ -70,6 +71,7 @@ where
         head_request,
         expects_continue,
         bodyless: body.is_none(),
+        host,
     };
     let m = crate::metrics::metrics();
     m.http_in_flight.inc();
@@ -232,6 +234,8 @@ struct Exchange<'a, 's> {
     head_request: bool,
     expects_continue: bool,
     bodyless: bool,
+    /// See [`Forward::host`].
+    host: Option<String>,
 }
 
 /// How the wait for a response head ended.
@@ -438,6 +442,12 @@ impl<'s> Exchange<'_, 's> {
                             http10: self.http10,
                             set_cookie: cookie,
                             via: opts.via,
+                            hsts: self.route.hsts && self.r.peer.tls,
+                            revproxy: self
+                                .route
+                                .revproxy_path
+                                .as_deref()
+                                .map(|root| (root, self.host.as_deref())),
                         };
                         return match response_head(
                             &h,

@@ -32,6 +32,8 @@ pub(super) struct Forward<'s> {
     pub http10: bool,
     /// Where each backend's own Host line goes in the head, for a client that sent none (HTTP/1.0).
     pub host_at: Option<usize>,
+    /// The Host the client asked for, when the route puts redirects back under its path (`revproxy_path`).
+    pub host: Option<String>,
 }
 
 pub(super) enum Plan<'s> {
@@ -258,11 +260,15 @@ pub(super) fn plan<'s>(
         }
     };
     let upgrade = f.upgrade.filter(|_| f.conn.upgrade && !http10);
+    let passed = route
+        .proxypass_path
+        .as_deref()
+        .and_then(|p| crate::proxy::rewrite::proxypass(p, &path_and_query));
     let host_at = write_head(
         out,
         Sent {
             method,
-            path_and_query: &path_and_query,
+            path_and_query: passed.as_deref().unwrap_or(&path_and_query),
             head: &buf[..*head_len],
             headers,
             host,
@@ -278,7 +284,8 @@ pub(super) fn plan<'s>(
         .flatten();
     Plan::Forward(Forward {
         route,
-        picker: Picker::new(&proxy.balancer, Target::of(route), backends, cookie),
+        picker: Picker::new(&proxy.balancer, Target::of(route), backends, cookie)
+            .for_client(peer.addr.ip()),
         body,
         close,
         upgrade: upgrade.is_some(),
@@ -287,6 +294,7 @@ pub(super) fn plan<'s>(
         expects_continue: f.continue_lines != 0 && !http10 && body.is_some(),
         http10,
         host_at,
+        host: route.revproxy_path.as_ref().and(host).map(str::to_string),
     })
 }
 

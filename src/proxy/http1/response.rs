@@ -2,10 +2,11 @@
 //! backend's lines as they came, minus the hop-by-hop ones; the sticky cookie; `Connection` as the client needs it).
 
 use super::buf::MAX_HEADERS;
-use super::fields::{copy_lines, header, number, Fields};
+use super::fields::{copy_lines, header, number, Fields, Lines};
 use super::framing::{self, BodyState};
 use super::head;
 use crate::proxy::answer::connection_line;
+use crate::proxy::rewrite;
 use std::mem::MaybeUninit;
 
 /// A backend's response head, read by `head` or by httparse.
@@ -68,6 +69,10 @@ pub(super) struct Asked<'a> {
     pub http10: bool,
     pub set_cookie: Option<&'a str>,
     pub via: bool,
+    /// `Strict-Transport-Security` goes on it.
+    pub hsts: bool,
+    /// Location-type fields go back under this path (with the Host the client asked for).
+    pub revproxy: Option<(&'a str, Option<&'a str>)>,
 }
 
 /// Writes the head to give the client for a backend's response head, and says how its body ends. `Err` for a
@@ -84,6 +89,8 @@ pub(super) fn response_head(
         http10,
         set_cookie,
         via,
+        hsts,
+        revproxy,
     } = asked;
     let status = resp.code;
     let f = Fields::scan(resp.headers);
@@ -135,7 +142,41 @@ pub(super) fn response_head(
     } else {
         f.transfer_encoding_lines
     };
-    copy_lines(out, head, resp.headers, (f.hop_by_hop & !codings) | lengths);
+    // Location-type lines the route rewrites are left out here and written anew.
+    let mut moved: Lines = 0;
+    let mut rewritten = Vec::new();
+    if let Some((root, host)) = revproxy {
+        for (i, h) in resp.headers.iter().enumerate().take(Lines::BITS as usize) {
+            let is_location = rewrite::LOCATION_FIELDS
+                .iter()
+                .any(|n| h.name.eq_ignore_ascii_case(n));
+            let new = is_location
+                .then(|| std::str::from_utf8(h.value).ok())
+                .flatten()
+                .and_then(|v| rewrite::revproxy(root, v, host));
+            if let Some(v) = new {
+                moved |= 1 << i;
+                rewritten.push((h.name, v));
+            }
+        }
+    }
+    copy_lines(
+        out,
+        head,
+        resp.headers,
+        (f.hop_by_hop & !codings) | lengths | moved,
+    );
+    for (name, value) in rewritten {
+        header(out, name.as_bytes(), value.as_bytes());
+    }
+    if hsts
+        && !resp
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("strict-transport-security"))
+    {
+        header(out, b"strict-transport-security", rewrite::HSTS.as_bytes());
+    }
     if let Some(c) = set_cookie {
         header(out, b"set-cookie", c.as_bytes());
     }
@@ -205,6 +246,8 @@ mod tests {
                 http10: false,
                 set_cookie: Some("c=1"),
                 via: false,
+                hsts: false,
+                revproxy: None,
             },
             &mut close,
             &mut out,
@@ -277,6 +320,38 @@ mod tests {
             framing_of(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false)
                 .0
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn redirects_go_back_under_the_public_path_and_hsts_is_added() {
+        let resp = b"HTTP/1.1 302 Found\r\nLocation: /login\r\nX-A: 1\r\nContent-Location: http://other.example/x\r\nContent-Length: 0\r\n\r\n";
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut fast = [httparse::EMPTY_HEADER; head::MAX];
+        let httparse::Status::Complete(h) = parse(resp, &mut fast, &mut slots).unwrap() else {
+            panic!("partial");
+        };
+        let (mut close, mut out) = (false, Vec::new());
+        let asked = Asked {
+            head_request: false,
+            http10: false,
+            set_cookie: None,
+            via: false,
+            hsts: true,
+            revproxy: Some(("/app", Some("web.example.com"))),
+        };
+        response_head(&h, &resp[..h.len], asked, &mut close, &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("Location: /app/login\r\n"), "{out}");
+        assert!(!out.contains("Location: /login"), "{out}");
+        assert!(
+            out.contains("Content-Location: http://other.example/x\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("X-A: 1\r\n"), "{out}");
+        assert!(
+            out.contains("strict-transport-security: max-age=15768000\r\n"),
+            "{out}"
         );
     }
 }
