@@ -125,6 +125,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         store: Some(store.clone()),
         auth: settings.api_auth.clone(),
         haproxy: haproxy_status.clone(),
+        max_body: settings.limits.api_max_body,
     });
     let nofile = crate::limits::raise_nofile();
     let budget = crate::limits::Budget::new(
@@ -259,6 +260,12 @@ async fn start_proxy(
     }
     println!("rattan: proxy listening on http://{proxy_addr}");
     tracing::info!(addr = %proxy_addr, "proxy listening");
+    if let Some(bind) = ps.appid_bind {
+        let addr = crate::proxy::ports::appid(bind, listeners.handoff.clone())
+            .await
+            .map_err(|e| format!("cannot bind the app-id frontend on {bind}: {e}"))?;
+        tracing::info!(%addr, "app-id frontend listening");
+    }
     tokio::spawn(crate::proxy::ports::run(
         publisher.clone(),
         balancer,

@@ -171,6 +171,10 @@ impl Publisher {
             for e in snap.ports.errors.iter().filter(|e| !before.contains(e)) {
                 tracing::warn!(app = %e.app_id, error = %e.error, "service port not served");
             }
+            let before = &prev.ports.ignored;
+            for i in snap.ports.ignored.iter().filter(|i| !before.contains(i)) {
+                tracing::info!(app = %i.app_id, label = %i.label, "label ignored: a HAProxy config fragment, which the built-in proxy cannot apply");
+            }
             metrics().port_errors.set(snap.ports.errors.len() as i64);
         }
         let m = metrics();

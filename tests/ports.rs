@@ -157,9 +157,18 @@ async fn every_service_port_of_a_labelled_app_gets_its_listener() {
         ],
     )
     .await;
+    let appid = free_port();
+    let appid_bind = format!("127.0.0.1:{appid}");
     let r = start_against(
         &m.url(),
-        &["--group", "external", "--tcp-bind-address", "127.0.0.1"],
+        &[
+            "--group",
+            "external",
+            "--tcp-bind-address",
+            "127.0.0.1",
+            "--http-appid-bind",
+            &appid_bind,
+        ],
     );
 
     // TCP mode: the bytes as the client sent them, no forwarded headers.
@@ -190,6 +199,30 @@ async fn every_service_port_of_a_labelled_app_gets_its_listener() {
     assert!(
         got.contains(&format!("x-req-x-forwarded-port: {shared}")),
         "{got}"
+    );
+
+    // The app-id frontend: the app the header names, at its first HTTP port.
+    let by_id = |id: &str| {
+        format!("GET / HTTP/1.1\r\nHost: x\r\nX-Marathon-App-Id: {id}\r\nConnection: close\r\n\r\n")
+    };
+    let (status, text) = ask(appid, &by_id("/checked")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\r\n\r\n/checked "), "{text}");
+    assert!(
+        text.contains(&format!("x-req-x-forwarded-port: {appid}")),
+        "{text}"
+    );
+    let (status, text) = ask(appid, &by_id("/ext")).await;
+    assert_eq!(status, 404, "a TCP-only app has no HTTP port: {text}");
+    assert!(text.contains("/ext"), "{text}");
+    assert_eq!(
+        ask(
+            appid,
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .await
+        .0,
+        400
     );
 
     for port in [other_group, disabled, taken] {
@@ -333,6 +366,11 @@ async fn functional_labels_guard_rewrite_and_order_routes() {
             ("HAPROXY_0_VHOST", "dash.example"),
             ("HAPROXY_0_HTTP_BACKEND_REDIR", "/dashboard"),
             ("HAPROXY_0_USE_HSTS", "true"),
+            // A HAProxy fragment: reported as ignored, never an error.
+            (
+                "HAPROXY_0_BACKEND_HEAD",
+                "backend {backend}\n  balance {balance}\n",
+            ),
         ],
     )
     .await;
@@ -404,6 +442,16 @@ async fn functional_labels_guard_rewrite_and_order_routes() {
     assert!(
         routes.contains("/broken-auth") && routes.contains("three fields"),
         "{routes}"
+    );
+    let routes: serde_json::Value = serde_json::from_str(&routes).expect("json");
+    assert_eq!(
+        routes["ignored"],
+        serde_json::json!([{"app_id": "/dash", "label": "HAPROXY_0_BACKEND_HEAD"}])
+    );
+    assert!(
+        !routes["errors"].to_string().contains("/dash"),
+        "{}",
+        routes["errors"]
     );
 
     // Allow lists: this client is 127.0.0.1.

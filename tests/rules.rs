@@ -394,7 +394,16 @@ async fn file_store_api_like_bamboo_with_optional_auth() {
             .0,
         404
     );
-    let big = format!(r#"{{"id":"/app","acl":"{}"}}"#, "a".repeat(70 * 1024));
+    // Bamboo stores rules of any size: a 100 KiB one is taken; past --api-max-body (1 MiB) is refused.
+    let hosts: Vec<String> = (0..9000).map(|i| format!("h{i}.example")).collect();
+    let large = format!(
+        r#"{{"id":"/large","acl":"hdr(host) -i {}"}}"#,
+        hosts.join(" ")
+    );
+    assert!(large.len() > 100 * 1024);
+    let (s, body) = send("POST", &format!("{api}/api/services"), Some(&large), None).await;
+    assert_eq!(s, 200, "{body}");
+    let big = format!(r#"{{"id":"/app","acl":"{}"}}"#, "a".repeat(1100 * 1024));
     assert_eq!(
         send("POST", &format!("{api}/api/services"), Some(&big), None)
             .await

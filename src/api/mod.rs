@@ -52,6 +52,8 @@ pub struct ApiState {
     pub auth: ApiAuth,
     /// The HAProxy pipeline's state, in `--mode haproxy|both`.
     pub haproxy: Option<crate::haproxy::SharedStatus>,
+    /// Largest rule write accepted (`--api-max-body`).
+    pub max_body: usize,
 }
 
 /// Optional protection of the API. Without a token or basic credentials everything is open, as in Bamboo.

@@ -15,7 +15,7 @@ use hyper::{Method, Request, StatusCode};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-pub const MAX_BODY: usize = 64 * 1024;
+pub const MAX_BODY: usize = 1024 * 1024;
 
 /// Bamboo's plain-text error: message plus newline, `nosniff`.
 pub fn text_error(status: StatusCode, msg: &str) -> Resp {
@@ -120,8 +120,8 @@ fn validate(id: &str, config: &BTreeMap<String, String>) -> Result<(), String> {
     Ok(())
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
-    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Resp> {
+    match Limited::new(req.into_body(), max).collect().await {
         Ok(b) => Ok(b.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -129,7 +129,7 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Resp> {
         {
             Err(text_error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("request body over {} KiB", MAX_BODY / 1024),
+                &format!("request body over {max} bytes (--api-max-body)"),
             ))
         }
         Err(_) => Err(text_error(
@@ -163,7 +163,7 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Option<Resp> {
             ),
         },
         (Method::POST, false) | (Method::PUT, true) => {
-            let body = match read_body(req).await {
+            let body = match read_body(req, state.max_body).await {
                 Ok(b) => b,
                 Err(r) => return Some(r),
             };

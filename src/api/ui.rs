@@ -31,6 +31,8 @@ struct Routes<'a> {
     errors: Vec<&'a crate::rules::table::RouteError>,
     /// Service ports with their own listener.
     ports: &'a [crate::rules::ports::PortService],
+    /// Labels the built-in proxy cannot apply (HAProxy fragments).
+    ignored: &'a [crate::rules::ports::Ignored],
     apps: Vec<AppRow<'a>>,
     /// Stored rules whose app is not in Marathon.
     orphans: Vec<&'a str>,
@@ -89,6 +91,7 @@ pub fn routes_json(snap: &Snapshot) -> Vec<u8> {
             .chain(&snap.ports.errors)
             .collect(),
         ports: &snap.ports.services,
+        ignored: &snap.ports.ignored,
         apps,
         orphans,
     })

@@ -136,6 +136,9 @@ pub struct Opts {
     /// Open connections to the API port at most; past it new ones wait in the kernel's backlog.
     #[arg(long, global = true, env = "RATTAN_API_MAX_CONNECTIONS")]
     pub api_max_connections: Option<usize>,
+    /// Largest rule write (`POST`/`PUT /api/services`) accepted; Bamboo has no limit.
+    #[arg(long, global = true, env = "RATTAN_API_MAX_BODY")]
+    pub api_max_body: Option<String>,
     /// Protect reads (the UI, /api/state, /api/services) too.
     #[arg(long, global = true, env = "RATTAN_API_AUTH_READS", value_parser = crate::boolean::arg)]
     pub api_auth_reads: Option<bool>,
@@ -204,6 +207,10 @@ pub struct Opts {
     /// Proxy every app service port as TCP (besides HAPROXY_n_MODE=tcp and BAMBOO_TCP_PORT).
     #[arg(long, global = true, env = "RATTAN_TCP_SERVICE_PORTS", value_parser = crate::boolean::arg)]
     pub tcp_service_ports: Option<bool>,
+    /// marathon-lb's app-id frontend (`:9091` there): routes by the `X-Marathon-App-Id` request header to that
+    /// app's first HTTP port; off unless given.
+    #[arg(long, global = true, env = "RATTAN_HTTP_APPID_BIND")]
+    pub http_appid_bind: Option<String>,
     /// Address TCP-mode service ports listen on.
     #[arg(long, global = true, env = "RATTAN_TCP_BIND_ADDRESS")]
     pub tcp_bind_address: Option<String>,
@@ -360,6 +367,7 @@ pub(super) fn shown_defaults() -> Vec<(&'static str, String)> {
             "api_max_connections",
             crate::api::MAX_CONNECTIONS.to_string(),
         ),
+        ("api_max_body", size(crate::api::services::MAX_BODY)),
         (
             "default_rule",
             name(&crate::rules::table::DefaultRule::default()),

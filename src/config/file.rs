@@ -24,6 +24,11 @@ pub(super) fn string_or_list<'de, D: serde::Deserializer<'de>>(
     })
 }
 
+/// Whether the file at `path` is Bamboo's JSON (what [`load_file`] reads it as).
+pub(super) fn is_bamboo_json(path: &Path) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| t.trim_start().starts_with('{'))
+}
+
 /// Reads the config file: TOML, or Bamboo's JSON when it starts with `{` (keys matched case-insensitively).
 pub fn load_file(path: &Path) -> Result<Opts, ConfigError> {
     let text = std::fs::read_to_string(path)

@@ -59,6 +59,7 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
     pub https_bind: Option<SocketAddr>,
+    pub appid_bind: Option<SocketAddr>,
     pub tls_cert_dir: Option<PathBuf>,
     pub tcp_bind_address: std::net::IpAddr,
     pub eject_after: u32,
@@ -72,6 +73,7 @@ pub struct Limits {
     pub marathon_max_event_size: usize,
     pub marathon_max_body: usize,
     pub api_max_connections: usize,
+    pub api_max_body: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +137,15 @@ impl Settings {
             Some(p) => load_file(p)?,
             None => Opts::default(),
         };
+        // Bamboo's configuration, unchanged (its JSON file, or its reload command) and no --mode: run as Bamboo ran.
+        let as_bamboo = opts.mode.is_none()
+            && file.mode.is_none()
+            && (opts.config.as_deref().is_some_and(file::is_bamboo_json)
+                || opts
+                    .haproxy
+                    .reload_command
+                    .as_deref()
+                    .is_some_and(|c| !c.trim().is_empty()));
         let o = layered(&cli, file)?;
 
         let mut marathon = Vec::new();
@@ -326,6 +337,11 @@ impl Settings {
                 crate::marathon::api::MAX_BODY,
             )?,
             api_max_connections: o.api_max_connections.unwrap_or(crate::api::MAX_CONNECTIONS),
+            api_max_body: size(
+                "api-max-body",
+                o.api_max_body,
+                crate::api::services::MAX_BODY,
+            )?,
         };
         if limits.api_max_connections == 0 {
             return Err(bad("api-max-connections", "must be greater than zero"));
@@ -455,6 +471,10 @@ impl Settings {
         }
         let proxy = ProxySettings {
             https_bind,
+            appid_bind: match &o.http_appid_bind {
+                Some(b) => Some(parse_bind("http-appid-bind", b)?),
+                None => None,
+            },
             tls_cert_dir,
             tcp_bind_address,
             eject_after,
@@ -481,7 +501,14 @@ impl Settings {
             extra: Default::default(),
         };
         let haproxy = HaproxySettings {
-            mode: o.mode.unwrap_or_default(),
+            mode: match o.mode {
+                Some(m) => m,
+                None if as_bamboo => {
+                    tracing::info!("Bamboo's configuration and no --mode: rendering haproxy.cfg and reloading HAProxy, as Bamboo does (--mode proxy serves with the built-in proxy)");
+                    Mode::Haproxy
+                }
+                None => Mode::default(),
+            },
             pipeline,
             http_bind: match h.bind {
                 Some(b) => parse_bind("haproxy-bind", &b)?,
@@ -786,6 +813,43 @@ mod tests {
         // What only the command line has is not written in the file.
         let (opts, _f) = opts_with_file("marathon = \"http://m:8080\"\nworkers = 2\n", ".toml");
         assert_eq!(Settings::resolve(&opts, false).unwrap_err().key, "workers");
+    }
+
+    #[test]
+    fn bamboos_configuration_runs_as_bamboo_ran() {
+        let (mut opts, _f) = opts_with_file(
+            r#"{"Marathon":{"Endpoint":"http://m1:8080"},"Bamboo":{"Endpoint":"http://lb:8000"}}"#,
+            ".json",
+        );
+        assert_eq!(
+            Settings::resolve(&opts, false).unwrap().haproxy.mode,
+            Mode::Haproxy
+        );
+        opts.mode = Some(Mode::Proxy);
+        assert_eq!(
+            Settings::resolve(&opts, false).unwrap().haproxy.mode,
+            Mode::Proxy
+        );
+        let reload = Opts {
+            marathon: Some(vec!["http://m:8080".into()]),
+            haproxy: HaproxyOpts {
+                reload_command: Some("systemctl reload haproxy".into()),
+                ..HaproxyOpts::default()
+            },
+            ..Opts::default()
+        };
+        assert_eq!(
+            Settings::resolve(&reload, false).unwrap().haproxy.mode,
+            Mode::Haproxy
+        );
+        let plain = Opts {
+            marathon: Some(vec!["http://m:8080".into()]),
+            ..Opts::default()
+        };
+        assert_eq!(
+            Settings::resolve(&plain, false).unwrap().haproxy.mode,
+            Mode::Proxy
+        );
     }
 
     #[test]

@@ -61,6 +61,14 @@ impl Answer {
         )
     }
 
+    /// 404 on the app-id frontend: no HTTP port of that app is served.
+    pub(crate) fn no_app(id: &str) -> Answer {
+        Answer::new(
+            StatusCode::NOT_FOUND,
+            format!("rattan: no app {id} with an HTTP port here\n"),
+        )
+    }
+
     /// 503: the route's app has no routable backend.
     pub(crate) fn no_backend(app: &str) -> Answer {
         Answer::new(

@@ -11,7 +11,7 @@ use super::idle::Expired;
 use super::log::{access_log, record, AccessEntry, AccessLog};
 use super::options::MAX_BACKEND_PER_CLIENT;
 use super::route::Proxy;
-use super::route::{host_name, sticky_cookie, Picker, Routed, Target};
+use super::route::{host_name, sticky_cookie, Entry, Picker, Routed, Target};
 use super::{idle, pool, rewrite};
 use crate::marathon::address::Endpoint;
 use crate::rules::acl::{Headers, Request as AclRequest};
@@ -42,8 +42,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The port the client connected to (X-Forwarded-Port).
     pub port: u16,
-    /// A service port's own listener: every request goes to the app port it serves.
-    pub pinned: Option<u16>,
+    /// Which listener it came in on, for routing.
+    pub entry: Entry,
     /// The connection's timers, which time request bodies' waits on the client.
     pub activity: Arc<idle::Activity>,
     /// For the backend waits of its streams, each on a deadline of its own.
@@ -230,7 +230,7 @@ impl Proxy {
             },
             host,
             req.uri().path_and_query().map_or("/", |p| p.as_str()),
-            (conn.tls, conn.pinned),
+            (conn.tls, conn.entry),
         );
         let (route, backends) = match routed {
             Routed::Forward(route, backends) => (route, backends),
@@ -429,7 +429,7 @@ fn service(
 pub async fn serve_h2<I>(
     io: I,
     front: &Front,
-    (peer, tls, port, pinned): (SocketAddr, bool, u16, Option<u16>),
+    (peer, tls, port, entry): (SocketAddr, bool, u16, Entry),
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -438,7 +438,7 @@ pub async fn serve_h2<I>(
         peer,
         tls,
         port,
-        pinned,
+        entry,
         activity: activity.clone(),
         deadlines: front.deadlines.clone(),
     };

@@ -5,7 +5,7 @@ use super::balance::Balancer;
 use super::deadline::Deadlines;
 use super::front::Front;
 use super::options::ProxyOptions;
-use super::route::Proxy;
+use super::route::{Entry, Proxy};
 use super::{h2, http1, tls};
 use crate::marathon::address::Endpoint;
 use crate::snapshot::Publisher;
@@ -23,12 +23,14 @@ pub struct Listeners {
     pub handoff: tokio::sync::mpsc::Sender<Handoff>,
 }
 
-/// A connection accepted on an HTTP-mode service port.
+/// A connection accepted on an HTTP-mode service port, or on the app-id frontend.
 pub struct Handoff {
     pub stream: tokio::net::TcpStream,
     pub peer: SocketAddr,
-    /// The service port it came in on: its app port serves every request.
+    /// The port it came in on (X-Forwarded-Port).
     pub port: u16,
+    /// How its requests are routed.
+    pub entry: Entry,
 }
 
 /// Binds the HTTP (and HTTPS) listeners and serves them in the background until `shutdown` turns true; then they
@@ -86,10 +88,10 @@ pub async fn serve(
                     None => std::future::pending().await,
                 }
             };
-            let (accepted, tls, pinned) = tokio::select! {
-                a = http.accept() => (a, false, None),
-                a = accept_tls => (a, true, None),
-                Some(h) = handed.recv() => (Ok((h.stream, h.peer)), false, Some(h.port)),
+            let (accepted, tls, handed_port, entry) = tokio::select! {
+                a = http.accept() => (a, false, None, Entry::Shared),
+                a = accept_tls => (a, true, None, Entry::Shared),
+                Some(h) = handed.recv() => (Ok((h.stream, h.peer)), false, Some(h.port), h.entry),
                 _ = stopped(&mut shutdown) => break,
             };
             let (stream, peer) = match accepted {
@@ -106,7 +108,7 @@ pub async fn serve(
             let front = front.clone();
             let acceptor = acceptor.clone();
             let handshake_timeout = opts.header_read_timeout;
-            let port = match pinned {
+            let port = match handed_port {
                 Some(p) => p,
                 None if tls => https_addr.map_or(443, |a| a.port()),
                 None => http_addr.port(),
@@ -117,7 +119,7 @@ pub async fn serve(
                     stream,
                     peer,
                     tls.then_some(acceptor).flatten(),
-                    (port, pinned),
+                    (port, entry),
                     front,
                     handshake_timeout,
                 )
@@ -169,7 +171,7 @@ async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    (port, pinned): (u16, Option<u16>),
+    (port, entry): (u16, Entry),
     front: Arc<Front>,
     handshake_timeout: Duration,
 ) {
@@ -177,10 +179,7 @@ async fn connection(
     m.http_connections.inc();
     match tls {
         None => {
-            let mut p = http1::Peer::new(peer, false, port, front.proxy.opts.via);
-            if let Some(service) = pinned {
-                p = p.pinned_to(service);
-            }
+            let p = http1::Peer::new(peer, false, port, front.proxy.opts.via).entered(entry);
             http1::serve(stream, front, p).await
         }
         Some(acceptor) => {
@@ -189,7 +188,7 @@ async fn connection(
                 .await
             {
                 Some(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                    h2::serve_h2(s, &front, (peer, true, port, None)).await
+                    h2::serve_h2(s, &front, (peer, true, port, Entry::Shared)).await
                 }
                 Some(Ok(s)) => {
                     let p = http1::Peer::new(peer, true, port, front.proxy.opts.via);

@@ -6,6 +6,7 @@
 use super::balance::Balancer;
 use super::deadline::Deadlines;
 use super::listener::Handoff;
+use super::route::Entry;
 use super::tcp::{self, Shared, TcpOptions};
 use crate::rules::ports::PortMode;
 use crate::snapshot::Publisher;
@@ -75,7 +76,11 @@ pub async fn run(
                             balancer.clone(),
                             shared.clone(),
                         )),
-                        PortMode::Http => tokio::spawn(accept_http(l, svc.port, http.clone())),
+                        PortMode::Http => tokio::spawn(accept_http(
+                            l,
+                            (svc.port, Entry::Port(svc.port)),
+                            http.clone(),
+                        )),
                     };
                     open.insert(svc.port, (want, task.abort_handle()));
                 }
@@ -100,6 +105,15 @@ pub async fn run(
     }
     m.tcp_listeners.set(0);
     m.http_port_listeners.set(0);
+}
+
+/// marathon-lb's app-id frontend (`--http-appid-bind`): every request goes to the app its `X-Marathon-App-Id`
+/// names, at that app's first HTTP port.
+pub async fn appid(bind: SocketAddr, http: mpsc::Sender<Handoff>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(bind).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(accept_http(listener, (addr.port(), Entry::AppId), http));
+    Ok(addr)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -145,7 +159,11 @@ async fn accept_tcp(
 
 /// Accepts while the proxy takes them: a connection waits in the channel for a slot of the proxy's connection
 /// limit, and past the channel's few places in the kernel's backlog.
-async fn accept_http(listener: TcpListener, port: u16, http: mpsc::Sender<Handoff>) {
+pub async fn accept_http(
+    listener: TcpListener,
+    (port, entry): (u16, Entry),
+    http: mpsc::Sender<Handoff>,
+) {
     let mut backoff = crate::limits::AcceptBackoff::new("http-port");
     loop {
         let Ok(slot) = http.reserve().await else {
@@ -155,7 +173,12 @@ async fn accept_http(listener: TcpListener, port: u16, http: mpsc::Sender<Handof
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff.succeeded();
-                slot.send(Handoff { stream, peer, port });
+                slot.send(Handoff {
+                    stream,
+                    peer,
+                    port,
+                    entry,
+                });
             }
             Err(e) => {
                 drop(slot);

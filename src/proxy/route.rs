@@ -47,12 +47,26 @@ impl Proxy {
         req: &AclRequest<'_>,
         raw_host: Option<&str>,
         path_and_query: &str,
-        (tls, pinned): (bool, Option<u16>),
+        (tls, entry): (bool, Entry),
     ) -> Routed<'s> {
-        let found = match pinned {
-            None => snap.routes.find(req),
+        let found = match entry {
+            Entry::Shared => snap.routes.find(req),
             // A service port's own listener: its app port, whatever the request says.
-            Some(port) => snap.ports.get(port).and_then(|s| s.route.as_deref()),
+            Entry::Port(port) => snap.ports.get(port).and_then(|s| s.route.as_deref()),
+            // marathon-lb's :9091: the app the header names, at its first HTTP port.
+            Entry::AppId => {
+                let Some(id) = req
+                    .headers
+                    .find_map("x-marathon-app-id", |v| std::str::from_utf8(v).ok())
+                else {
+                    return Routed::Answer(None, Answer::bad_request("no X-Marathon-App-Id"));
+                };
+                let id = id.trim();
+                match snap.ports.first_http(id) {
+                    Some(r) => Some(r),
+                    None => return Routed::Answer(None, Answer::no_app(id)),
+                }
+            }
         };
         let Some(route) = found else {
             return Routed::Answer(None, Answer::no_route(raw_host.unwrap_or(""), req.path));
@@ -131,6 +145,17 @@ impl Proxy {
         let location = format!("https://{name}{port}{path_and_query}");
         Answer::moved(location)
     }
+}
+
+/// The listener a request came in on, which decides how it is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// `--http-bind`/`--https-bind`: by the rules.
+    Shared,
+    /// A service port's own listener: to the app port it serves.
+    Port(u16),
+    /// `--http-appid-bind`: to the app `X-Marathon-App-Id` names.
+    AppId,
 }
 
 /// What routing decided: forward to the route's backends, or answer here (with the route when one matched, for

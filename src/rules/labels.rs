@@ -141,3 +141,67 @@ pub fn routes(app: &AppView, groups: &[String]) -> Vec<LabelRoute> {
     }
     out
 }
+
+/// marathon-lb's template-override labels: HAProxy config fragments, which a built-in proxy cannot apply.
+const TEMPLATE_LABELS: &[&str] = &[
+    "FRONTEND_HEAD",
+    "BACKEND_HEAD",
+    "FRONTEND_BACKEND_GLUE",
+    "USERLIST_HEAD",
+    "BACKEND_HTTP_OPTIONS",
+    "BACKEND_HSTS_OPTIONS",
+    "BACKEND_STICKY_OPTIONS",
+    "BACKEND_SERVER_OPTIONS",
+    "BACKEND_HTTP_HEALTHCHECK_OPTIONS",
+    "BACKEND_TCP_HEALTHCHECK_OPTIONS",
+    "BACKEND_SERVER_HTTP_HEALTHCHECK_OPTIONS",
+    "BACKEND_SERVER_TCP_HEALTHCHECK_OPTIONS",
+    "BACKEND_REDIRECT_HTTP_TO_HTTPS",
+    "BACKEND_REDIRECT_HTTP_TO_HTTPS_WITH_PATH",
+    "HTTP_FRONTEND_ACL",
+    "HTTP_FRONTEND_ACL_ONLY",
+    "HTTP_FRONTEND_ACL_WITH_PATH",
+    "HTTP_FRONTEND_ACL_ONLY_WITH_PATH",
+    "HTTP_FRONTEND_ACL_WITH_AUTH",
+    "HTTP_FRONTEND_ACL_WITH_AUTH_AND_PATH",
+    "HTTP_FRONTEND_ACL_ONLY_WITH_PATH_AND_AUTH",
+    "HTTP_FRONTEND_ROUTING_ONLY",
+    "HTTP_FRONTEND_ROUTING_ONLY_WITH_AUTH",
+    "HTTP_FRONTEND_ROUTING_ONLY_WITH_PATH",
+    "HTTP_FRONTEND_ROUTING_ONLY_WITH_PATH_AND_AUTH",
+    "HTTP_FRONTEND_APPID_ACL",
+    "HTTPS_FRONTEND_ACL",
+    "HTTPS_FRONTEND_ACL_WITH_AUTH",
+    "HTTPS_FRONTEND_ACL_WITH_PATH",
+    "HTTPS_FRONTEND_ACL_WITH_AUTH_AND_PATH",
+    "HTTPS_FRONTEND_ACL_ONLY_WITH_PATH",
+    "HTTP_BACKEND_PROXYPASS_GLUE",
+    "HTTP_BACKEND_REVPROXY_GLUE",
+    "HTTP_BACKEND_NETWORK_ALLOWED_ACL",
+    "TCP_BACKEND_NETWORK_ALLOWED_ACL",
+    "MAP_HTTP_FRONTEND_ACL",
+    "MAP_HTTP_FRONTEND_ACL_ONLY",
+    "MAP_HTTP_FRONTEND_APPID_ACL",
+    "MAP_HTTPS_FRONTEND_ACL",
+    "BIND_OPTIONS",
+];
+
+/// The app's labels that carry HAProxy fragments (`HAPROXY_{n}_FRONTEND_HEAD`, ...): reported as ignored, never
+/// an error.
+pub fn ignored(app: &AppView) -> Vec<&str> {
+    app.labels
+        .keys()
+        .filter(|k| {
+            let Some(rest) = k.strip_prefix("HAPROXY_") else {
+                return false;
+            };
+            // Per port (`HAPROXY_0_X`) or for every port (`HAPROXY_X`, a global template override).
+            let suffix = match rest.split_once('_') {
+                Some((n, s)) if n.bytes().all(|b| b.is_ascii_digit()) => s,
+                _ => rest,
+            };
+            TEMPLATE_LABELS.contains(&suffix)
+        })
+        .map(String::as_str)
+        .collect()
+}

@@ -9,6 +9,7 @@ use super::labels;
 pub use super::labels::PortMode;
 use super::table::{Balance, Networks, Route, RouteError, RouteOptions};
 use crate::apps::Apps;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -30,12 +31,22 @@ pub struct PortService {
     pub allowed: Option<Networks>,
 }
 
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Ignored {
+    pub app_id: String,
+    pub label: String,
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct PortTable {
     /// Sorted by port; one service per port.
     pub services: Vec<PortService>,
     /// Ports claimed twice, or unusable values.
     pub errors: Vec<RouteError>,
+    /// Labels a built-in proxy cannot apply (HAProxy fragments), by app: `app_id`, `label`.
+    pub ignored: Vec<Ignored>,
+    /// Each app's first HTTP-mode port (by port index), as an index into `services`: the app-id frontend's.
+    first_http: HashMap<String, usize>,
 }
 
 fn report(errors: &mut Vec<RouteError>, app_id: &str, error: String) {
@@ -53,6 +64,14 @@ impl PortTable {
             .map(|i| &self.services[i])
     }
 
+    /// The route of `app_id`'s first HTTP-mode port.
+    pub fn first_http(&self, app_id: &str) -> Option<&Route> {
+        self.services
+            .get(*self.first_http.get(app_id)?)?
+            .route
+            .as_deref()
+    }
+
     /// The TCP-mode services.
     pub fn tcp(&self) -> impl Iterator<Item = &PortService> {
         self.services.iter().filter(|s| s.mode == PortMode::Tcp)
@@ -61,7 +80,14 @@ impl PortTable {
     pub fn build(apps: &Apps, opts: &RouteOptions) -> PortTable {
         let mut wanted: Vec<PortService> = Vec::new();
         let mut errors = Vec::new();
+        let mut ignored = Vec::new();
         for (id, app) in apps.iter() {
+            for label in labels::ignored(app) {
+                ignored.push(Ignored {
+                    app_id: id.clone(),
+                    label: label.to_string(),
+                });
+            }
             let balance = |n: usize| {
                 labels::label(app, n, "BALANCE")
                     .and_then(|b| Balance::parse(b).ok())
@@ -197,6 +223,20 @@ impl PortTable {
                 _ => services.push(s),
             }
         }
-        PortTable { services, errors }
+        let mut first_http: HashMap<String, usize> = HashMap::new();
+        for (i, s) in services.iter().enumerate() {
+            if s.route.is_some() {
+                let at = first_http.entry(s.app_id.clone()).or_insert(i);
+                if services[*at].port_index > s.port_index {
+                    *at = i;
+                }
+            }
+        }
+        PortTable {
+            services,
+            errors,
+            ignored,
+            first_http,
+        }
     }
 }

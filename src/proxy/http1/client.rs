@@ -9,6 +9,7 @@ use crate::proxy::deadline::Timeouts;
 use crate::proxy::error::{Blame, Error};
 use crate::proxy::front::Front;
 use crate::proxy::log::{access_log, record, AccessEntry};
+use crate::proxy::route::Entry;
 use crate::rules::table::Route;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -27,8 +28,8 @@ pub struct Peer {
     pub(super) ip_line_end: String,
     /// The forwarded fields that are the same for every request of the connection.
     pub(super) fixed_fields: String,
-    /// A service port's own listener: every request goes to the app port it serves.
-    pub pinned: Option<u16>,
+    /// Which listener it came in on, for routing.
+    pub entry: Entry,
 }
 
 impl Peer {
@@ -43,16 +44,13 @@ impl Peer {
             fixed_fields: format!(
                 "x-forwarded-proto: {proto}\r\nx-forwarded-port: {port}\r\n{via}"
             ),
-            pinned: None,
+            entry: Entry::Shared,
         }
     }
 
-    /// A connection to the service port `port`'s own listener.
-    pub fn pinned_to(self, port: u16) -> Peer {
-        Peer {
-            pinned: Some(port),
-            ..self
-        }
+    /// A connection to another listener than the shared one.
+    pub fn entered(self, entry: Entry) -> Peer {
+        Peer { entry, ..self }
     }
 }
 

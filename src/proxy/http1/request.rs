@@ -245,7 +245,7 @@ pub(super) fn plan<'s>(
         },
         host,
         &path_and_query,
-        (peer.tls, peer.pinned),
+        (peer.tls, peer.entry),
     );
     let (route, backends) = match routed {
         Routed::Forward(route, backends) => (route, backends),
