@@ -106,6 +106,41 @@ async fn rendered_configs_pass_haproxy_check() {
     )
     .await;
     plain_app(&m, "/plain", 0).await;
+    // marathon-lb's functional labels, and an app's own HTTP port.
+    let hash = "$6$saltsalt$As4wrv0kZlfch1du9WeH7qhskyLriQWySXrZzynnvi46nFnNxjdpl6ksRegrrKexvhIa/Iny8S8uF3fVWTMuC1";
+    let guarded = format!("ops:alice:{hash}");
+    let (own_port, denied_port) = (free_port(), free_port());
+    labeled_app(
+        &m,
+        "/zz-guarded",
+        1,
+        &[
+            ("HAPROXY_0_VHOST", "guarded.test"),
+            ("HAPROXY_0_AUTH", &guarded),
+            (
+                "HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL",
+                "10.0.0.0/8 192.168.1.1",
+            ),
+            ("HAPROXY_0_HTTP_BACKEND_PROXYPASS_PATH", "/api.v2"),
+            ("HAPROXY_0_HTTP_BACKEND_REVPROXY_PATH", "/api.v2"),
+            ("HAPROXY_0_HTTP_BACKEND_REDIR", "/home"),
+            ("HAPROXY_0_USE_HSTS", "true"),
+            ("HAPROXY_0_BALANCE", "source"),
+            ("HAPROXY_0_PORT", &own_port.to_string()),
+        ],
+    )
+    .await;
+    labeled_app(
+        &m,
+        "/private-db",
+        1,
+        &[
+            ("HAPROXY_0_MODE", "tcp"),
+            ("HAPROXY_0_BACKEND_NETWORK_ALLOWED_ACL", "10.0.0.0/8"),
+            ("HAPROXY_0_PORT", &denied_port.to_string()),
+        ],
+    )
+    .await;
     let data = tempfile::tempdir().unwrap();
     // A rule from the API store (the file store here), with a longer path than the label route.
     std::fs::write(
@@ -143,6 +178,19 @@ async fn rendered_configs_pass_haproxy_check() {
         "balance roundrobin".to_string(),
         format!("bind 127.0.0.1:{tcp_port}\n  mode tcp"),
         format!("listen stats\n  bind 127.0.0.1:{stats}"),
+        "userlist users-route-".to_string(),
+        format!("user alice password {hash}"),
+        "http-request auth realm ops if route-".to_string(),
+        "!{ src 10.0.0.0/8 192.168.1.1/32 }".to_string(),
+        "http-request redirect location /home code 301 if route-".to_string(),
+        "http-request replace-path ^/api\\.v2(/|$)(.*) /\\2".to_string(),
+        "http-response replace-header Location ^(/.*)$ /api.v2\\1".to_string(),
+        "http-response set-header Strict-Transport-Security max-age=15768000 if { ssl_fc }"
+            .to_string(),
+        "balance source".to_string(),
+        format!("listen ::zz-guarded-http-{own_port}\n  bind 127.0.0.1:{own_port}\n  mode http"),
+        format!("bind 127.0.0.1:{denied_port}\n  mode tcp"),
+        "tcp-request connection reject if !{ src 10.0.0.0/8 }".to_string(),
     ] {
         assert!(cfg.contains(&want), "missing {want:?} in\n{cfg}");
     }

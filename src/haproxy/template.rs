@@ -281,6 +281,38 @@ fn balance(b: Balance) -> Value {
     })
 }
 
+/// A route's basic auth for a rendered `userlist` (named after `owner`): `{Realm, Userlist, Users: [{Name, Hash}]}`,
+/// or nothing.
+fn auth_value(r: &crate::rules::table::Route, owner: &str) -> Value {
+    let Some(a) = &r.auth else {
+        return Value::Nil;
+    };
+    obj(vec![
+        ("Realm", s(a.realm.as_str())),
+        ("Userlist", s(format!("users-{owner}"))),
+        (
+            "Users",
+            Value::Array(
+                a.users()
+                    .map(|(u, h)| obj(vec![("Name", s(u)), ("Hash", s(h))]))
+                    .collect(),
+            ),
+        ),
+    ])
+}
+
+/// Allowed networks as `src` values, space-separated; empty when all are allowed.
+fn allowed_value(nets: Option<&crate::rules::table::Networks>) -> Value {
+    s(nets
+        .map(|n| {
+            n.0.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default())
+}
+
 /// HAProxy names may not hold `/`; Bamboo's escaped id (`::grp::app`) is what existing configs use.
 fn backend_name(app: &AppView, port_index: usize) -> String {
     match port_index {
@@ -400,6 +432,13 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
             ("Balance", balance(r.balance)),
             ("Sticky", Value::Bool(r.sticky)),
             ("RedirectHttps", Value::Bool(r.redirect_https)),
+            ("Auth", auth_value(r, &format!("route-{i}"))),
+            ("Allowed", allowed_value(r.allowed.as_ref())),
+            (
+                "RedirectPath",
+                s(r.redirect_root.as_deref().unwrap_or_default()),
+            ),
+            ("Weight", Value::Number(r.weight.into())),
         ]));
         if seen.insert(backend.clone()) {
             backends.push(obj(vec![
@@ -411,9 +450,53 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
                 ("Sticky", Value::Bool(r.sticky)),
                 ("HealthCheck", health_check(app, r.port_index)),
                 ("Servers", servers(app, r.port_index)),
+                ("Hsts", Value::Bool(r.hsts)),
+                (
+                    "ProxypassRegex",
+                    s(r.proxypass_path
+                        .as_deref()
+                        .map(|p| regex::escape(p.trim_end_matches('/')))
+                        .unwrap_or_default()),
+                ),
+                (
+                    "RevproxyPath",
+                    s(r.revproxy_path
+                        .as_deref()
+                        .map(|p| p.trim_end_matches('/'))
+                        .unwrap_or_default()),
+                ),
             ]));
         }
     }
+    let http_ports: Vec<Value> = snap
+        .ports
+        .services
+        .iter()
+        .filter_map(|t| {
+            let route = t.route.as_deref()?;
+            let app = snap.apps.get(&t.app_id)?;
+            let name = format!("{}-http-{}", app.escaped_id, t.port);
+            Some(obj(vec![
+                ("Name", s(name.as_str())),
+                ("Port", n(t.port)),
+                (
+                    "Bind",
+                    s(t.bind
+                        .map_or_else(|| extra.tcp_bind_address.clone(), |b| b.to_string())),
+                ),
+                ("AppId", s(t.app_id.as_str())),
+                ("EscapedId", s(app.escaped_id.as_str())),
+                ("PortIndex", n(t.port_index as u64)),
+                ("Balance", balance(route.balance)),
+                ("Sticky", Value::Bool(route.sticky)),
+                ("Hsts", Value::Bool(route.hsts)),
+                ("Auth", auth_value(route, &name)),
+                ("Allowed", allowed_value(route.allowed.as_ref())),
+                ("HealthCheck", health_check(app, t.port_index)),
+                ("Servers", servers(app, t.port_index)),
+            ]))
+        })
+        .collect();
     let tcp: Vec<Value> = snap
         .ports
         .tcp()
@@ -426,6 +509,12 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
                 ("EscapedId", s(app.escaped_id.as_str())),
                 ("PortIndex", n(t.port_index as u64)),
                 ("Balance", balance(t.balance)),
+                (
+                    "Bind",
+                    s(t.bind
+                        .map_or_else(|| extra.tcp_bind_address.clone(), |b| b.to_string())),
+                ),
+                ("Allowed", allowed_value(t.allowed.as_ref())),
                 ("HealthCheck", health_check(app, t.port_index)),
                 ("Servers", servers(app, t.port_index)),
             ]))
@@ -438,6 +527,7 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
         ("Routes", Value::Array(routes)),
         ("Backends", Value::Array(backends)),
         ("TcpServices", Value::Array(tcp)),
+        ("HttpPortServices", Value::Array(http_ports)),
         (
             "Settings",
             obj(vec![

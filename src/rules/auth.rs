@@ -37,6 +37,15 @@ impl BasicAuth {
             if r.is_empty() || user.is_empty() || hash.is_empty() {
                 return Err(format!("auth '{entry}' has an empty field"));
             }
+            // Written into a rendered HAProxy userlist too.
+            if !user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+            {
+                return Err(format!(
+                    "auth user '{user}' may hold letters, digits and . _ - @ only"
+                ));
+            }
             // It is quoted in WWW-Authenticate.
             if !r
                 .bytes()
@@ -75,6 +84,11 @@ impl BasicAuth {
             passed: Mutex::default(),
             key: Default::default(),
         })
+    }
+
+    /// The users and their hashes, for a rendered HAProxy `userlist`.
+    pub fn users(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.users.iter().map(|(u, h)| (u.as_str(), h.as_str()))
     }
 
     /// Whether an `Authorization` header value carries a user and password of this route.

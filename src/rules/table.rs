@@ -276,8 +276,11 @@ fn compile(
     let path = |key: &str| -> Result<Option<String>, String> {
         match text(key) {
             None => Ok(None),
+            // Plain path characters: the path is written into rendered HAProxy rules (and their regexes) too.
             Some(p)
-                if p.starts_with('/') && !p.bytes().any(|b| b.is_ascii_control() || b == b' ') =>
+                if p.starts_with('/')
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/._~-".contains(&b)) =>
             {
                 Ok(Some(p.to_string()))
             }
