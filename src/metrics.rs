@@ -38,6 +38,7 @@ pub struct Metrics {
     pub tcp_listeners: IntGauge,
     pub http_port_listeners: IntGauge,
     pub port_errors: IntGauge,
+    pub route_errors: IntGauge,
     pub haproxy_reloads: IntCounterVec,
     pub haproxy_render_duration: Histogram,
     pub haproxy_reload_duration: Histogram,
@@ -177,6 +178,11 @@ impl Metrics {
                 &r,
                 "rattan_http_port_listeners",
                 "HTTP-mode service ports listening now (each an app's own frontend)",
+            ),
+            route_errors: gauge(
+                &r,
+                "rattan_route_errors",
+                "Rules and labels that do not compile (see /api/routes)",
             ),
             port_errors: gauge(
                 &r,

@@ -161,8 +161,9 @@ impl Publisher {
             &prev,
         );
         if !Arc::ptr_eq(&snap.routes, &prev.routes) {
+            metrics().route_errors.set(snap.routes.errors.len() as i64);
             for e in &snap.routes.errors {
-                tracing::warn!(app = %e.app_id, error = %e.error, "rule does not compile; the app gets no route");
+                tracing::warn!(app = %e.app_id, error = %e.error, "route not served as written");
             }
         }
         if !Arc::ptr_eq(&snap.ports, &prev.ports) {

@@ -556,3 +556,52 @@ async fn functional_labels_guard_rewrite_and_order_routes() {
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("/a-light "), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_rule_that_does_not_compile_leaves_the_app_its_route() {
+    let m = cluster().await;
+    app(
+        &m,
+        "/labelled",
+        false,
+        &[("HAPROXY_0_VHOST", "labelled.example")],
+    )
+    .await;
+    app(&m, "/plain", false, &[]).await;
+    // Written by someone else (Bamboo on the same store): valid HAProxy, outside what the proxy compiles.
+    let data = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        data.path().join("rules.json"),
+        r#"{"/labelled":{"Id":"/labelled","Acl":"url_beg /api","Config":{"Acl":"url_beg /api"}},
+            "/plain":{"Id":"/plain","Acl":"url_beg /p","Config":{"Acl":"url_beg /p"}}}"#,
+    )
+    .expect("write rules");
+    let dir = data.path().display().to_string();
+    let r = start_against(&m.url(), &["--data-dir", &dir]);
+    let front = port_of(&r.proxy);
+    let get = |host: &str, path: &str| {
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    let t = Instant::now();
+    // Each keeps the route it has without the rule: the label's, Bamboo's default.
+    loop {
+        let (a, text) = ask(front, &get("labelled.example", "/")).await;
+        let (b, _) = ask(front, &get("x", "/plain/y")).await;
+        if a == 200 && b == 200 {
+            assert!(text.contains("/labelled "), "{text}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{a} {b}\n{}",
+            r.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, routes) = r.get("/api/routes").await;
+    assert!(
+        routes.contains("url_beg /api") && routes.contains("keeps its label or default route"),
+        "{routes}"
+    );
+    wait_metric(&r, "rattan_route_errors", 2.0).await;
+}

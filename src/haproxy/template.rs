@@ -340,6 +340,11 @@ fn servers(app: &AppView, port_index: usize) -> Value {
     )
 }
 
+/// The port whose health check stands for `port_index` (`_BACKEND_HEALTHCHECK_PORT_INDEX`).
+fn checked(app: &AppView, port_index: usize) -> usize {
+    crate::rules::labels::health_port(app, port_index).unwrap_or(port_index)
+}
+
 fn health_check(app: &AppView, port_index: usize) -> Value {
     app.health_checks
         .iter()
@@ -448,7 +453,7 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
                 ("PortIndex", n(r.port_index as u64)),
                 ("Balance", balance(r.balance)),
                 ("Sticky", Value::Bool(r.sticky)),
-                ("HealthCheck", health_check(app, r.port_index)),
+                ("HealthCheck", health_check(app, checked(app, r.port_index))),
                 ("Servers", servers(app, r.port_index)),
                 ("Hsts", Value::Bool(r.hsts)),
                 (
@@ -492,7 +497,7 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
                 ("Hsts", Value::Bool(route.hsts)),
                 ("Auth", auth_value(route, &name)),
                 ("Allowed", allowed_value(route.allowed.as_ref())),
-                ("HealthCheck", health_check(app, t.port_index)),
+                ("HealthCheck", health_check(app, checked(app, t.port_index))),
                 ("Servers", servers(app, t.port_index)),
             ]))
         })
@@ -515,7 +520,7 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
                         .map_or_else(|| extra.tcp_bind_address.clone(), |b| b.to_string())),
                 ),
                 ("Allowed", allowed_value(t.allowed.as_ref())),
-                ("HealthCheck", health_check(app, t.port_index)),
+                ("HealthCheck", health_check(app, checked(app, t.port_index))),
                 ("Servers", servers(app, t.port_index)),
             ]))
         })

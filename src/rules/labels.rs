@@ -77,14 +77,30 @@ pub fn mode(app: &AppView, n: usize) -> PortMode {
         Some("http") => return PortMode::Http,
         _ => {}
     }
-    let http_check = app
-        .health_checks
-        .iter()
-        .any(|h| h.port_index as usize == n && h.protocol == "HTTP");
+    // `_BACKEND_HEALTHCHECK_PORT_INDEX` takes the check of another port; then any HTTP-family protocol counts.
+    let (checked, family) = match health_port(app, n) {
+        Some(k) if k != n => (k, true),
+        _ => (n, false),
+    };
+    let http_check = app.health_checks.iter().any(|h| {
+        h.port_index as usize == checked
+            && (h.protocol == "HTTP"
+                || (family
+                    && matches!(h.protocol.as_str(), "HTTPS" | "MESOS_HTTP" | "MESOS_HTTPS")))
+    });
     if label(app, n, "VHOST").is_some() || http_check {
         PortMode::Http
     } else {
         PortMode::Tcp
+    }
+}
+
+/// The port index whose Marathon health check stands for port `n` (`HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX`,
+/// else `n`); `None` when the label is not an index.
+pub fn health_port(app: &AppView, n: usize) -> Option<usize> {
+    match label(app, n, "BACKEND_HEALTHCHECK_PORT_INDEX") {
+        None => Some(n),
+        Some(v) => v.parse().ok(),
     }
 }
 

@@ -154,6 +154,13 @@ impl PortTable {
                         }
                     },
                 };
+                if by_label && labels::health_port(app, n).is_none() {
+                    report(
+                        &mut errors,
+                        id,
+                        format!("HAPROXY_{n}_BACKEND_HEALTHCHECK_PORT_INDEX is not a port index; port {n}'s own check is used"),
+                    );
+                }
                 let mode = if by_label {
                     labels::mode(app, n)
                 } else {
@@ -238,5 +245,60 @@ impl PortTable {
             ignored,
             first_http,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::table::tests::apps;
+
+    fn modes(json: &str) -> Vec<(u16, PortMode)> {
+        let opts = RouteOptions::default();
+        let t = PortTable::build(&apps(json), &opts);
+        t.services.iter().map(|s| (s.port, s.mode)).collect()
+    }
+
+    #[test]
+    fn the_mode_is_marathon_lbs() {
+        let check = |proto: &str, index: u32| {
+            format!(r#"[{{"protocol":"{proto}","path":"/h","portIndex":{index}}}]"#)
+        };
+        let app = |labels: &str, checks: &str| {
+            format!(
+                r#"{{"apps":[{{"id":"/a","labels":{{"HAPROXY_GROUP":"x"{labels}}},"healthChecks":{checks},
+                   "portDefinitions":[{{"port":10001}},{{"port":10002}}]}}]}}"#
+            )
+        };
+        use PortMode::{Http, Tcp};
+        assert_eq!(modes(&app("", "[]")), [(10001, Tcp), (10002, Tcp)]);
+        // An HTTP check makes its port HTTP; HTTPS alone does not.
+        assert_eq!(
+            modes(&app("", &check("HTTP", 1))),
+            [(10001, Tcp), (10002, Http)]
+        );
+        assert_eq!(
+            modes(&app("", &check("HTTPS", 0))),
+            [(10001, Tcp), (10002, Tcp)]
+        );
+        // A vhost makes it HTTP; _MODE beats both.
+        let vhost = r#","HAPROXY_0_VHOST":"a.example""#;
+        assert_eq!(modes(&app(vhost, "[]")), [(10001, Http), (10002, Tcp)]);
+        let forced = r#","HAPROXY_0_VHOST":"a.example","HAPROXY_0_MODE":"tcp""#;
+        assert_eq!(modes(&app(forced, "[]")), [(10001, Tcp), (10002, Tcp)]);
+        // Another port's check, by _BACKEND_HEALTHCHECK_PORT_INDEX: any HTTP-family protocol counts.
+        let other = r#","HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX":"1""#;
+        assert_eq!(
+            modes(&app(other, &check("HTTPS", 1))),
+            [(10001, Http), (10002, Tcp)]
+        );
+        let bad = r#","HAPROXY_0_BACKEND_HEALTHCHECK_PORT_INDEX":"one""#;
+        let t = PortTable::build(&apps(&app(bad, "[]")), &RouteOptions::default());
+        assert_eq!(t.services.len(), 2, "the ports are still served");
+        assert!(
+            t.errors[0].error.contains("HEALTHCHECK_PORT_INDEX"),
+            "{:?}",
+            t.errors
+        );
     }
 }

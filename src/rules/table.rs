@@ -154,7 +154,8 @@ impl Route {
     }
 }
 
-/// A rule that could not be compiled (a hand-written V1 node, say): reported, and its app gets no route.
+/// A rule or label that could not be compiled: reported. A stored rule's app keeps its label or default route; a
+/// label route with a bad guard is not served.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RouteError {
     pub app_id: String,
@@ -366,16 +367,30 @@ impl RouteTable {
     ) -> RouteTable {
         let mut specs = Vec::new();
         let mut errors = Vec::new();
+        let mut stored = Vec::new();
         for (id, app) in apps.iter() {
             if let Some(svc) = services.get(id).filter(|s| !s.acl.trim().is_empty()) {
-                specs.push(Spec {
+                let spec = Spec {
                     app_id: id.clone(),
                     port_index: 0,
                     source: Source::Api,
                     acl: vec![svc.acl.clone()],
                     config: svc.config.clone().unwrap_or_default(),
-                });
-                continue;
+                };
+                // A rule written by someone else (Bamboo on the same path, an older rattan) that does not compile
+                // here does not take the app's route away: it keeps the one it would have without the rule.
+                match criteria(&spec.acl).and_then(|c| compile(spec, c, &mut errors)) {
+                    Ok(route) => {
+                        stored.push(route);
+                        continue;
+                    }
+                    Err(error) => errors.push(RouteError {
+                        app_id: id.clone(),
+                        error: format!(
+                            "stored rule not used, the app keeps its label or default route: {error}"
+                        ),
+                    }),
+                }
             }
             let from_labels = labels::routes(app, &opts.groups);
             if !from_labels.is_empty() {
@@ -414,7 +429,8 @@ impl RouteTable {
             });
         }
 
-        let mut routes = Vec::with_capacity(specs.len());
+        let mut routes = stored;
+        routes.reserve(specs.len());
         for s in specs {
             let app_id = s.app_id.clone();
             match criteria(&s.acl).and_then(|c| compile(s, c, &mut errors)) {
@@ -508,14 +524,15 @@ impl RouteTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::discovery::{build_view, Policy};
     use crate::marathon::model::parse_apps;
     use crate::rules::{Service, ServiceMap};
     use std::sync::Arc;
 
-    fn apps(json: &str) -> Apps {
+    /// Apps as discovery makes them of a `/v2/apps` body.
+    pub(in crate::rules) fn apps(json: &str) -> Apps {
         parse_apps(json.as_bytes())
             .unwrap()
             .apps
@@ -616,6 +633,11 @@ mod tests {
         assert_eq!(find(&t, "x", "/off"), None);
         assert_eq!(t.errors.len(), 1);
         assert_eq!(t.errors[0].app_id, "/bad");
+        // The stored rule does not compile: the app keeps Bamboo's default route meanwhile.
+        assert_eq!(find(&t, "x", "/bad/x"), Some("/bad"));
+        assert!(t.errors[0]
+            .error
+            .contains("keeps its label or default route"));
         let lb = t.for_app("/lb").next().unwrap();
         assert_eq!(lb.source, Source::Label);
         assert_eq!(lb.balance, Balance::Roundrobin);
