@@ -231,6 +231,7 @@ async fn start_proxy(
     let https = ps.https_bind.map(|bind| {
         let certs = crate::proxy::tls::CertStore::open(ps.tls_cert_dir.clone());
         certs.watch(std::time::Duration::from_secs(1));
+        follow_label_certs(publisher.clone(), certs.clone());
         (bind, certs)
     });
     let (listeners, done) = crate::proxy::serve(
@@ -367,6 +368,22 @@ pub async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Keeps the HTTPS listener's SNI set in step with the certificate files labels name (`HAPROXY_{n}_SSL_CERT`).
+fn follow_label_certs(publisher: Arc<Publisher>, certs: Arc<crate::proxy::tls::CertStore>) {
+    tokio::spawn(async move {
+        let mut changes = publisher.subscribe();
+        loop {
+            let files = publisher.load().ports.ssl_certs.clone();
+            let c = certs.clone();
+            // File reads and PEM parsing off the async threads.
+            let _ = tokio::task::spawn_blocking(move || c.set_label_certs(&files)).await;
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 #[cfg(test)]

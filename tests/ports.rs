@@ -605,3 +605,76 @@ async fn a_stored_rule_that_does_not_compile_leaves_the_app_its_route() {
     );
     wait_metric(&r, "rattan_route_errors", 2.0).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssl_cert_labels_join_the_sni_set() {
+    let m = cluster().await;
+    let c = rcgen::generate_simple_self_signed(vec!["labelled.example".to_string()]).expect("cert");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("labelled.pem");
+    std::fs::write(
+        &file,
+        format!("{}{}", c.cert.pem(), c.key_pair.serialize_pem()),
+    )
+    .expect("write cert");
+    let path = file.display().to_string();
+    app(
+        &m,
+        "/tls",
+        false,
+        &[
+            ("HAPROXY_0_VHOST", "labelled.example"),
+            ("HAPROXY_0_SSL_CERT", &path),
+        ],
+    )
+    .await;
+    // A label naming something that is not a certificate: reported, nothing else changes.
+    app(
+        &m,
+        "/odd",
+        false,
+        &[
+            ("HAPROXY_0_VHOST", "odd.example"),
+            ("HAPROXY_0_SSL_CERT", "/dev/zero"),
+        ],
+    )
+    .await;
+    let r = start_against(&m.url(), &["--https-bind", "127.0.0.1:0"]);
+    let port = port_of(r.https.as_deref().expect("https"));
+    // A new client each time: a new handshake, no session resumed from before the label was read.
+    let client = || {
+        reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .tls_info(true)
+            .resolve(
+                "labelled.example",
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            )
+            .build()
+            .expect("client")
+    };
+    let want = c.cert.der().to_vec();
+    let t = Instant::now();
+    loop {
+        let resp = client()
+            .get(format!("https://labelled.example:{port}/"))
+            .send()
+            .await;
+        if let Ok(resp) = resp {
+            let served = resp
+                .extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .and_then(|i| i.peer_certificate())
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            if served == want {
+                assert_eq!(resp.status().as_u16(), 200);
+                assert!(resp.text().await.unwrap_or_default().starts_with("/tls "));
+                break;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{}", r.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    r.wait_log("/dev/zero", 5).await;
+}

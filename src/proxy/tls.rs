@@ -14,6 +14,9 @@ use std::time::{Duration, SystemTime};
 
 type Fingerprint = Vec<(PathBuf, SystemTime, u64)>;
 
+/// Largest certificate file read (a chain and its key are a few KiB).
+const MAX_CERT_FILE: u64 = 1024 * 1024;
+
 #[derive(Clone)]
 struct Loaded {
     key: Arc<CertifiedKey>,
@@ -43,6 +46,8 @@ impl CertSet {
 /// The certificate resolver handed to rustls; swapped whole on reload.
 pub struct CertStore {
     dir: Option<PathBuf>,
+    /// Files named by labels (`HAPROXY_{n}_SSL_CERT`), read with the directory's.
+    extra: Mutex<Vec<PathBuf>>,
     current: ArcSwap<CertSet>,
     /// Last good load per file, and the directory's fingerprint when last read (`None`: never read).
     files: Mutex<(BTreeMap<PathBuf, Loaded>, Option<Fingerprint>)>,
@@ -117,6 +122,14 @@ fn names_of(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
 
 /// Loads one certificate file: chain and key in it, or the key beside it as `<stem>.key`.
 fn load_file(path: &Path) -> Result<Loaded, String> {
+    // A label can name any path: only regular files of a certificate's size are read.
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() || meta.len() > MAX_CERT_FILE {
+        return Err(format!(
+            "not a regular file of at most {} KiB",
+            MAX_CERT_FILE / 1024
+        ));
+    }
     let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
@@ -163,6 +176,7 @@ impl CertStore {
     pub fn open(dir: Option<PathBuf>) -> Arc<CertStore> {
         let store = Arc::new(CertStore {
             dir,
+            extra: Mutex::default(),
             current: ArcSwap::from_pointee(CertSet::default()),
             files: Mutex::new((BTreeMap::new(), None)),
             fallback: std::sync::OnceLock::new(),
@@ -174,13 +188,30 @@ impl CertStore {
     /// Re-reads the directory when its listing, sizes or times changed. Returns whether it did.
     pub fn reload(&self) -> bool {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        let fp = self.dir.as_deref().map(fingerprint).unwrap_or_default();
+        let mut fp = self.dir.as_deref().map(fingerprint).unwrap_or_default();
+        fp.extend(
+            self.extra
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|p| {
+                    let m = std::fs::metadata(p).ok();
+                    let time = m.as_ref().and_then(|m| m.modified().ok());
+                    (
+                        p.clone(),
+                        time.unwrap_or(SystemTime::UNIX_EPOCH),
+                        m.map_or(0, |m| m.len()),
+                    )
+                }),
+        );
+        let in_dir = |p: &Path| self.dir.as_deref().is_some_and(|d| p.parent() == Some(d));
         if files.1.as_ref() == Some(&fp) {
             return false;
         }
         let mut set = CertSet::default();
         let mut loaded = BTreeMap::new();
-        for (path, _, _) in fp.iter().filter(|(p, _, _)| is_cert_file(p)) {
+        // The directory's certificate files, and every file a label names.
+        for (path, _, _) in fp.iter().filter(|(p, _, _)| is_cert_file(p) || !in_dir(p)) {
             let got = match load_file(path) {
                 Ok(l) => l,
                 Err(e) => match files.0.get(path) {
@@ -234,11 +265,20 @@ impl CertStore {
         true
     }
 
-    /// Polls the directory for changes (cheap: one listing) until the process ends.
-    pub fn watch(self: &Arc<Self>, every: Duration) {
-        if self.dir.is_none() {
-            return;
+    /// The certificate files labels name (`HAPROXY_{n}_SSL_CERT`); read at once when they changed.
+    pub fn set_label_certs(&self, files: &[String]) -> bool {
+        let files: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+        let mut extra = self.extra.lock().unwrap_or_else(|p| p.into_inner());
+        if *extra == files {
+            return false;
         }
+        *extra = files;
+        drop(extra);
+        self.reload()
+    }
+
+    /// Polls the directory and the labels' files for changes (cheap: one listing) until the process ends.
+    pub fn watch(self: &Arc<Self>, every: Duration) {
         crate::periodic::every(self, every, |store: Arc<Self>| async move {
             // File reads and PEM parsing off the async threads.
             let _ = tokio::task::spawn_blocking(move || store.reload()).await;

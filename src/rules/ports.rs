@@ -43,6 +43,8 @@ pub struct PortTable {
     pub services: Vec<PortService>,
     /// Ports claimed twice, or unusable values.
     pub errors: Vec<RouteError>,
+    /// Certificate files labels add to the HTTPS listener's SNI set (`HAPROXY_{n}_SSL_CERT`), sorted, once each.
+    pub ssl_certs: Vec<String>,
     /// Labels a built-in proxy cannot apply (HAProxy fragments), by app: `app_id`, `label`.
     pub ignored: Vec<Ignored>,
     /// Each app's first HTTP-mode port (by port index), as an index into `services`: the app-id frontend's.
@@ -81,7 +83,17 @@ impl PortTable {
         let mut wanted: Vec<PortService> = Vec::new();
         let mut errors = Vec::new();
         let mut ignored = Vec::new();
+        let mut ssl_certs = Vec::new();
         for (id, app) in apps.iter() {
+            if labels::has_routing_labels(app) {
+                for n in 0..app.service_ports.len().max(1) {
+                    if let Some(c) = labels::label(app, n, "SSL_CERT")
+                        .filter(|_| labels::in_groups(app, n, &opts.groups))
+                    {
+                        ssl_certs.push(c.to_string());
+                    }
+                }
+            }
             for label in labels::ignored(app) {
                 ignored.push(Ignored {
                     app_id: id.clone(),
@@ -239,9 +251,12 @@ impl PortTable {
                 }
             }
         }
+        ssl_certs.sort();
+        ssl_certs.dedup();
         PortTable {
             services,
             errors,
+            ssl_certs,
             ignored,
             first_http,
         }
