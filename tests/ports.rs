@@ -678,3 +678,27 @@ async fn ssl_cert_labels_join_the_sni_set() {
     }
     r.wait_log("/dev/zero", 5).await;
 }
+
+/// Idle HTTP ports must not hold the hand-off to the proxy away from busy ones: more ports than its places.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_http_ports_are_all_served() {
+    let m = cluster().await;
+    let ports: Vec<u16> = (0..24).map(|_| free_port()).collect();
+    for (i, p) in ports.iter().enumerate() {
+        app(
+            &m,
+            &format!("/many/a{i:02}"),
+            false,
+            &[
+                ("HAPROXY_0_MODE", "http"),
+                ("HAPROXY_0_PORT", &p.to_string()),
+            ],
+        )
+        .await;
+    }
+    let r = start_against(&m.url(), &["--tcp-bind-address", "127.0.0.1"]);
+    wait_metric(&r, "rattan_http_port_listeners", 24.0).await;
+    for (i, p) in ports.iter().enumerate().rev() {
+        wait_served(*p, &format!("/many/a{i:02}"), &r).await;
+    }
+}

@@ -157,8 +157,9 @@ async fn accept_tcp(
     }
 }
 
-/// Accepts while the proxy takes them: a connection waits in the channel for a slot of the proxy's connection
-/// limit, and past the channel's few places in the kernel's backlog.
+/// Accepts and hands each connection to the proxy's front. Each listener holds at most one connection the front
+/// has not taken yet (the channel is shared: a listener must not hold a place in it while it waits for a client, or
+/// a few idle ports would starve the busy ones); past that, clients wait in the kernel's backlog.
 pub async fn accept_http(
     listener: TcpListener,
     (port, entry): (u16, Entry),
@@ -166,22 +167,21 @@ pub async fn accept_http(
 ) {
     let mut backoff = crate::limits::AcceptBackoff::new("http-port");
     loop {
-        let Ok(slot) = http.reserve().await else {
-            // The proxy stopped.
-            return;
-        };
         match listener.accept().await {
             Ok((stream, peer)) => {
                 backoff.succeeded();
-                slot.send(Handoff {
+                let handoff = Handoff {
                     stream,
                     peer,
                     port,
                     entry,
-                });
+                };
+                if http.send(handoff).await.is_err() {
+                    // The proxy stopped.
+                    return;
+                }
             }
             Err(e) => {
-                drop(slot);
                 tracing::debug!(port, "HTTP port accept failed");
                 backoff.failed(&e).await;
             }
