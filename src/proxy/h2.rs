@@ -303,25 +303,7 @@ impl Proxy {
         let mut resp = self
             .send(out, (route, picker), bodyless, &conn.deadlines, trace)
             .await;
-        let headers = resp.headers_mut();
-        if let Some(root) = &route.revproxy_path {
-            for name in rewrite::LOCATION_FIELDS {
-                let new = headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| rewrite::revproxy(root, v, asked_host.as_deref()))
-                    .and_then(|v| HeaderValue::try_from(v).ok());
-                if let Some(v) = new {
-                    headers.insert(name, v);
-                }
-            }
-        }
-        if route.hsts && conn.tls && !headers.contains_key(header::STRICT_TRANSPORT_SECURITY) {
-            headers.insert(
-                header::STRICT_TRANSPORT_SECURITY,
-                HeaderValue::from_static(rewrite::HSTS),
-            );
-        }
+        rewrite_response(resp.headers_mut(), route, conn.tls, asked_host.as_deref());
         resp
     }
 
@@ -369,6 +351,28 @@ impl Proxy {
                 }
             }
         }
+    }
+}
+
+/// What the route changes in a response: redirects put back under its public path, HSTS on HTTPS.
+fn rewrite_response(headers: &mut HeaderMap, route: &Route, tls: bool, asked_host: Option<&str>) {
+    if let Some(root) = &route.revproxy_path {
+        for name in rewrite::LOCATION_FIELDS {
+            let new = headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| rewrite::revproxy(root, v, asked_host))
+                .and_then(|v| HeaderValue::try_from(v).ok());
+            if let Some(v) = new {
+                headers.insert(name, v);
+            }
+        }
+    }
+    if route.hsts && tls && !headers.contains_key(header::STRICT_TRANSPORT_SECURITY) {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(rewrite::HSTS),
+        );
     }
 }
 

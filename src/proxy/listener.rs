@@ -54,17 +54,7 @@ pub async fn serve(
         https_addr.map_or(443, |a| a.port()),
         &opts,
     ));
-    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new())
-        .max_header_list_size(opts.max_header_bytes.max(8192) as u32);
-    let front = Arc::new(Front {
-        proxy,
-        h2,
-        stop: shutdown.clone(),
-        draining: Default::default(),
-        drain: Default::default(),
-        deadlines: Deadlines::spawn(),
-    });
+    let front = front(proxy, &opts, shutdown.clone());
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
     // Small: a full channel holds the port listeners back, and their clients wait in the kernel's backlog.
     let (handoff, mut handed) = tokio::sync::mpsc::channel::<Handoff>(16);
@@ -164,6 +154,25 @@ fn forget_gone_backends(publisher: Arc<Publisher>, balancer: Arc<Balancer>) {
             balancer.retain(|e| live.contains(e));
         }
     });
+}
+
+/// What every connection shares, with hyper's HTTP/2 builder set as the options say.
+fn front(
+    proxy: Arc<Proxy>,
+    opts: &ProxyOptions,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Arc<Front> {
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_header_list_size(opts.max_header_bytes.max(8192) as u32);
+    Arc::new(Front {
+        proxy,
+        h2,
+        stop,
+        draining: Default::default(),
+        drain: Default::default(),
+        deadlines: Deadlines::spawn(),
+    })
 }
 
 /// One accepted connection, served to its end: HTTP/1, or (TLS with ALPN `h2`) HTTP/2.

@@ -143,23 +143,10 @@ pub(super) fn response_head(
         f.transfer_encoding_lines
     };
     // Location-type lines the route rewrites are left out here and written anew.
-    let mut moved: Lines = 0;
-    let mut rewritten = Vec::new();
-    if let Some((root, host)) = revproxy {
-        for (i, h) in resp.headers.iter().enumerate().take(Lines::BITS as usize) {
-            let is_location = rewrite::LOCATION_FIELDS
-                .iter()
-                .any(|n| h.name.eq_ignore_ascii_case(n));
-            let new = is_location
-                .then(|| std::str::from_utf8(h.value).ok())
-                .flatten()
-                .and_then(|v| rewrite::revproxy(root, v, host));
-            if let Some(v) = new {
-                moved |= 1 << i;
-                rewritten.push((h.name, v));
-            }
-        }
-    }
+    let (moved, rewritten) = match revproxy {
+        Some((root, host)) => relocated(resp.headers, root, host),
+        None => (0, Vec::new()),
+    };
     copy_lines(
         out,
         head,
@@ -192,6 +179,30 @@ pub(super) fn response_head(
         content_length: length,
         dechunk,
     })
+}
+
+/// The Location-type fields `revproxy` rewrites: which lines, and their new values.
+fn relocated<'h>(
+    headers: &[httparse::Header<'h>],
+    root: &str,
+    host: Option<&str>,
+) -> (Lines, Vec<(&'h str, String)>) {
+    let mut moved: Lines = 0;
+    let mut rewritten = Vec::new();
+    for (i, h) in headers.iter().enumerate().take(Lines::BITS as usize) {
+        let is_location = rewrite::LOCATION_FIELDS
+            .iter()
+            .any(|n| h.name.eq_ignore_ascii_case(n));
+        let new = is_location
+            .then(|| std::str::from_utf8(h.value).ok())
+            .flatten()
+            .and_then(|v| rewrite::revproxy(root, v, host));
+        if let Some(v) = new {
+            moved |= 1 << i;
+            rewritten.push((h.name, v));
+        }
+    }
+    (moved, rewritten)
 }
 
 /// How much of `bytes` belongs to the response body (all of it when the body runs to the end of the stream);
