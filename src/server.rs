@@ -274,7 +274,7 @@ async fn start_proxy(
             bind: ps.tcp_bind_address,
             connect_timeout: settings.http.connect_timeout,
         },
-        listeners.handoff.clone(),
+        (listeners.handoff.clone(), listeners.limit.clone()),
         stop_rx,
     ));
 

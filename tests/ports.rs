@@ -702,3 +702,62 @@ async fn many_http_ports_are_all_served() {
         wait_served(*p, &format!("/many/a{i:02}"), &r).await;
     }
 }
+
+/// TCP-mode connections count against --max-connections, as HTTP ones do.
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_ports_share_the_connection_limit() {
+    let m = cluster().await;
+    let port = free_port();
+    app(
+        &m,
+        "/db",
+        false,
+        &[
+            ("HAPROXY_0_MODE", "tcp"),
+            ("HAPROXY_0_PORT", &port.to_string()),
+        ],
+    )
+    .await;
+    // Three: one waits with the shared HTTP listener, two are left for clients.
+    let r = start_against(
+        &m.url(),
+        &["--tcp-bind-address", "127.0.0.1", "--max-connections", "3"],
+    );
+    wait_tcp(port, &r, true).await;
+    // The probe's connection is gone once the metric is back at zero.
+    wait_metric(&r, "rattan_tcp_connections_active", 0.0).await;
+    let req = b"GET / HTTP/1.1\r\nHost: db\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        s.write_all(req).await.expect("write");
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("served")
+            .expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("/db "));
+        held.push(s);
+    }
+    // Past the limit: accepted by the kernel, not served.
+    let mut third = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    third.write_all(req).await.expect("write");
+    let mut buf = [0u8; 512];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf))
+            .await
+            .is_err(),
+        "served past the limit"
+    );
+    // One closes: the waiting one is served.
+    drop(held.pop());
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("served once a place is free")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("/db "));
+}

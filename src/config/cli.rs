@@ -217,7 +217,7 @@ pub struct Opts {
     /// One line per proxied request on stdout: off, json, clf (common log format).
     #[arg(long, global = true, env = "RATTAN_ACCESS_LOG")]
     pub access_log: Option<String>,
-    /// Client connections served at once (HTTP and HTTPS); more wait in the kernel's backlog.
+    /// Client connections served at once (HTTP, HTTPS, service ports, TCP mode too); more wait in the kernel's backlog.
     #[arg(long, global = true, env = "RATTAN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Backend connect timeout.

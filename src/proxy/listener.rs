@@ -21,6 +21,8 @@ pub struct Listeners {
     /// Where service ports' own HTTP listeners ([`super::ports`]) hand their connections, to be served like the
     /// shared listener's: the same connection limit, drain, timeouts.
     pub handoff: tokio::sync::mpsc::Sender<Handoff>,
+    /// `--max-connections`: one budget for every client connection of the proxy, TCP-mode ports' too.
+    pub limit: Arc<tokio::sync::Semaphore>,
 }
 
 /// A connection accepted on an HTTP-mode service port, or on the app-id frontend.
@@ -56,6 +58,7 @@ pub async fn serve(
     ));
     let front = front(proxy, &opts, shutdown.clone());
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let limit_out = limit.clone();
     // Small: a full channel holds the port listeners back, and their clients wait in the kernel's backlog.
     let (handoff, mut handed) = tokio::sync::mpsc::channel::<Handoff>(16);
     let task = tokio::spawn(async move {
@@ -133,6 +136,7 @@ pub async fn serve(
             http: http_addr,
             https: https_addr,
             handoff,
+            limit: limit_out,
         },
         task,
     ))

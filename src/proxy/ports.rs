@@ -31,7 +31,7 @@ pub async fn run(
     publisher: Arc<Publisher>,
     balancer: Arc<Balancer>,
     opts: TcpOptions,
-    http: mpsc::Sender<Handoff>,
+    (http, limit): (mpsc::Sender<Handoff>, Arc<tokio::sync::Semaphore>),
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let shared = Arc::new(Shared {
@@ -70,11 +70,11 @@ pub async fn run(
                     tracing::info!(addr = %want.addr, app = %svc.app_id, mode = ?svc.mode, "service port listener open");
                     let task = match svc.mode {
                         PortMode::Tcp => tokio::spawn(accept_tcp(
-                            l,
-                            svc.port,
+                            (l, svc.port),
                             publisher.clone(),
                             balancer.clone(),
                             shared.clone(),
+                            limit.clone(),
                         )),
                         PortMode::Http => tokio::spawn(accept_http(
                             l,
@@ -128,11 +128,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn accept_tcp(
-    listener: TcpListener,
-    port: u16,
+    (listener, port): (TcpListener, u16),
     publisher: Arc<Publisher>,
     balancer: Arc<Balancer>,
     shared: Arc<Shared>,
+    limit: Arc<tokio::sync::Semaphore>,
 ) {
     let mut backoff = crate::limits::AcceptBackoff::new("tcp");
     loop {
@@ -147,12 +147,17 @@ async fn accept_tcp(
                 continue;
             }
         };
+        // Past the proxy's connection limit this one waits, unserved, and the next ones in the kernel's backlog.
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
         let _ = client.set_nodelay(true);
         let publisher = publisher.clone();
         let balancer = balancer.clone();
         let shared = shared.clone();
         tokio::spawn(async move {
             tcp::serve(client, peer, port, &publisher, &balancer, &shared).await;
+            drop(permit);
         });
     }
 }
