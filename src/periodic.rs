@@ -1,4 +1,5 @@
-//! Work repeated on a timer for as long as its owner lives: the rules file and the certificate directory watchers.
+//! Work repeated on a timer for as long as its owner lives: the rules file and the certificate directory watchers,
+//! the proxy's deadline sweepers.
 
 use std::time::Duration;
 

@@ -374,11 +374,16 @@ pub async fn shutdown_signal() {
 fn follow_label_certs(publisher: Arc<Publisher>, certs: Arc<crate::proxy::tls::CertStore>) {
     tokio::spawn(async move {
         let mut changes = publisher.subscribe();
+        let mut last: Option<Vec<String>> = None;
         loop {
             let files = publisher.load().ports.ssl_certs.clone();
-            let c = certs.clone();
-            // File reads and PEM parsing off the async threads.
-            let _ = tokio::task::spawn_blocking(move || c.set_label_certs(&files)).await;
+            // Most snapshot changes are task events: the files are read only when the labels name others.
+            if last.as_ref() != Some(&files) {
+                last = Some(files.clone());
+                let c = certs.clone();
+                // File reads and PEM parsing off the async threads.
+                let _ = tokio::task::spawn_blocking(move || c.set_label_certs(&files)).await;
+            }
             if changes.changed().await.is_err() {
                 return;
             }

@@ -121,16 +121,10 @@ impl Deadlines {
     /// New deadlines, with their sweeper: a task that runs until the last `Arc` is dropped.
     pub fn spawn() -> Arc<Deadlines> {
         let all = Arc::new(Deadlines::default());
-        let weak = Arc::downgrade(&all);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(TICK);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                let Some(all) = weak.upgrade() else { return };
-                let now = (all.start.elapsed().as_millis() / TICK.as_millis()) as u64 + 1;
-                all.sweep(now);
-            }
+        crate::periodic::every(&all, TICK, |all: Arc<Deadlines>| async move {
+            // Ticks from the clock, not counted: a late tick fires all that fell due meanwhile.
+            let now = (all.start.elapsed().as_millis() / TICK.as_millis()) as u64 + 1;
+            all.sweep(now);
         });
         all
     }
