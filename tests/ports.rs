@@ -5,7 +5,7 @@ mod common;
 
 use common::{cluster, free_port, labels, start_against, wait_metric, wait_tcp, Rattan};
 use rattan::dev::simulator::{AppSpec, Simulator};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -23,21 +23,16 @@ async fn get_on(port: u16, host: &str) -> String {
 
 /// Waits (10 s at most) for `port` to answer with a body from `app`.
 async fn wait_served(port: u16, app: &str, r: &Rattan) -> String {
-    let t = Instant::now();
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            let got = get_on(port, "anything.example").await;
-            if got.contains(&format!("\r\n\r\n{app} ")) {
-                return got;
-            }
+    let mut got = String::new();
+    r.wait_until(&format!("served {app} on port {port}"), async || {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            return false;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "port {port} never served {app}\n{}",
-            r.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        got = get_on(port, "anything.example").await;
+        got.contains(&format!("\r\n\r\n{app} "))
+    })
+    .await;
+    got
 }
 
 async fn app(m: &Simulator, id: &str, health_check: bool, pairs: &[(&str, &str)]) {
@@ -544,11 +539,10 @@ async fn functional_labels_guard_rewrite_and_order_routes() {
     )
     .await;
     assert!(status < 300, "{status} {body}");
-    let t = Instant::now();
-    while ask(front, &get("api.example", "/", "")).await.0 != 403 {
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", r.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    r.wait_until("applied the stored rule's allow list", async || {
+        ask(front, &get("api.example", "/", "")).await.0 == 403
+    })
+    .await;
     let right = format!("Authorization: Basic {}\r\n", basic("alice", "s3cret"));
     let both = format!("{forwarded}{right}");
     assert_eq!(ask(front, &get("api.example", "/", forwarded)).await.0, 401);
@@ -582,22 +576,15 @@ async fn a_stored_rule_that_does_not_compile_leaves_the_app_its_route() {
     let get = |host: &str, path: &str| {
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
     };
-    let t = Instant::now();
     // Each keeps the route it has without the rule: the label's, Bamboo's default.
-    loop {
-        let (a, text) = ask(front, &get("labelled.example", "/")).await;
-        let (b, _) = ask(front, &get("x", "/plain/y")).await;
-        if a == 200 && b == 200 {
-            assert!(text.contains("/labelled "), "{text}");
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "{a} {b}\n{}",
-            r.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut text = String::new();
+    r.wait_until("routed both apps", async || {
+        let (a, got) = ask(front, &get("labelled.example", "/")).await;
+        text = got;
+        a == 200 && ask(front, &get("x", "/plain/y")).await.0 == 200
+    })
+    .await;
+    assert!(text.contains("/labelled "), "{text}");
     let (_, routes) = r.get("/api/routes").await;
     assert!(
         routes.contains("url_beg /api") && routes.contains("keeps its label or default route"),
@@ -654,28 +641,33 @@ async fn ssl_cert_labels_join_the_sni_set() {
             .expect("client")
     };
     let want = c.cert.der().to_vec();
-    let t = Instant::now();
-    loop {
-        let resp = client()
+    let mut answer = (0, String::new());
+    r.wait_until("served the label's certificate", async || {
+        let Ok(resp) = client()
             .get(format!("https://labelled.example:{port}/"))
             .send()
-            .await;
-        if let Ok(resp) = resp {
-            let served = resp
-                .extensions()
-                .get::<reqwest::tls::TlsInfo>()
-                .and_then(|i| i.peer_certificate())
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default();
-            if served == want {
-                assert_eq!(resp.status().as_u16(), 200);
-                assert!(resp.text().await.unwrap_or_default().starts_with("/tls "));
-                break;
-            }
+            .await
+        else {
+            return false;
+        };
+        let served = resp
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate())
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        if served != want {
+            return false;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", r.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        answer = (
+            resp.status().as_u16(),
+            resp.text().await.unwrap_or_default(),
+        );
+        true
+    })
+    .await;
+    assert_eq!(answer.0, 200);
+    assert!(answer.1.starts_with("/tls "), "{}", answer.1);
     r.wait_log("/dev/zero", 5).await;
 }
 

@@ -168,6 +168,19 @@ impl Rattan {
         }
     }
 
+    /// Polls `ready` every 50 ms until it holds; fails after 10 s naming `what`, with rattan's log.
+    pub async fn wait_until(&self, what: &str, mut ready: impl AsyncFnMut() -> bool) {
+        let t = Instant::now();
+        while !ready().await {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "never {what}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String) {
         let r = reqwest::get(format!("{}{path}", self.api))
             .await
