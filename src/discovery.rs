@@ -163,6 +163,7 @@ pub fn build_view(
             alive,
             ready,
             routable,
+            draining: false,
             endpoints,
         });
     }
@@ -191,6 +192,13 @@ pub fn build_view(
             .unwrap_or_default(),
         tasks: views,
         backends,
+        instances: app.instances,
+        deployment_group: app
+            .labels
+            .get(crate::bluegreen::GROUP)
+            .map(|g| g.trim().to_string())
+            .filter(|g| !g.is_empty()),
+        deployment: None,
     }
 }
 
@@ -211,11 +219,12 @@ impl Discovery {
     }
 
     fn publish(&self) {
-        let apps: Apps = self
+        let mut apps: Apps = self
             .entries
             .iter()
             .map(|(k, e)| (k.clone(), e.view.clone()))
             .collect();
+        crate::bluegreen::merge(&mut apps);
         self.publisher.set_apps(Arc::new(apps));
     }
 

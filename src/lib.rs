@@ -1,12 +1,14 @@
 //! rattan: a service-discovery load balancer for Marathon/Mesos.
 //!
 //! Data flows one way: Marathon (`marathon::events`, `marathon::api`) and the rules → `discovery` →
+//! `bluegreen` (deployment groups merged) →
 //! `snapshot::Publisher` (one immutable snapshot behind an `ArcSwap`) → the API, the proxy, the HAProxy renderer.
 
 pub mod api;
 pub mod apps;
 pub mod backoff;
 pub mod bamboo;
+pub mod bluegreen;
 pub mod boolean;
 pub mod config;
 pub mod dev;

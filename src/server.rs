@@ -150,6 +150,9 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (proxy_addr, https_addr, proxy_done) = if mode == Mode::Haproxy {
         println!("rattan: proxy disabled (--mode haproxy)");
+        if settings.proxy.stats_bind.is_some() {
+            tracing::warn!("--stats-bind reports the built-in proxy, which --mode haproxy does not run: HAProxy's own stats listener (--haproxy-stats-bind) has them");
+        }
         (None, None, tokio::spawn(async {}))
     } else {
         let (l, done) = start_proxy(settings, &publisher, budget.proxy, stop_rx.clone()).await?;
@@ -216,6 +219,9 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     })
 }
 
+/// Connections the stats port serves at once: it is polled by a deploy script or two, not browsed by crowds.
+const STATS_CONNECTIONS: usize = 32;
+
 /// The built-in proxy: HTTP (and HTTPS) listeners and the TCP listener manager.
 async fn start_proxy(
     settings: &Settings,
@@ -266,6 +272,18 @@ async fn start_proxy(
             .await
             .map_err(|e| format!("cannot bind the app-id frontend on {bind}: {e}"))?;
         tracing::info!(%addr, "app-id frontend listening");
+    }
+    if let Some(bind) = ps.stats_bind {
+        let limits = crate::api::ApiLimits {
+            max_connections: STATS_CONNECTIONS,
+            header_read_timeout: settings.http.header_read_timeout,
+            keep_alive_timeout: settings.http.keep_alive_timeout,
+        };
+        let addr = crate::api::stats::serve(bind, publisher.clone(), balancer.clone(), limits)
+            .await
+            .map_err(|e| format!("cannot bind the stats port on {bind}: {e}"))?;
+        println!("rattan: stats listening on http://{addr}");
+        tracing::info!(%addr, "stats listening");
     }
     tokio::spawn(crate::proxy::ports::run(
         publisher.clone(),

@@ -46,6 +46,9 @@ fn same_routing_inputs(a: &Apps, b: &Apps) -> bool {
                 && va.backends.len() == vb.backends.len()
                 && (Arc::ptr_eq(&va.labels, &vb.labels) || va.labels == vb.labels)
                 && (Arc::ptr_eq(&va.env, &vb.env) || va.env == vb.env)
+                // A group's members and its errors (not its draining count, which tasks move).
+                && va.deployment.as_ref().map(|d| (&d.members, &d.error))
+                    == vb.deployment.as_ref().map(|d| (&d.members, &d.error))
         })
 }
 

@@ -141,6 +141,24 @@ async fn rendered_configs_pass_haproxy_check() {
         ],
     )
     .await;
+    // A blue/green pair (marathon-lb's zdd): one green task serves, so one blue task drains.
+    for (id, n, started) in [
+        ("/zdd-blue", 2, "2026-12-01T00:00:00Z"),
+        ("/zdd-green", 1, "2026-12-02T00:00:00Z"),
+    ] {
+        labeled_app(
+            &m,
+            id,
+            n,
+            &[
+                ("HAPROXY_0_VHOST", "zdd.test"),
+                ("HAPROXY_DEPLOYMENT_GROUP", "zdd"),
+                ("HAPROXY_DEPLOYMENT_STARTED_AT", started),
+                ("HAPROXY_DEPLOYMENT_TARGET_INSTANCES", "2"),
+            ],
+        )
+        .await;
+    }
     let data = tempfile::tempdir().unwrap();
     // A rule from the API store (the file store here), with a longer path than the label route.
     std::fs::write(
@@ -191,6 +209,8 @@ async fn rendered_configs_pass_haproxy_check() {
         format!("listen ::zz-guarded-http-{own_port}\n  bind 127.0.0.1:{own_port}\n  mode http"),
         format!("bind 127.0.0.1:{denied_port}\n  mode tcp"),
         "tcp-request connection reject if !{ src 10.0.0.0/8 }".to_string(),
+        "monitor-uri /_haproxy_health_check".to_string(),
+        "use_backend ::zdd-cluster if".to_string(),
     ] {
         assert!(cfg.contains(&want), "missing {want:?} in\n{cfg}");
     }
@@ -205,6 +225,24 @@ async fn rendered_configs_pass_haproxy_check() {
     let plain_backend = &cfg[cfg.find("backend ::plain-cluster").unwrap()..];
     let plain_backend = &plain_backend[..plain_backend.find("\n\n").unwrap_or(plain_backend.len())];
     assert!(!plain_backend.contains("server "), "{plain_backend}");
+
+    // The group is one backend: the green task and the second blue one serve, the first blue one drains.
+    let zdd = &cfg[cfg.find("\nbackend ::zdd-cluster").expect("group backend") + 1..];
+    let zdd = &zdd[..zdd.find("\n\n").unwrap_or(zdd.len())];
+    let servers: Vec<&str> = zdd.lines().filter(|l| l.contains("server ")).collect();
+    assert_eq!(servers.len(), 3, "{zdd}");
+    assert_eq!(
+        servers
+            .iter()
+            .filter(|l| l.ends_with(" disabled weight 0"))
+            .count(),
+        1,
+        "{zdd}"
+    );
+    assert!(
+        !cfg.contains("zdd-blue") && !cfg.contains("zdd-green"),
+        "{cfg}"
+    );
 
     // Errors: a clear message and a non-zero exit.
     let (ok, _, err) = render(&[

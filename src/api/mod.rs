@@ -2,6 +2,7 @@
 
 pub mod services;
 pub mod state;
+pub mod stats;
 pub mod ui;
 
 use crate::marathon::events::{dispatch, Change};
@@ -354,6 +355,20 @@ pub async fn serve(
     state: Arc<ApiState>,
     limits: ApiLimits,
 ) -> std::io::Result<SocketAddr> {
+    serve_with(bind, limits, move |req| route(state.clone(), req)).await
+}
+
+/// Serves `handler` on `bind` in the background, with the API's limits (connections, header and idle timeouts,
+/// a deadline per request). Returns the bound address.
+pub(crate) async fn serve_with<F, Fut>(
+    bind: SocketAddr,
+    limits: ApiLimits,
+    handler: F,
+) -> std::io::Result<SocketAddr>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Resp> + Send + 'static,
+{
     use crate::proxy::deadline::Deadlines;
     use crate::proxy::idle::{self, Activity, Limits, Metered};
     let listener = TcpListener::bind(bind).await?;
@@ -376,7 +391,7 @@ pub async fn serve(
                     continue;
                 }
             };
-            let state = state.clone();
+            let handler = handler.clone();
             let deadlines = deadlines.clone();
             tokio::spawn(async move {
                 let _permit = permit;
@@ -384,11 +399,11 @@ pub async fn serve(
                 let a = activity.clone();
                 let d = deadlines.clone();
                 let svc = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
                     let busy = a.begin();
                     let d = d.clone();
+                    let answer = handler(req);
                     async move {
-                        let resp = match d.within(REQUEST_TIMEOUT, route(state, req)).await {
+                        let resp = match d.within(REQUEST_TIMEOUT, answer).await {
                             Some(r) => r,
                             None => services::text_error(
                                 StatusCode::REQUEST_TIMEOUT,

@@ -211,6 +211,16 @@ pub struct Opts {
     /// app's first HTTP port; off unless given.
     #[arg(long, global = true, env = "RATTAN_HTTP_APPID_BIND")]
     pub http_appid_bind: Option<String>,
+    /// marathon-lb's stats port (`:9090` there), for its deploy script `zdd.py`: `/haproxy?stats;csv` (HAProxy's
+    /// CSV: a FRONTEND, BACKEND and one row per server of every app port), `/_haproxy_getpids`,
+    /// `/_haproxy_health_check`; off unless given.
+    #[arg(
+        id = "proxy_stats_bind",
+        long = "stats-bind",
+        global = true,
+        env = "RATTAN_STATS_BIND"
+    )]
+    pub stats_bind: Option<String>,
     /// Address TCP-mode service ports listen on.
     #[arg(long, global = true, env = "RATTAN_TCP_BIND_ADDRESS")]
     pub tcp_bind_address: Option<String>,

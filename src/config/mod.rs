@@ -60,6 +60,8 @@ pub struct Settings {
 pub struct ProxySettings {
     pub https_bind: Option<SocketAddr>,
     pub appid_bind: Option<SocketAddr>,
+    /// marathon-lb's stats port (`--stats-bind`).
+    pub stats_bind: Option<SocketAddr>,
     pub tls_cert_dir: Option<PathBuf>,
     pub tcp_bind_address: std::net::IpAddr,
     pub eject_after: u32,
@@ -473,6 +475,10 @@ impl Settings {
             https_bind,
             appid_bind: match &o.http_appid_bind {
                 Some(b) => Some(parse_bind("http-appid-bind", b)?),
+                None => None,
+            },
+            stats_bind: match &o.stats_bind {
+                Some(b) => Some(parse_bind("stats-bind", b)?),
                 None => None,
             },
             tls_cert_dir,

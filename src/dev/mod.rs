@@ -14,6 +14,9 @@ type Demo = (
     &'static [(&'static str, &'static str)],
 );
 
+/// `--stats-bind` in dev.
+const DEV_STATS: &str = "127.0.0.1:18090";
+
 pub async fn run(opts: &Opts) -> Result<(), String> {
     let sim = Simulator::start(SimOptions {
         serve_tasks: true,
@@ -22,9 +25,21 @@ pub async fn run(opts: &Opts) -> Result<(), String> {
     .await
     .map_err(|e| format!("cannot start the Marathon simulator: {e}"))?;
     // marathon-lb's labels: a vhost; basic auth (user admin, password admin) on a vhost and the app's own HTTP
-    // port; a TCP port.
+    // port; a TCP port; a blue/green pair mid-deployment (one green task serves, so one blue task drains).
     const ADMIN: &str = "demo:admin:$6$rattandev$XwTlhvgBsqYQ5VxsNxiOp6u.AByrFoggG2c/kIK4e1F93BooHwPC2Gzj4kNK1wz.nTqiUIOTRYKQVn6ELL6X/1";
-    let demo: [Demo; 5] = [
+    const BLUE: &[(&str, &str)] = &[
+        ("HAPROXY_0_VHOST", "shop.localhost"),
+        ("HAPROXY_DEPLOYMENT_GROUP", "demo/shop"),
+        ("HAPROXY_DEPLOYMENT_STARTED_AT", "2026-01-01T00:00:00Z"),
+        ("HAPROXY_DEPLOYMENT_TARGET_INSTANCES", "2"),
+    ];
+    const GREEN: &[(&str, &str)] = &[
+        ("HAPROXY_0_VHOST", "shop.localhost"),
+        ("HAPROXY_DEPLOYMENT_GROUP", "demo/shop"),
+        ("HAPROXY_DEPLOYMENT_STARTED_AT", "2026-02-01T00:00:00Z"),
+        ("HAPROXY_DEPLOYMENT_TARGET_INSTANCES", "2"),
+    ];
+    let demo: [Demo; 7] = [
         (
             "/demo/web",
             2,
@@ -49,6 +64,8 @@ pub async fn run(opts: &Opts) -> Result<(), String> {
             false,
             &[("HAPROXY_0_MODE", "tcp"), ("HAPROXY_0_PORT", "18082")],
         ),
+        ("/demo/shop-blue", 2, false, BLUE),
+        ("/demo/shop-green", 1, false, GREEN),
     ];
     let apps = demo.len();
     let tasks: usize = demo.iter().map(|d| d.1).sum();
@@ -76,6 +93,8 @@ pub async fn run(opts: &Opts) -> Result<(), String> {
     o.data_dir.get_or_insert_with(|| ".rattan".into());
     // The demo's service ports, on loopback like the rest.
     o.tcp_bind_address.get_or_insert_with(|| "127.0.0.1".into());
+    // marathon-lb's stats port, off its :9090 (Prometheus' port).
+    o.stats_bind.get_or_insert_with(|| DEV_STATS.into());
     let settings = Settings::resolve(&o, true).map_err(|e| e.to_string())?;
     let running = crate::server::start(&settings).await?;
     let api = format!("http://{}", running.api_addr);
@@ -93,6 +112,8 @@ pub async fn run(opts: &Opts) -> Result<(), String> {
          curl -u admin:admin -H 'Host: admin.localhost' {proxy}/   # marathon-lb labels: a vhost with basic auth\n  \
          curl -u admin:admin http://127.0.0.1:18081/   # the same app on its own HTTP port (HAPROXY_0_PORT)\n  \
          curl http://127.0.0.1:18082/   # a TCP-mode port (HAPROXY_0_MODE=tcp)\n  \
+         curl -H 'Host: shop.localhost' {proxy}/   # a blue/green group: green and one blue task serve\n  \
+         curl 'http://{DEV_STATS}/haproxy?stats;csv'   # marathon-lb's stats, as zdd.py reads them\n  \
          open {api}/                   # the web UI: routes, rules, health\n\
          Rules are kept in {}. Ctrl-C stops everything.\n",
         sim.url(),

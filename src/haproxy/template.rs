@@ -274,11 +274,7 @@ fn app_value(a: &AppView) -> Value {
 }
 
 fn balance(b: Balance) -> Value {
-    s(match b {
-        Balance::Leastconn => "leastconn",
-        Balance::Roundrobin => "roundrobin",
-        Balance::Source => "source",
-    })
+    s(b.name())
 }
 
 /// A route's basic auth for a rendered `userlist` (named after `owner`): `{Realm, Userlist, Users: [{Name, Hash}]}`,
@@ -321,21 +317,25 @@ fn backend_name(app: &AppView, port_index: usize) -> String {
     }
 }
 
-/// One `server` line's data per routable backend of the app port, named as Bamboo names them.
+/// One `server` line's data per routable backend of the app port, named as Bamboo names them; then the draining
+/// ones (`Drain`: rendered `disabled`, which HAProxy shows as `MAINT`, what marathon-lb's zdd.py waits for).
 fn servers(app: &AppView, port_index: usize) -> Value {
+    let server = |e: &crate::marathon::address::Endpoint, drain: bool| {
+        obj(vec![
+            (
+                "Name",
+                s(format!("{}-{}-{}", app.escaped_id, e.host, e.port)),
+            ),
+            ("Host", s(&*e.host)),
+            ("Port", n(e.port)),
+            ("Drain", Value::Bool(drain)),
+        ])
+    };
     Value::Array(
         app.healthy_backends(port_index)
             .iter()
-            .map(|e| {
-                obj(vec![
-                    (
-                        "Name",
-                        s(format!("{}-{}-{}", app.escaped_id, e.host, e.port)),
-                    ),
-                    ("Host", s(&*e.host)),
-                    ("Port", n(e.port)),
-                ])
-            })
+            .map(|e| server(e, false))
+            .chain(app.draining_backends(port_index).map(|e| server(e, true)))
             .collect(),
     )
 }

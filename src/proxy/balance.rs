@@ -197,6 +197,14 @@ impl Balancer {
         });
     }
 
+    /// Requests (or TCP connections) in flight to `e`, and whether it is ejected now; none known is `(0, false)`.
+    /// Reads only: a backend never picked gets no slot.
+    pub fn load(&self, e: &Endpoint) -> (usize, bool) {
+        self.slots.load().get(e).map_or((0, false), |s| {
+            (s.in_flight.load(Ordering::Relaxed), s.ejected(now_ms()))
+        })
+    }
+
     pub fn in_flight(&self, e: &Endpoint) -> usize {
         self.slot(e).in_flight.load(Ordering::Relaxed)
     }

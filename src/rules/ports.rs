@@ -94,6 +94,9 @@ impl PortTable {
                     }
                 }
             }
+            if let Some(e) = app.deployment.as_ref().and_then(|d| d.error.as_ref()) {
+                report(&mut errors, id, e.clone());
+            }
             for label in labels::ignored(app) {
                 ignored.push(Ignored {
                     app_id: id.clone(),

@@ -45,6 +45,15 @@ impl Balance {
             )),
         }
     }
+
+    /// HAProxy's name of the algorithm.
+    pub fn name(self) -> &'static str {
+        match self {
+            Balance::Leastconn => "leastconn",
+            Balance::Roundrobin => "roundrobin",
+            Balance::Source => "source",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]

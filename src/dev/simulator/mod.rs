@@ -20,3 +20,4 @@ mod task_server;
 mod wire;
 
 pub use state::{AppSpec, RequestLog, SimOptions, Simulator};
+pub use task_server::SLOW;

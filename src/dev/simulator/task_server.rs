@@ -10,7 +10,10 @@ use tokio::net::TcpListener;
 
 /// A real HTTP server standing in for a task: answers every request with `<app id> <task id>\n`, and echoes
 /// each request header back as `x-req-<name>` (the target as `x-req-target`) so tests can see what reached the
-/// backend; a path ending in `/redirect` gets a 302 to `/login`.
+/// backend; a path ending in `/redirect` gets a 302 to `/login`, one ending in `/slow` is answered after
+/// [`SLOW`] (a request in flight for as long as a test needs).
+pub const SLOW: std::time::Duration = std::time::Duration::from_millis(1500);
+
 pub(super) async fn serve_task(
     app_id: String,
     task_id: String,
@@ -43,7 +46,13 @@ pub(super) async fn serve_task(
                             r.headers_mut().append(n, value.clone());
                         }
                     }
-                    async move { Ok::<_, Infallible>(r) }
+                    let slow = req.uri().path().ends_with("/slow");
+                    async move {
+                        if slow {
+                            tokio::time::sleep(SLOW).await;
+                        }
+                        Ok::<_, Infallible>(r)
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
