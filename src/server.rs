@@ -126,6 +126,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         auth: settings.api_auth.clone(),
         haproxy: haproxy_status.clone(),
         max_body: settings.limits.api_max_body,
+        check_acls: mode != Mode::Haproxy,
     });
     let nofile = crate::limits::raise_nofile();
     let budget = crate::limits::Budget::new(
@@ -323,7 +324,11 @@ fn haproxy_options(settings: &Settings) -> crate::haproxy::HaproxyOptions {
 
 /// `rattan render`: one Marathon fetch, the rules once, the template rendered to stdout.
 pub async fn render(settings: &Settings, template: Option<&std::path::Path>) -> Result<(), String> {
-    let publisher = Arc::new(Publisher::new(settings.route_options.clone()));
+    // Rendering is for HAProxy: an ACL the built-in proxy cannot compile is passed on for HAProxy to judge.
+    let publisher = Arc::new(Publisher::new(crate::rules::table::RouteOptions {
+        pass_through_acls: true,
+        ..settings.route_options.clone()
+    }));
     // Fills the publisher's rules: the file store at open, ZooKeeper's session loop (its own task) in the background.
     open_store(settings, &publisher)?;
     if let Some(hosts) = &settings.zk {

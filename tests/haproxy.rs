@@ -106,6 +106,7 @@ async fn rendered_configs_pass_haproxy_check() {
     )
     .await;
     plain_app(&m, "/plain", 0).await;
+    plain_app(&m, "/versioned", 1).await;
     // marathon-lb's functional labels, and an app's own HTTP port.
     let hash = "$6$saltsalt$As4wrv0kZlfch1du9WeH7qhskyLriQWySXrZzynnvi46nFnNxjdpl6ksRegrrKexvhIa/Iny8S8uF3fVWTMuC1";
     let guarded = format!("ops:alice:{hash}");
@@ -163,7 +164,8 @@ async fn rendered_configs_pass_haproxy_check() {
     // A rule from the API store (the file store here), with a longer path than the label route.
     std::fs::write(
         data.path().join("rules.json"),
-        r#"{"/plain":{"Id":"/plain","Acl":"path_beg /v1/plain","Config":{"Acl":"path_beg /v1/plain"}}}"#,
+        r#"{"/plain":{"Id":"/plain","Acl":"path_beg /v1/plain","Config":{"Acl":"path_beg /v1/plain"}},
+            "/versioned":{"Id":"/versioned","Acl":"req.ver 1.0","Config":{"Acl":"req.ver 1.0"}}}"#,
     )
     .unwrap();
     let certs = cert_dir();
@@ -190,7 +192,7 @@ async fn rendered_configs_pass_haproxy_check() {
     for want in [
         format!("bind 127.0.0.1:{https} ssl crt {}", certs.path().display()),
         "acl route-0-0 hdr(host) -i web.test www.web.test".to_string(),
-        "http-request redirect scheme https code 301 if !{ ssl_fc } route-0-0".to_string(),
+        "http-request redirect scheme https code 301 if !{ ssl_fc }\n".to_string(),
         "cookie mesosphere_server_id insert indirect nocache".to_string(),
         "option httpchk GET /health".to_string(),
         "balance roundrobin".to_string(),
@@ -198,11 +200,11 @@ async fn rendered_configs_pass_haproxy_check() {
         format!("listen stats\n  bind 127.0.0.1:{stats}"),
         "userlist users-route-".to_string(),
         format!("user alice password {hash}"),
-        "http-request auth realm ops if route-".to_string(),
+        "http-request auth realm ops if !{ http_auth(users-route-".to_string(),
         "!{ src 10.0.0.0/8 192.168.1.1/32 }".to_string(),
-        "http-request redirect location /home code 301 if route-".to_string(),
+        "http-request redirect location /home code 301 if { path / }".to_string(),
         "http-request replace-path ^/api\\.v2(/|$)(.*) /\\2".to_string(),
-        "http-response replace-header Location ^(/.*)$ /api.v2\\1".to_string(),
+        "http-response replace-header Location ^((?!/api\\.v2(?:/|$))/.*)$ /api.v2\\1".to_string(),
         "http-response set-header Strict-Transport-Security max-age=15768000 if { ssl_fc }"
             .to_string(),
         "balance source".to_string(),
@@ -210,6 +212,8 @@ async fn rendered_configs_pass_haproxy_check() {
         format!("bind 127.0.0.1:{denied_port}\n  mode tcp"),
         "tcp-request connection reject if !{ src 10.0.0.0/8 }".to_string(),
         "monitor-uri /_haproxy_health_check".to_string(),
+        // An ACL rattan's proxy does not compile, passed to HAProxy as written.
+        "-0 req.ver 1.0\n  use_backend ::versioned-cluster".to_string(),
         "use_backend ::zdd-cluster if".to_string(),
     ] {
         assert!(cfg.contains(&want), "missing {want:?} in\n{cfg}");
@@ -505,6 +509,50 @@ async fn sidecar_routes_after_scale_and_rule_changes_and_keeps_serving_on_invali
             && via_haproxy(port, "x", "/web").await.1.starts_with("/web ")
     })
     .await;
+    // An ACL the built-in proxy does not compile (`req.ver`) is HAProxy's to judge here: stored, rendered,
+    // and routing through HAProxy.
+    let resp = c
+        .post(format!("{}/api/services", r.api))
+        .body(r#"{"id":"/web","acl":"req.ver 1.0"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // HTTP/1.0, which `req.ver 1.0` takes (a retiring HAProxy may still answer the first tries).
+    async fn http10(port: u16) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            return String::new();
+        };
+        let _ = s
+            .write_all(b"GET /anything HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await;
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer).await;
+        answer
+    }
+    until("req.ver rule routes through HAProxy", &r, 15, async || {
+        std::fs::read_to_string(s.output())
+            .unwrap_or_default()
+            .contains("-aclrule req.ver 1.0")
+            && http10(port).await.contains("\r\n\r\n/web ")
+    })
+    .await;
+    // The same rule with the built-in proxy serving: refused, with the reason.
+    let proxy = start_against(&url, &[]);
+    let resp = c
+        .post(format!("{}/api/services", proxy.api))
+        .body(r#"{"id":"/web","acl":"req.ver 1.0"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("unknown fetch 'req.ver'"));
+
     // The temp files are gone.
     let leftovers: Vec<_> = std::fs::read_dir(s.dir.path())
         .unwrap()
@@ -719,4 +767,121 @@ async fn control_characters_never_reach_haproxy_cfg() {
     assert!(ok, "{err}");
     haproxy_check(&cfg).unwrap();
     assert!(!cfg.contains("injected"), "{cfg}");
+}
+
+/// The default template with a real HAProxy: a route's guard applies only to the requests that route takes (an
+/// open `/api/public` beside an `/api` behind basic auth), and a blue/green group's draining task gets nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn default_template_guards_routes_alone_and_drains_blue_tasks() {
+    let m = cluster().await;
+    // Password "admin" (the `rattan dev` demo's hash).
+    let auth = "ops:admin:$6$rattandev$XwTlhvgBsqYQ5VxsNxiOp6u.AByrFoggG2c/kIK4e1F93BooHwPC2Gzj4kNK1wz.nTqiUIOTRYKQVn6ELL6X/1";
+    labeled_app(
+        &m,
+        "/guarded",
+        1,
+        &[
+            ("HAPROXY_0_VHOST", "g.test"),
+            ("HAPROXY_0_PATH", "/api"),
+            ("HAPROXY_0_AUTH", auth),
+        ],
+    )
+    .await;
+    labeled_app(
+        &m,
+        "/public",
+        1,
+        &[
+            ("HAPROXY_0_VHOST", "g.test"),
+            ("HAPROXY_0_PATH", "/api/public"),
+        ],
+    )
+    .await;
+    for (id, n, started) in [
+        ("/z-blue", 2, "2026-12-01T00:00:00Z"),
+        ("/z-green", 1, "2026-12-02T00:00:00Z"),
+    ] {
+        labeled_app(
+            &m,
+            id,
+            n,
+            &[
+                ("HAPROXY_0_VHOST", "z.test"),
+                ("HAPROXY_DEPLOYMENT_GROUP", "z"),
+                ("HAPROXY_DEPLOYMENT_STARTED_AT", started),
+                ("HAPROXY_DEPLOYMENT_TARGET_INSTANCES", "2"),
+            ],
+        )
+        .await;
+    }
+    let s = Sidecar {
+        dir: tempfile::tempdir().unwrap(),
+        port: free_port(),
+    };
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/haproxy_template.cfg");
+    let (bind, stats) = (
+        format!("127.0.0.1:{}", s.port),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let url = m.url();
+    let mut args = vec!["--marathon".to_string(), url];
+    args.extend(sidecar_args(
+        &s,
+        &template,
+        &[
+            "--haproxy-bind",
+            &bind,
+            "--haproxy-stats-bind",
+            &stats,
+            "--tcp-bind-address",
+            "127.0.0.1",
+        ],
+    ));
+    args.extend(FAST.iter().map(|x| x.to_string()));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = Rattan::start(&argv);
+    let port = s.port;
+    until("HAProxy routes /api/public", &r, 15, async || {
+        via_haproxy(port, "g.test", "/api/public/x")
+            .await
+            .1
+            .starts_with("/public ")
+    })
+    .await;
+    // The open route is not asked for credentials; the guarded one is, and lets the right ones through.
+    assert_eq!(via_haproxy(port, "g.test", "/api/x").await.0, 401);
+    let c = reqwest::Client::new();
+    let with = c
+        .get(format!("http://127.0.0.1:{port}/api/x"))
+        .header("Host", "g.test")
+        .basic_auth("admin", Some("admin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), 200);
+    assert!(with.text().await.unwrap().starts_with("/guarded "));
+
+    // The group: the green task and the second blue task serve, the first blue task (lowest id) drains.
+    let mut blue = m.task_ids("/z-blue");
+    blue.sort();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (status, body) = via_haproxy(port, "z.test", "/").await;
+        assert_eq!(status, 200, "{body}");
+        seen.insert(
+            body.split_whitespace()
+                .nth(1)
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(
+        !seen.contains(&blue[0]),
+        "a draining task was sent requests: {seen:?}"
+    );
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let health = reqwest::get(format!("http://{stats}/_haproxy_health_check"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
 }

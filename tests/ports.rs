@@ -566,8 +566,8 @@ async fn a_stored_rule_that_does_not_compile_leaves_the_app_its_route() {
     let data = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         data.path().join("rules.json"),
-        r#"{"/labelled":{"Id":"/labelled","Acl":"url_beg /api","Config":{"Acl":"url_beg /api"}},
-            "/plain":{"Id":"/plain","Acl":"url_beg /p","Config":{"Acl":"url_beg /p"}}}"#,
+        r#"{"/labelled":{"Id":"/labelled","Acl":"req.ver 1.1","Config":{"Acl":"req.ver 1.1"}},
+            "/plain":{"Id":"/plain","Acl":"nbsrv(other) gt 0","Config":{"Acl":"nbsrv(other) gt 0"}}}"#,
     )
     .expect("write rules");
     let dir = data.path().display().to_string();
@@ -587,7 +587,7 @@ async fn a_stored_rule_that_does_not_compile_leaves_the_app_its_route() {
     assert!(text.contains("/labelled "), "{text}");
     let (_, routes) = r.get("/api/routes").await;
     assert!(
-        routes.contains("url_beg /api") && routes.contains("keeps its label or default route"),
+        routes.contains("req.ver 1.1") && routes.contains("keeps its label or default route"),
         "{routes}"
     );
     wait_metric(&r, "rattan_route_errors", 2.0).await;

@@ -1675,3 +1675,125 @@ async fn fast_path_on_the_wire() {
     );
     assert!(bodies.iter().any(|b| b.len() == big.len()));
 }
+
+/// Bamboo stores any HAProxy ACL: rules on every fetch that depends only on the request route as HAProxy would
+/// route them, over HTTP/1, and over TLS on HTTP/1 and HTTP/2.
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_on_every_request_fetch_route() {
+    let m = cluster().await;
+    let apps = [
+        ("/a-url", "url_beg /api/"),
+        ("/a-host", "req.hdr(host) -i a.com"),
+        ("/a-cookie", "cook(canary) -m found"),
+        ("/a-param", "urlp(v) 2"),
+        ("/a-header", "hdr_cnt(x-hop) ge 2"),
+        ("/a-query", "query -m reg ^debug"),
+        ("/a-sni", "ssl_fc_sni -i sni.example"),
+        ("/a-ssl", "ssl_fc"),
+    ];
+    for (id, _) in apps {
+        plain_app(&m, id, 1).await;
+    }
+    // Last by id, so every other rule is tried first.
+    plain_app(&m, "/z-port", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pem, key, _) = cert(&["sni.example", "other.example"]);
+    std::fs::write(dir.path().join("default.pem"), format!("{pem}{key}")).unwrap();
+    let url = m.url();
+    let certs = dir.path().display().to_string();
+    let mut args = vec![
+        "--marathon",
+        url.as_str(),
+        "--https-bind",
+        "127.0.0.1:0",
+        "--tls-cert-dir",
+        certs.as_str(),
+    ];
+    args.extend_from_slice(FAST);
+    let r = Rattan::start(&args);
+    let c = reqwest::Client::new();
+    for (id, acl) in apps {
+        let body = serde_json::json!({"id": id, "acl": acl}).to_string();
+        let (s, answer) = send(
+            "POST",
+            &format!("{}/api/services", r.api),
+            Some(&body),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{acl}: {answer}");
+    }
+    // The port the client connected to, for dst_port: one more rule, for the plain listener only.
+    let port = r.proxy.rsplit(':').next().unwrap_or_default().to_string();
+    let body = serde_json::json!({"id": "/z-port", "acl": format!("dst_port {port}")}).to_string();
+    assert_eq!(
+        send(
+            "POST",
+            &format!("{}/api/services", r.api),
+            Some(&body),
+            None
+        )
+        .await
+        .0,
+        200
+    );
+
+    wait_routed(&c, &r, "h", "/api/x", "/a-url").await;
+    let plain: &[Case] = &[
+        ("h", "/api/v1?x=1", &[], "/a-url"),
+        ("A.com", "/x", &[], "/a-host"),
+        ("h", "/x", &[("cookie", "a=b; canary=1")], "/a-cookie"),
+        ("h", "/x?u=1&v=2", &[], "/a-param"),
+        ("h", "/x", &[("x-hop", "a, b")], "/a-header"),
+        ("h", "/x?debug=1", &[], "/a-query"),
+        ("h", "/x?v=3", &[], "/z-port"),
+    ];
+    for (host, path, headers, app) in plain {
+        let mut req = c.get(format!("{}{path}", r.proxy)).header("Host", *host);
+        for (k, v) in *headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("proxy answers");
+        let (status, body) = (resp.status(), resp.text().await.unwrap_or_default());
+        assert_eq!(
+            (status.as_u16(), task_app(&body)),
+            (200, *app),
+            "{host}{path} {headers:?}"
+        );
+    }
+    let https: std::net::SocketAddr = r
+        .https
+        .as_deref()
+        .expect("https listener")
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    for h1 in [false, true] {
+        let mut b = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .resolve("sni.example", https)
+            .resolve("other.example", https);
+        if h1 {
+            b = b.http1_only();
+        }
+        let tls = b.build().unwrap();
+        for (name, app) in [("sni.example", "/a-sni"), ("other.example", "/a-ssl")] {
+            let resp = tls
+                .get(format!("https://{name}:{}/x", https.port()))
+                .send()
+                .await
+                .expect("https answers");
+            let version = resp.version();
+            let body = resp.text().await.unwrap_or_default();
+            assert_eq!(task_app(&body), app, "{name} over {version:?}");
+        }
+    }
+}
+
+/// (Host, target, extra headers, the app that should answer).
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
+/// The app that answered (`<app> <task>`).
+fn task_app(body: &str) -> &str {
+    body.split_whitespace().next().unwrap_or_default()
+}

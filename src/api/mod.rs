@@ -55,6 +55,8 @@ pub struct ApiState {
     pub haproxy: Option<crate::haproxy::SharedStatus>,
     /// Largest rule write accepted (`--api-max-body`).
     pub max_body: usize,
+    /// Refuse rule ACLs the built-in proxy cannot compile; off in `--mode haproxy`, where HAProxy judges them.
+    pub check_acls: bool,
 }
 
 /// Optional protection of the API. Without a token or basic credentials everything is open, as in Bamboo.

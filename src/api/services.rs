@@ -98,7 +98,7 @@ fn path_id(path: &str) -> String {
 }
 
 /// Checks what will be stored; the message names the rule and what is wrong.
-fn validate(id: &str, config: &BTreeMap<String, String>) -> Result<(), String> {
+fn validate(id: &str, config: &BTreeMap<String, String>, check_acl: bool) -> Result<(), String> {
     let fields = std::iter::once(("id", id)).chain(
         config
             .iter()
@@ -111,7 +111,10 @@ fn validate(id: &str, config: &BTreeMap<String, String>) -> Result<(), String> {
             ));
         }
     }
-    if let Some(acl) = config.get("Acl").filter(|a| !a.trim().is_empty()) {
+    if let Some(acl) = config
+        .get("Acl")
+        .filter(|a| check_acl && !a.trim().is_empty())
+    {
         acl::parse(acl).map_err(|e| format!("invalid ACL for {id}: {e}"))?;
     }
     if let Some(b) = config.get("balance") {
@@ -181,7 +184,7 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Option<Resp> {
             if !d.acl.is_empty() {
                 stored.insert("Acl".to_string(), d.acl.clone());
             }
-            if let Err(msg) = validate(&id, &stored) {
+            if let Err(msg) = validate(&id, &stored, state.check_acls) {
                 return Some(text_error(StatusCode::BAD_REQUEST, &msg));
             }
             let service = Service {

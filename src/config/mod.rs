@@ -384,6 +384,7 @@ impl Settings {
                 .filter(|g| !g.is_empty())
                 .collect(),
             tcp_service_ports: o.tcp_service_ports.unwrap_or(false),
+            pass_through_acls: false,
         };
 
         let https_bind = match o.https_bind {
@@ -560,7 +561,10 @@ impl Settings {
             zk_session_timeout,
             api_auth,
             limits,
-            route_options,
+            route_options: RouteOptions {
+                pass_through_acls: haproxy.mode == Mode::Haproxy,
+                ..route_options
+            },
             data_dir: o
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(crate::store::DEFAULT_DATA_DIR)),

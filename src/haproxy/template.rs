@@ -470,6 +470,21 @@ fn data_with(snap: &Snapshot, extra: &Extra, with_apps: bool, with_services: boo
                         .map(|p| p.trim_end_matches('/'))
                         .unwrap_or_default()),
                 ),
+                (
+                    "RevproxyRegex",
+                    s(r.revproxy_path
+                        .as_deref()
+                        .map(|p| regex::escape(p.trim_end_matches('/')))
+                        .unwrap_or_default()),
+                ),
+                // The route's guards, applied in its backend: only to the requests it takes.
+                ("Auth", auth_value(r, &format!("route-{i}"))),
+                ("Allowed", allowed_value(r.allowed.as_ref())),
+                ("RedirectHttps", Value::Bool(r.redirect_https)),
+                (
+                    "RedirectPath",
+                    s(r.redirect_root.as_deref().unwrap_or_default()),
+                ),
             ]));
         }
     }

@@ -44,6 +44,8 @@ pub struct ConnInfo {
     pub port: u16,
     /// Which listener it came in on, for routing.
     pub entry: Entry,
+    /// The TLS server name the client asked for.
+    pub sni: Option<Arc<str>>,
     /// The connection's timers, which time request bodies' waits on the client.
     pub activity: Arc<idle::Activity>,
     /// For the backend waits of its streams, each on a deadline of its own.
@@ -220,14 +222,7 @@ impl Proxy {
         let host = host_value.as_ref().and_then(|h| h.to_str().ok());
         let routed = self.route(
             snap,
-            &AclRequest {
-                path: req.uri().path(),
-                method: req.method().as_str(),
-                // Rules name hosts; a port (always in HTTP/2's :authority) is not part of it.
-                host: host.map(host_name),
-                headers: req.headers().into(),
-                src: Some(client_addr.ip()),
-            },
+            &acl_request(&req, host, conn),
             host,
             req.uri().path_and_query().map_or("/", |p| p.as_str()),
             (conn.tls, conn.entry),
@@ -428,21 +423,39 @@ fn service(
     })
 }
 
+/// What the rules see of an HTTP/2 request on `conn`.
+fn acl_request<'a>(
+    req: &'a Request<Incoming>,
+    host: Option<&'a str>,
+    conn: &'a ConnInfo,
+) -> AclRequest<'a> {
+    AclRequest {
+        path: req.uri().path(),
+        method: req.method().as_str(),
+        // Rules name hosts; a port (always in HTTP/2's :authority) is not part of it.
+        host: host.map(host_name),
+        headers: req.headers().into(),
+        src: Some(conn.peer.ip()),
+        url: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        tls: conn.tls,
+        sni: conn.sni.as_deref(),
+        dst_port: conn.port,
+    }
+}
+
 /// An HTTP/2 connection, served by hyper. It closes idle connections at the keep-alive timeout and cuts off heads
 /// at the header timeout, as HTTP/1 does. On drain it gets a GOAWAY; in-flight requests finish.
-pub async fn serve_h2<I>(
-    io: I,
-    front: &Front,
-    (peer, tls, port, entry): (SocketAddr, bool, u16, Entry),
-) where
+pub async fn serve_h2<I>(io: I, front: &Front, peer: &crate::proxy::http1::Peer)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = idle::Activity::new(true);
     let info = ConnInfo {
-        peer,
-        tls,
-        port,
-        entry,
+        peer: peer.addr,
+        tls: peer.tls,
+        port: peer.port,
+        entry: peer.entry,
+        sni: peer.sni.clone(),
         activity: activity.clone(),
         deadlines: front.deadlines.clone(),
     };
@@ -462,14 +475,14 @@ pub async fn serve_h2<I>(
     let stop = async move { drop(stop.wait_for(|s| *s).await) };
     match idle::serve(conn, &activity, t, limits, stop).await {
         Some(Expired::Head) => {
-            tracing::debug!(client = %peer, "request head not received in time");
+            tracing::debug!(client = %peer.addr, "request head not received in time");
         }
         Some(Expired::Stalled) => {
             crate::metrics::metrics()
                 .http_rejected
                 .with_label_values(&["client_timeout"])
                 .inc();
-            tracing::debug!(client = %peer, timeout = ?opts.client_timeout, "client stalled with a request in flight; cut off");
+            tracing::debug!(client = %peer.addr, timeout = ?opts.client_timeout, "client stalled with a request in flight; cut off");
         }
         _ => {}
     }

@@ -201,10 +201,13 @@ async fn connection(
                 .await
             {
                 Some(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                    h2::serve_h2(s, &front, (peer, true, port, Entry::Shared)).await
+                    let p = http1::Peer::new(peer, true, port, front.proxy.opts.via)
+                        .named(s.get_ref().1.server_name().map(Arc::from));
+                    h2::serve_h2(s, &front, &p).await
                 }
                 Some(Ok(s)) => {
-                    let p = http1::Peer::new(peer, true, port, front.proxy.opts.via);
+                    let p = http1::Peer::new(peer, true, port, front.proxy.opts.via)
+                        .named(s.get_ref().1.server_name().map(Arc::from));
                     http1::serve(s, front, p).await
                 }
                 Some(Err(e)) => {

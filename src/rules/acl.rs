@@ -1,14 +1,25 @@
-//! HAProxy ACL criteria, the subset real Bamboo and marathon-lb users write, parsed once into typed matchers.
+//! HAProxy ACL criteria: every fetch that depends only on the request, parsed once into typed matchers.
 //!
-//! One criterion is `<fetch> [flags] <value> [<value>…]`: values are ORed. Fetches: `path`, `path_beg`,
-//! `path_end`, `path_dir`, `path_sub`, `path_reg`, `hdr(<name>)`, `hdr_beg|end|dom|sub|reg|dir(<name>)`, `src`,
-//! `method`. Flags: `-i` (ignore case), `-m <str|beg|end|sub|dom|dir|reg>`, `--` (end of flags).
+//! One criterion is `<fetch> [flags] <value> [<value>…]`: values are ORed. The fetches, with HAProxy's suffixed
+//! forms (`path_beg` is `path -m beg`, `hdr_cnt(x)` counts `hdr(x)`, …):
+//! - strings: `path`, `url`, `query`, `base`, `method`, `hdr(<name>)`/`req.hdr`, `fhdr(<name>)`/`req.fhdr` (whole
+//!   lines, commas not split), `urlp(<name>[,<delim>])`/`url_param`, `cook(<name>)`/`req.cook`, `ssl_fc_sni`
+//!   (also `req.ssl_sni`), with `_beg`, `_end`, `_sub`, `_reg`, `_dir`, `_dom`, `_len`;
+//! - integers: `hdr_cnt`, `fhdr_cnt`, `cook_cnt`, `hdr_val`, `cook_val`, `urlp_val`, `path_len`, `url_len`, …,
+//!   `dst_port`, matched by `N`, `N:M`, `:M`, `N:` or `eq|ge|gt|le|lt N`;
+//! - `src`, `hdr_ip(<name>)` (IPs and networks), `ssl_fc` (boolean).
+//!
+//! Flags: `-i` (ignore case), `-m <str|beg|end|sub|dom|dir|reg|len|int|bool|found|ip>`, `--` (end of flags).
+//! `hdr(<name>,<occ>)`'s occurrence is accepted and every occurrence is tried; `_val` and `_ip` read the last, as
+//! HAProxy does. `url` is the target as sent on HTTP/1 (origin or absolute form) and the path and query on HTTP/2.
 
 use std::fmt;
 use std::net::IpAddr;
 
-pub const SUPPORTED_FETCHES: &str = "path, path_beg, path_end, path_dir, path_sub, path_reg, hdr(<name>), \
-hdr_beg(<name>), hdr_end(<name>), hdr_dom(<name>), hdr_sub(<name>), hdr_reg(<name>), hdr_dir(<name>), src, method";
+pub const SUPPORTED_FETCHES: &str = "path, url, query, base, method, hdr(<name>), req.hdr(<name>), \
+fhdr(<name>), req.fhdr(<name>), urlp(<name>), url_param(<name>), cook(<name>), req.cook(<name>), ssl_fc_sni, \
+req.ssl_sni (each with _beg, _end, _sub, _reg, _dir, _dom, _len), hdr_cnt, fhdr_cnt, cook_cnt, hdr_val, cook_val, \
+urlp_val, hdr_ip(<name>), dst_port, ssl_fc, src";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
@@ -28,10 +39,142 @@ impl std::error::Error for ParseError {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fetch {
     Path,
-    /// Lower-cased header name.
-    Hdr(String),
-    Src,
+    /// The request target (`url`).
+    Url,
+    /// After the first `?` of the target; nothing when there is none.
+    Query,
+    /// Host and path (`base`).
+    Base,
     Method,
+    /// The TLS server name the client sent.
+    Sni,
+    Src,
+    SslFc,
+    DstPort,
+    /// Lower-cased header name; each comma-separated value is an occurrence.
+    Hdr(String),
+    /// Lower-cased header name; each header line is an occurrence.
+    FHdr(String),
+    /// A query parameter, with its delimiter.
+    Param(String, u8),
+    Cook(String),
+    /// How many occurrences the fetch has (`_cnt`).
+    Count(Box<Fetch>),
+    /// The last occurrence as an integer (`_val`).
+    Value(Box<Fetch>),
+    /// The last occurrence as an IP address (`_ip`).
+    Ip(Box<Fetch>),
+}
+
+/// What a fetch yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Str,
+    Int,
+    Bool,
+    Ip,
+}
+
+impl Fetch {
+    fn ty(&self) -> Ty {
+        match self {
+            Fetch::Src | Fetch::Ip(_) => Ty::Ip,
+            Fetch::SslFc => Ty::Bool,
+            Fetch::DstPort | Fetch::Count(_) | Fetch::Value(_) => Ty::Int,
+            _ => Ty::Str,
+        }
+    }
+
+    /// Calls `f` on each occurrence until it returns true; whether one did.
+    fn any(&self, req: &Request, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        match self {
+            Fetch::Path => f(req.path),
+            Fetch::Url => f(req.url),
+            Fetch::Query => req.url.split_once('?').is_some_and(|(_, q)| f(q)),
+            Fetch::Base => {
+                let host = req.host.unwrap_or("");
+                let mut base = String::with_capacity(host.len() + req.path.len());
+                base.push_str(host);
+                base.push_str(req.path);
+                f(&base)
+            }
+            Fetch::Method => f(req.method),
+            Fetch::Sni => req.sni.is_some_and(f),
+            Fetch::Hdr(name) | Fetch::FHdr(name) if name == "host" => req.host.is_some_and(f),
+            Fetch::Hdr(name) => req.headers.any(name, |v| {
+                // Like HAProxy's hdr(): every comma-separated value is an occurrence.
+                std::str::from_utf8(v).is_ok_and(|v| v.split(',').any(|v| f(v.trim())))
+            }),
+            Fetch::FHdr(name) => req
+                .headers
+                .any(name, |v| std::str::from_utf8(v).is_ok_and(|v| f(v.trim()))),
+            Fetch::Param(name, delim) => req.url.split_once('?').is_some_and(|(_, q)| {
+                q.split(char::from(*delim)).any(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    k == name && f(v)
+                })
+            }),
+            Fetch::Cook(name) => req.headers.any("cookie", |v| {
+                std::str::from_utf8(v).is_ok_and(|v| {
+                    v.split(';').any(|kv| {
+                        let (k, v) = kv.trim().split_once('=').unwrap_or((kv.trim(), ""));
+                        k == name && f(v)
+                    })
+                })
+            }),
+            Fetch::Src
+            | Fetch::SslFc
+            | Fetch::DstPort
+            | Fetch::Count(_)
+            | Fetch::Value(_)
+            | Fetch::Ip(_) => false,
+        }
+    }
+
+    fn last(&self, req: &Request) -> Option<String> {
+        let mut last = None;
+        self.any(req, &mut |s| {
+            last = Some(s.to_string());
+            false
+        });
+        last
+    }
+
+    fn int(&self, req: &Request) -> Option<i64> {
+        match self {
+            Fetch::DstPort => Some(i64::from(req.dst_port)),
+            Fetch::Count(inner) => {
+                let mut n = 0;
+                inner.any(req, &mut |_| {
+                    n += 1;
+                    false
+                });
+                Some(n)
+            }
+            // HAProxy reads the leading digits; anything else is no value.
+            Fetch::Value(inner) => inner.last(req).and_then(|s| {
+                let s = s.trim();
+                let end = s
+                    .char_indices()
+                    .find(|&(i, c)| !(c.is_ascii_digit() || (i == 0 && c == '-')))
+                    .map_or(s.len(), |(i, _)| i);
+                s[..end].parse().ok()
+            }),
+            _ => None,
+        }
+    }
+
+    fn ip(&self, req: &Request) -> Option<IpAddr> {
+        let ip = match self {
+            Fetch::Src => req.src?,
+            Fetch::Ip(inner) => inner.last(req)?.trim().parse().ok()?,
+            _ => return None,
+        };
+        Some(match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +186,14 @@ pub enum MatchKind {
     Dom,
     Dir,
     Reg,
+    /// The string's length, against integer values.
+    Len,
+    Int,
+    /// A boolean or a non-zero integer; no value.
+    Bool,
+    /// The fetch yields something; no value.
+    Found,
+    Ip,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +202,9 @@ enum Values {
     Strings(Vec<String>),
     Regexes(Vec<regex::Regex>),
     Nets(Vec<ipnet::IpNet>),
+    /// Inclusive ranges.
+    Ints(Vec<(i64, i64)>),
+    None,
 }
 
 /// One parsed criterion.
@@ -72,6 +226,30 @@ pub struct Request<'a> {
     pub host: Option<&'a str>,
     pub headers: Headers<'a>,
     pub src: Option<IpAddr>,
+    /// The target as sent on HTTP/1; the path and query on HTTP/2.
+    pub url: &'a str,
+    /// Whether the client connection is TLS (`ssl_fc`), and the name it asked for (`ssl_fc_sni`).
+    pub tls: bool,
+    pub sni: Option<&'a str>,
+    /// The port the client connected to (`dst_port`).
+    pub dst_port: u16,
+}
+
+impl<'a> Request<'a> {
+    /// A plain HTTP request for `path` (the target too), for tests and tools.
+    pub fn plain(path: &'a str, host: Option<&'a str>, headers: Headers<'a>) -> Request<'a> {
+        Request {
+            path,
+            method: "GET",
+            host,
+            headers,
+            src: None,
+            url: path,
+            tls: false,
+            sni: None,
+            dst_port: 80,
+        }
+    }
 }
 
 /// A request's headers as either front end holds them: hyper's map, or the fast path's parsed head (no map built).
@@ -163,63 +341,248 @@ fn tokenize(text: &str) -> Result<Vec<(usize, String)>, ParseError> {
     Ok(out)
 }
 
+/// A fetch name with its `(…)` argument split off.
+fn split_call(tok: &str, pos: usize) -> Result<(&str, Option<&str>), ParseError> {
+    match tok.split_once('(') {
+        Some((n, rest)) => match rest.strip_suffix(')') {
+            Some(arg) => Ok((n, Some(arg))),
+            None => Err(ParseError {
+                pos: pos + tok.len(),
+                msg: format!("missing ')' in '{tok}'"),
+            }),
+        },
+        None => Ok((tok, None)),
+    }
+}
+
+/// The fetches without suffix; whether each takes an argument (and what it names).
+fn base_fetch(name: &str) -> Option<(&'static str, Option<&'static str>)> {
+    Some(match name {
+        "path" | "url" | "query" | "base" | "method" | "src" | "ssl_fc" | "dst_port" => {
+            (canonical(name)?, None)
+        }
+        "ssl_fc_sni" | "req.ssl_sni" | "req_ssl_sni" => ("sni", None),
+        "hdr" | "req.hdr" => ("hdr", Some("a header name, e.g. hdr(host)")),
+        "fhdr" | "req.fhdr" => ("fhdr", Some("a header name, e.g. fhdr(user-agent)")),
+        "urlp" | "url_param" => ("urlp", Some("a parameter name, e.g. urlp(id)")),
+        "cook" | "req.cook" => ("cook", Some("a cookie name, e.g. cook(session)")),
+        _ => return None,
+    })
+}
+
+fn canonical(name: &str) -> Option<&'static str> {
+    [
+        "path", "url", "query", "base", "method", "src", "ssl_fc", "dst_port",
+    ]
+    .into_iter()
+    .find(|n| *n == name)
+}
+
+/// HAProxy's suffixed forms: `<fetch>_<suffix>`.
+const SUFFIXES: &[&str] = &[
+    "beg", "end", "sub", "reg", "dir", "dom", "len", "cnt", "val", "ip",
+];
+
 fn fetch_of(tok: &str, pos: usize) -> Result<(Fetch, MatchKind), ParseError> {
     let unknown = || ParseError {
         pos,
         msg: format!("unknown fetch '{tok}'; supported: {SUPPORTED_FETCHES}"),
     };
-    let simple = match tok {
-        "path" => Some((Fetch::Path, MatchKind::Str)),
-        "path_beg" => Some((Fetch::Path, MatchKind::Beg)),
-        "path_end" => Some((Fetch::Path, MatchKind::End)),
-        "path_dir" => Some((Fetch::Path, MatchKind::Dir)),
-        "path_sub" => Some((Fetch::Path, MatchKind::Sub)),
-        "path_reg" => Some((Fetch::Path, MatchKind::Reg)),
-        "path_dom" => Some((Fetch::Path, MatchKind::Dom)),
-        "src" => Some((Fetch::Src, MatchKind::Str)),
-        "method" => Some((Fetch::Method, MatchKind::Str)),
-        _ => None,
+    let (name, arg) = split_call(tok, pos)?;
+    // The whole name first: `url_param`, `dst_port` and `ssl_fc_sni` end like suffixed forms.
+    let (base, suffix) = match base_fetch(name) {
+        Some(b) => (b, None),
+        None => SUFFIXES
+            .iter()
+            .find_map(|s| {
+                let b = name.strip_suffix(s)?.strip_suffix('_')?;
+                Some((base_fetch(b)?, Some(*s)))
+            })
+            .ok_or_else(unknown)?,
     };
-    if let Some(f) = simple {
-        return Ok(f);
-    }
-    let (name, arg) = match tok.split_once('(') {
-        Some((n, rest)) => match rest.strip_suffix(')') {
-            Some(arg) => (n, arg),
-            None => {
-                return Err(ParseError {
-                    pos: pos + tok.len(),
-                    msg: format!("missing ')' in '{tok}'"),
-                })
-            }
-        },
-        None if tok.starts_with("hdr") => {
+    let (base, needs) = base;
+    let arg = match (needs, arg) {
+        (Some(what), None) => {
             return Err(ParseError {
                 pos,
-                msg: format!("'{tok}' needs a header name, e.g. {tok}(host)"),
+                msg: format!("'{tok}' needs {what}"),
             })
         }
-        None => return Err(unknown()),
+        (None, Some(_)) => {
+            return Err(ParseError {
+                pos: pos + name.len(),
+                msg: format!("'{name}' takes no argument"),
+            })
+        }
+        (_, a) => a.unwrap_or(""),
     };
-    let kind = match name {
-        "hdr" => MatchKind::Str,
-        "hdr_beg" => MatchKind::Beg,
-        "hdr_end" => MatchKind::End,
-        "hdr_dom" => MatchKind::Dom,
-        "hdr_sub" => MatchKind::Sub,
-        "hdr_reg" => MatchKind::Reg,
-        "hdr_dir" => MatchKind::Dir,
-        _ => return Err(unknown()),
+    let arg_pos = pos + name.len() + 1;
+    let mut parts = arg.split(',').map(str::trim);
+    let first = parts.next().unwrap_or("");
+    let fetch = match base {
+        "path" => Fetch::Path,
+        "url" => Fetch::Url,
+        "query" => Fetch::Query,
+        "base" => Fetch::Base,
+        "method" => Fetch::Method,
+        "src" => Fetch::Src,
+        "ssl_fc" => Fetch::SslFc,
+        "dst_port" => Fetch::DstPort,
+        "sni" => Fetch::Sni,
+        "hdr" | "fhdr" => {
+            if first.is_empty() || http::HeaderName::from_bytes(first.as_bytes()).is_err() {
+                return Err(ParseError {
+                    pos: arg_pos,
+                    msg: format!("'{arg}' is not a header name"),
+                });
+            }
+            let h = first.to_ascii_lowercase();
+            if base == "hdr" {
+                Fetch::Hdr(h)
+            } else {
+                Fetch::FHdr(h)
+            }
+        }
+        "urlp" => {
+            let delim = match parts.next() {
+                None => b'&',
+                Some(d) if d.len() == 1 && d.is_ascii() => d.as_bytes()[0],
+                Some(d) => {
+                    return Err(ParseError {
+                        pos: arg_pos,
+                        msg: format!("'{d}' is not a one-character delimiter"),
+                    })
+                }
+            };
+            if first.is_empty() {
+                return Err(ParseError {
+                    pos: arg_pos,
+                    msg: "urlp needs a parameter name".into(),
+                });
+            }
+            Fetch::Param(first.to_string(), delim)
+        }
+        _ => {
+            if first.is_empty() {
+                return Err(ParseError {
+                    pos: arg_pos,
+                    msg: "cook needs a cookie name".into(),
+                });
+            }
+            Fetch::Cook(first.to_string())
+        }
     };
-    // hdr(name[,occ]): the occurrence argument is accepted and ignored (every occurrence is tried).
-    let header = arg.split(',').next().unwrap_or("").trim();
-    if header.is_empty() || http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-        return Err(ParseError {
-            pos: pos + name.len() + 1,
-            msg: format!("'{arg}' is not a header name"),
+    let multi = matches!(
+        fetch,
+        Fetch::Hdr(_) | Fetch::FHdr(_) | Fetch::Param(..) | Fetch::Cook(_)
+    );
+    let strings = fetch.ty() == Ty::Str;
+    Ok(match suffix {
+        None => {
+            let kind = match fetch.ty() {
+                Ty::Str => MatchKind::Str,
+                Ty::Int => MatchKind::Int,
+                Ty::Bool => MatchKind::Bool,
+                Ty::Ip => MatchKind::Ip,
+            };
+            (fetch, kind)
+        }
+        Some(s @ ("beg" | "end" | "sub" | "reg" | "dir" | "dom" | "len")) if strings => (
+            fetch,
+            match s {
+                "beg" => MatchKind::Beg,
+                "end" => MatchKind::End,
+                "sub" => MatchKind::Sub,
+                "reg" => MatchKind::Reg,
+                "dir" => MatchKind::Dir,
+                "dom" => MatchKind::Dom,
+                _ => MatchKind::Len,
+            },
+        ),
+        Some("cnt") if multi => (Fetch::Count(Box::new(fetch)), MatchKind::Int),
+        Some("val") if multi => (Fetch::Value(Box::new(fetch)), MatchKind::Int),
+        Some("ip") if matches!(fetch, Fetch::Hdr(_) | Fetch::FHdr(_)) => {
+            (Fetch::Ip(Box::new(fetch)), MatchKind::Ip)
+        }
+        Some(_) => return Err(unknown()),
+    })
+}
+
+/// The match methods `-m` may name for what a fetch yields.
+fn kind_for(m: &str, ty: Ty) -> Option<MatchKind> {
+    let kind = match m {
+        "str" => MatchKind::Str,
+        "beg" => MatchKind::Beg,
+        "end" => MatchKind::End,
+        "sub" => MatchKind::Sub,
+        "dom" => MatchKind::Dom,
+        "dir" => MatchKind::Dir,
+        "reg" => MatchKind::Reg,
+        "len" => MatchKind::Len,
+        "int" => MatchKind::Int,
+        "bool" => MatchKind::Bool,
+        "found" => MatchKind::Found,
+        "ip" => MatchKind::Ip,
+        _ => return None,
+    };
+    let fits = match ty {
+        Ty::Str => !matches!(kind, MatchKind::Int | MatchKind::Bool | MatchKind::Ip),
+        Ty::Int => matches!(kind, MatchKind::Int | MatchKind::Bool | MatchKind::Found),
+        Ty::Bool => matches!(kind, MatchKind::Bool | MatchKind::Found),
+        Ty::Ip => matches!(kind, MatchKind::Ip | MatchKind::Found),
+    };
+    fits.then_some(kind)
+}
+
+/// Integer patterns: `N`, `N:M`, `:M`, `N:`, or an operator and `N`.
+fn ints(rest: &[(usize, String)]) -> Result<Vec<(i64, i64)>, ParseError> {
+    let num = |pos: usize, v: &str| {
+        v.parse::<i64>().map_err(|_| ParseError {
+            pos,
+            msg: format!("'{v}' is not an integer"),
+        })
+    };
+    let mut out = Vec::new();
+    let mut it = rest.iter();
+    while let Some((pos, v)) = it.next() {
+        let op = matches!(v.as_str(), "eq" | "ge" | "gt" | "le" | "lt");
+        if op {
+            let Some((npos, n)) = it.next() else {
+                return Err(ParseError {
+                    pos: *pos,
+                    msg: format!("'{v}' needs a number after it"),
+                });
+            };
+            let n = num(*npos, n)?;
+            out.push(match v.as_str() {
+                "eq" => (n, n),
+                "ge" => (n, i64::MAX),
+                "gt" => (n.saturating_add(1), i64::MAX),
+                "le" => (i64::MIN, n),
+                _ => (i64::MIN, n.saturating_sub(1)),
+            });
+            continue;
+        }
+        out.push(match v.split_once(':') {
+            Some((lo, hi)) => (
+                if lo.is_empty() {
+                    i64::MIN
+                } else {
+                    num(*pos, lo)?
+                },
+                if hi.is_empty() {
+                    i64::MAX
+                } else {
+                    num(*pos, hi)?
+                },
+            ),
+            None => {
+                let n = num(*pos, v)?;
+                (n, n)
+            }
         });
     }
-    Ok((Fetch::Hdr(header.to_ascii_lowercase()), kind))
+    Ok(out)
 }
 
 /// Parses one criterion.
@@ -238,6 +601,10 @@ pub fn parse(text: &str) -> Result<Criterion, ParseError> {
         if !tok.starts_with('-') || tok == "-" {
             break;
         }
+        // A negative number is a value of an integer fetch, not a flag.
+        if fetch.ty() == Ty::Int && tok[1..].starts_with(|c: char| c.is_ascii_digit()) {
+            break;
+        }
         it.next();
         match tok.as_str() {
             "-i" => ignore_case = true,
@@ -246,28 +613,32 @@ pub fn parse(text: &str) -> Result<Criterion, ParseError> {
                 let Some((mpos, m)) = it.next() else {
                     return Err(ParseError {
                         pos,
-                        msg: "-m needs a method: str, beg, end, sub, dom, dir or reg".into(),
+                        msg: "-m needs a method: str, beg, end, sub, dom, dir, reg, len, int, bool, found or ip".into(),
                     });
                 };
-                if fetch == Fetch::Src {
-                    return Err(ParseError {
-                        pos,
-                        msg: "-m does not apply to src (it matches IP addresses and networks)"
-                            .into(),
-                    });
-                }
-                kind = match m.as_str() {
-                    "str" => MatchKind::Str,
-                    "beg" => MatchKind::Beg,
-                    "end" => MatchKind::End,
-                    "sub" => MatchKind::Sub,
-                    "dom" => MatchKind::Dom,
-                    "dir" => MatchKind::Dir,
-                    "reg" => MatchKind::Reg,
-                    other => {
+                kind = match kind_for(&m, fetch.ty()) {
+                    Some(k) => k,
+                    None if kind_for(&m, Ty::Str).is_some()
+                        || kind_for(&m, Ty::Int).is_some()
+                        || kind_for(&m, Ty::Ip).is_some() =>
+                    {
+                        return Err(ParseError {
+                            pos,
+                            msg: format!(
+                                "-m {m} does not apply to {ftok} (it yields {})",
+                                match fetch.ty() {
+                                    Ty::Str => "a string",
+                                    Ty::Int => "an integer",
+                                    Ty::Bool => "a boolean",
+                                    Ty::Ip => "IP addresses, matched against addresses and networks",
+                                }
+                            ),
+                        })
+                    }
+                    None => {
                         return Err(ParseError {
                             pos: mpos,
-                            msg: format!("unknown match method '{other}'; supported: str, beg, end, sub, dom, dir, reg"),
+                            msg: format!("unknown match method '{m}'; supported: str, beg, end, sub, dom, dir, reg, len, int, bool, found, ip"),
                         })
                     }
                 };
@@ -281,15 +652,26 @@ pub fn parse(text: &str) -> Result<Criterion, ParseError> {
         }
     }
     let rest: Vec<(usize, String)> = it.collect();
-    if rest.is_empty() {
+    let valueless = matches!(kind, MatchKind::Bool | MatchKind::Found);
+    if valueless {
+        if let Some((pos, v)) = rest.first() {
+            return Err(ParseError {
+                pos: *pos,
+                msg: format!("'{ftok}' matched as {kind:?} takes no value, not '{v}'")
+                    .to_lowercase(),
+            });
+        }
+    } else if rest.is_empty() {
         return Err(ParseError {
             pos: text.len(),
             msg: format!("'{ftok}' has no value to match"),
         });
     }
     let raw_values: Vec<String> = rest.iter().map(|(_, v)| v.clone()).collect();
-    let values = match (&fetch, kind) {
-        (Fetch::Src, _) => {
+    let values = match kind {
+        MatchKind::Bool | MatchKind::Found => Values::None,
+        MatchKind::Int | MatchKind::Len => Values::Ints(ints(&rest)?),
+        MatchKind::Ip => {
             let mut nets = Vec::new();
             for (pos, v) in &rest {
                 let net = v
@@ -303,7 +685,7 @@ pub fn parse(text: &str) -> Result<Criterion, ParseError> {
             }
             Values::Nets(nets)
         }
-        (_, MatchKind::Reg) => {
+        MatchKind::Reg => {
             let mut res = Vec::new();
             for (pos, v) in &rest {
                 let re = regex::RegexBuilder::new(v)
@@ -321,7 +703,7 @@ pub fn parse(text: &str) -> Result<Criterion, ParseError> {
             }
             Values::Regexes(res)
         }
-        (_, k) => Values::Strings(
+        k => Values::Strings(
             rest.iter()
                 .map(|(_, v)| {
                     let v = if ignore_case {
@@ -401,6 +783,10 @@ fn word(s: &str, p: &str, ci: bool, kind: MatchKind) -> bool {
 }
 
 impl Criterion {
+    fn match_int(&self, v: i64) -> bool {
+        matches!(&self.values, Values::Ints(r) if r.iter().any(|&(lo, hi)| lo <= v && v <= hi))
+    }
+
     fn match_str(&self, subject: &str) -> bool {
         let ci = self.ignore_case;
         match &self.values {
@@ -410,34 +796,35 @@ impl Criterion {
                 MatchKind::End => ends(subject, p, ci),
                 MatchKind::Sub => find_all(subject, p, ci).next().is_some(),
                 MatchKind::Dom | MatchKind::Dir => word(subject, p, ci, self.kind),
-                MatchKind::Reg => false,
+                _ => false,
             }),
             Values::Regexes(res) => res.iter().any(|re| re.is_match(subject)),
-            Values::Nets(_) => false,
+            Values::Ints(_) => self.match_int(subject.len() as i64),
+            Values::Nets(_) | Values::None => false,
         }
     }
 
     pub fn matches(&self, req: &Request) -> bool {
-        match &self.fetch {
-            Fetch::Path => self.match_str(req.path),
-            Fetch::Method => self.match_str(req.method),
-            Fetch::Src => match (&self.values, req.src) {
-                (Values::Nets(nets), Some(ip)) => {
-                    let ip = match ip {
-                        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-                        v4 => v4,
-                    };
-                    nets.iter().any(|n| n.contains(&ip))
+        match self.fetch.ty() {
+            Ty::Str if self.kind == MatchKind::Found => self.fetch.any(req, &mut |_| true),
+            Ty::Str => self.fetch.any(req, &mut |s| self.match_str(s)),
+            Ty::Int => {
+                let v = self.fetch.int(req);
+                match self.kind {
+                    MatchKind::Found => v.is_some(),
+                    MatchKind::Bool => v.is_some_and(|v| v != 0),
+                    _ => v.is_some_and(|v| self.match_int(v)),
                 }
-                _ => false,
-            },
-            Fetch::Hdr(name) if name == "host" => req.host.is_some_and(|h| self.match_str(h)),
-            Fetch::Hdr(name) => req.headers.any(name, |v| {
-                std::str::from_utf8(v).is_ok_and(|v| {
-                    // Like HAProxy's hdr(): every comma-separated value is an occurrence.
-                    v.split(',').any(|v| self.match_str(v.trim()))
-                })
-            }),
+            }
+            Ty::Bool => self.kind == MatchKind::Found || req.tls,
+            Ty::Ip => {
+                let ip = self.fetch.ip(req);
+                match (&self.values, ip) {
+                    _ if self.kind == MatchKind::Found => ip.is_some(),
+                    (Values::Nets(nets), Some(ip)) => nets.iter().any(|n| n.contains(&ip)),
+                    _ => false,
+                }
+            }
         }
     }
 
@@ -450,12 +837,20 @@ impl Criterion {
         }
     }
 
-    /// Length of the longest literal path prefix this criterion requires (0 if none).
+    /// Length of the longest literal path prefix this criterion requires (0 if none); a `url_beg` of a path
+    /// counts as one.
     pub fn path_prefix_len(&self) -> usize {
         match (&self.fetch, self.kind) {
             (Fetch::Path, MatchKind::Str | MatchKind::Beg | MatchKind::Dir) => {
                 self.raw_values.iter().map(String::len).max().unwrap_or(0)
             }
+            (Fetch::Url, MatchKind::Beg) => self
+                .raw_values
+                .iter()
+                .filter(|v| v.starts_with('/'))
+                .map(String::len)
+                .max()
+                .unwrap_or(0),
             _ => 0,
         }
     }
@@ -488,15 +883,32 @@ pub enum HostRank {
 mod tests {
     use super::*;
 
-    fn req<'a>(path: &'a str, host: Option<&'a str>, headers: &'a http::HeaderMap) -> Request<'a> {
+    /// A plain request for `target` on port 8080, from 10.1.2.3.
+    fn req<'a>(
+        target: &'a str,
+        host: Option<&'a str>,
+        headers: &'a http::HeaderMap,
+    ) -> Request<'a> {
         Request {
-            path,
+            path: target.split('?').next().unwrap_or(target),
             method: "GET",
             host,
             headers: headers.into(),
             src: Some("10.1.2.3".parse().unwrap()),
+            url: target,
+            tls: false,
+            sni: None,
+            dst_port: 8080,
         }
     }
+
+    /// The headers every table row sees, as hyper holds them and as the fast path parses them.
+    const FIELDS: &[(&str, &str)] = &[
+        ("X-Team", "Blue, green"),
+        ("Cookie", "session=abc123; theme=dark"),
+        ("X-Forwarded-For", "192.168.1.1, 10.9.8.7"),
+        ("X-Count", "42"),
+    ];
 
     /// (acl, path, host, expected)
     const TABLE: &[(&str, &str, &str, bool)] = &[
@@ -552,17 +964,111 @@ mod tests {
         ("method -i get", "/", "h", true),
         ("path -- -i", "/", "h", false),
         ("path_beg \"/with space\"", "/with space/x", "h", true),
+        // The url family: the target as sent, query included.
+        ("url_beg /api", "/api/v1?x=1", "h", true),
+        ("url_beg /api", "/v1?x=/api", "h", false),
+        ("url /a?b=1", "/a?b=1", "h", true),
+        ("url_sub b=1", "/a?b=1", "h", true),
+        ("url_end =1", "/a?b=1", "h", true),
+        ("url_reg ^/a\\?", "/a?b=1", "h", true),
+        ("url_dir a", "/a?b=1", "h", true),
+        ("url_dom b", "/a.b?c", "h", true),
+        ("url_len 6", "/a?b=1", "h", true),
+        ("url_len gt 10", "/a?b=1", "h", false),
+        ("query b=1", "/a?b=1", "h", true),
+        ("query -m beg b=", "/a?b=1", "h", true),
+        ("query -m found", "/a", "h", false),
+        ("query -m found", "/a?x", "h", true),
+        ("urlp(b) 1", "/a?b=1&c=2", "h", true),
+        ("urlp(c) 1", "/a?b=1&c=2", "h", false),
+        ("url_param(c) -m found", "/a?b=1&c=2", "h", true),
+        ("urlp(d) -m found", "/a?b=1&c=2", "h", false),
+        ("urlp_val(b) ge 1", "/a?b=1&c=2", "h", true),
+        ("urlp(b,;) 1", "/a?b=1;c=2", "h", true),
+        ("urlp_beg(c) 2", "/a?b=1&c=2x", "h", true),
+        ("urlp_reg(c) ^[0-9]+$", "/a?c=2x", "h", false),
+        // Headers: req.hdr is hdr, fhdr takes whole lines, counts, values, addresses, lengths.
+        ("req.hdr(host) -i a.com", "/", "A.com", true),
+        ("req.hdr(x-team) -i green", "/", "h", true),
+        ("req.fhdr(x-team) -i green", "/", "h", false),
+        ("req.fhdr(x-team) -i 'blue, green'", "/", "h", true),
+        ("hdr_cnt(x-team) 2", "/", "h", true),
+        ("req.hdr_cnt(x-team) gt 2", "/", "h", false),
+        ("fhdr_cnt(x-team) 1", "/", "h", true),
+        ("req.fhdr_cnt(x-none) 0", "/", "h", true),
+        ("hdr_val(x-count) 42", "/", "h", true),
+        ("hdr_val(x-count) lt 40", "/", "h", false),
+        ("hdr_val(x-count) -m bool", "/", "h", true),
+        ("hdr_ip(x-forwarded-for) 10.0.0.0/8", "/", "h", true),
+        ("req.hdr_ip(x-forwarded-for) 192.168.1.1", "/", "h", false),
+        ("hdr_len(x-count) 2", "/", "h", true),
+        ("hdr(x-team) -m len 4", "/", "h", true),
+        ("hdr(x-team) -m found", "/", "h", true),
+        ("hdr(x-none) -m found", "/", "h", false),
+        ("cook(session) abc123", "/", "h", true),
+        ("req.cook(theme) -i DARK", "/", "h", true),
+        ("cook_beg(session) abc", "/", "h", true),
+        ("cook_cnt(session) 1", "/", "h", true),
+        ("cook_len(session) 6", "/", "h", true),
+        ("cook(none) -m found", "/", "h", false),
+        // Lengths, host and path, the port.
+        ("path_len 2", "/a", "h", true),
+        ("path_len 3:10", "/abcd", "h", true),
+        ("path_len :1", "/ab", "h", false),
+        ("path -m len ge 2", "/a", "h", true),
+        ("base www.a.com/x", "/x", "www.a.com", true),
+        ("base_beg -i WWW.a.com/", "/x?y", "www.a.com", true),
+        ("dst_port 8080", "/", "h", true),
+        ("dst_port 80 443", "/", "h", false),
+        ("dst_port 8000:8999", "/", "h", true),
+        ("method -m found", "/", "h", true),
+        ("src -m ip 10.1.2.3", "/", "h", true),
+        ("src -m found", "/", "h", true),
+        // A plain connection.
+        ("ssl_fc", "/", "h", false),
+        ("ssl_fc -m found", "/", "h", true),
+        ("ssl_fc_sni -m found", "/", "h", false),
     ];
+
+    /// (acl, expected) on a TLS connection to port 8443 that asked for `Shop.Example.com`.
+    const TLS_TABLE: &[(&str, bool)] = &[
+        ("ssl_fc", true),
+        ("ssl_fc_sni -i shop.example.com", true),
+        ("ssl_fc_sni shop.example.com", false),
+        ("ssl_fc_sni_end -i .example.com", true),
+        ("req.ssl_sni -m reg ^Shop", true),
+        ("req_ssl_sni -m found", true),
+        ("dst_port 8443", true),
+        ("dst_port 8080", false),
+    ];
+
+    #[test]
+    fn tls_table() {
+        let h = http::HeaderMap::new();
+        for (acl, expected) in TLS_TABLE {
+            let c = parse(acl).unwrap_or_else(|e| panic!("{acl}: {e}"));
+            let mut r = req("/", Some("shop.example.com"), &h);
+            r.tls = true;
+            r.sni = Some("Shop.Example.com");
+            r.dst_port = 8443;
+            assert_eq!(c.matches(&r), *expected, "{acl}");
+        }
+    }
 
     #[test]
     fn table() {
         let mut headers = http::HeaderMap::new();
-        headers.insert("x-team", "Blue, green".parse().unwrap());
+        for (k, v) in FIELDS {
+            headers.append(*k, v.parse().unwrap());
+        }
         // The same fields as the fast path holds them: parsed in place, names in any case.
-        let raw = [httparse::Header {
-            name: "X-Team",
-            value: b"Blue, green",
-        }];
+        let raw: Vec<httparse::Header> = FIELDS
+            .iter()
+            .map(|(k, v)| httparse::Header {
+                name: k,
+                value: v.as_bytes(),
+            })
+            .collect();
         for (acl, path, host, expected) in TABLE {
             let c = parse(acl).unwrap_or_else(|e| panic!("{acl}: {e}"));
             assert_eq!(
@@ -596,8 +1102,17 @@ mod tests {
             ("hdr(host -i a", 8, "missing ')'"),
             ("path_reg ([a-", 9, "bad regex"),
             ("src 10.0.0.0/33", 4, "not an IP address"),
-            ("src -m beg 10.", 4, "-m does not apply to src"),
+            ("src -m beg 10.", 4, "-m beg does not apply to src"),
             ("path_beg \"/open", 9, "unterminated"),
+            ("ssl_fc yes", 7, "takes no value"),
+            ("hdr_cnt(x) many", 11, "not an integer"),
+            ("path_len gt", 9, "needs a number"),
+            ("urlp 1", 0, "needs a parameter name"),
+            ("urlp(a,xy) 1", 5, "one-character delimiter"),
+            ("path -m int 1", 5, "-m int does not apply to path"),
+            ("ssl_fc(x)", 6, "takes no argument"),
+            ("path_cnt 1", 0, "unknown fetch 'path_cnt'"),
+            ("hdr_ip(x) 10.0.0.0/40", 10, "not an IP address"),
         ];
         for (acl, pos, msg) in cases {
             let e = parse(acl).unwrap_err();
@@ -675,13 +1190,7 @@ mod tests {
                 let path: String = (0..rng.gen_range(0..4))
                     .map(|_| parts[rng.gen_range(0..parts.len())])
                     .collect();
-                let _ = c.matches(&Request {
-                    path: &path,
-                    method: "GET",
-                    host: Some(&path),
-                    headers: (&h).into(),
-                    src: None,
-                });
+                let _ = c.matches(&Request::plain(&path, Some(&path), (&h).into()));
             }
         }
     }
@@ -691,11 +1200,8 @@ mod tests {
         let h = http::HeaderMap::new();
         let c = parse("src 10.0.0.0/8").unwrap();
         let r = Request {
-            path: "/",
-            method: "GET",
-            host: None,
-            headers: (&h).into(),
             src: Some("::ffff:10.9.9.9".parse().unwrap()),
+            ..Request::plain("/", None, (&h).into())
         };
         assert!(c.matches(&r));
     }
@@ -706,6 +1212,25 @@ mod tests {
     fn parser_fuzz() {
         use rand::{Rng, SeedableRng};
         let words = [
+            "url_beg",
+            "urlp(id)",
+            "urlp(id,;)",
+            "query",
+            "req.fhdr(x)",
+            "hdr_cnt(x)",
+            "hdr_ip(x)",
+            "cook(s)",
+            "path_len",
+            "dst_port",
+            "ssl_fc",
+            "ssl_fc_sni",
+            "gt",
+            "1:2",
+            ":",
+            "-1",
+            "found",
+            "int",
+            "len",
             "hdr(host)",
             "hdr_beg(host)",
             "hdr_end(host)",

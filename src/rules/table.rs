@@ -76,6 +76,8 @@ pub struct RouteOptions {
     pub groups: Vec<String>,
     /// Proxy every service port as TCP (`--tcp-service-ports`).
     pub tcp_service_ports: bool,
+    /// `--mode haproxy`: a stored ACL the proxy cannot compile is still a route, for HAProxy to judge.
+    pub pass_through_acls: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -106,6 +108,8 @@ pub struct Route {
     pub auth: Option<std::sync::Arc<BasicAuth>>,
     /// Clients allowed, others get 403 (`allowed_networks`, `_BACKEND_NETWORK_ALLOWED_ACL`).
     pub allowed: Option<Networks>,
+    /// An ACL passed through to HAProxy as written (`--mode haproxy`): never matched by the built-in proxy.
+    pub opaque: bool,
     #[serde(skip)]
     pub host_rank: HostRank,
     #[serde(skip)]
@@ -159,7 +163,7 @@ impl Networks {
 
 impl Route {
     pub fn matches(&self, req: &Request) -> bool {
-        self.criteria.iter().all(|c| c.matches(req))
+        !self.opaque && self.criteria.iter().all(|c| c.matches(req))
     }
 }
 
@@ -343,6 +347,7 @@ fn compile(
         weight,
         auth,
         allowed,
+        opaque: false,
         metrics: std::sync::OnceLock::new(),
     })
 }
@@ -388,7 +393,17 @@ impl RouteTable {
                 };
                 // A rule written by someone else (Bamboo on the same path, an older rattan) that does not compile
                 // here does not take the app's route away: it keeps the one it would have without the rule.
-                match criteria(&spec.acl).and_then(|c| compile(spec, c, &mut errors)) {
+                let parsed = match criteria(&spec.acl) {
+                    Ok(c) => Ok((c, false)),
+                    Err(e) if opts.pass_through_acls => {
+                        tracing::debug!(app = %id, error = %e, "ACL passed to HAProxy as written");
+                        Ok((Vec::new(), true))
+                    }
+                    Err(e) => Err(e),
+                };
+                match parsed.and_then(|(c, opaque)| {
+                    compile(spec, c, &mut errors).map(|r| Route { opaque, ..r })
+                }) {
                     Ok(route) => {
                         stored.push(route);
                         continue;
@@ -566,14 +581,8 @@ pub(super) mod tests {
 
     fn find<'a>(t: &'a RouteTable, host: &str, path: &str) -> Option<&'a str> {
         let h = http::HeaderMap::new();
-        t.find(&Request {
-            path,
-            method: "GET",
-            host: Some(host),
-            headers: (&h).into(),
-            src: None,
-        })
-        .map(|r| r.app_id.as_str())
+        t.find(&Request::plain(path, Some(host), (&h).into()))
+            .map(|r| r.app_id.as_str())
     }
 
     #[test]
@@ -695,13 +704,7 @@ pub(super) mod tests {
             for path in [
                 "/p1", "/p11/x", "/P5", "/p50", "/r3x", "/app4", "/app44/y", "/", "/app1",
             ] {
-                let req = Request {
-                    path,
-                    method: "GET",
-                    host: Some(host),
-                    headers: (&h).into(),
-                    src: None,
-                };
+                let req = Request::plain(path, Some(host), (&h).into());
                 let linear = t.routes.iter().find(|r| r.matches(&req)).map(|r| &r.app_id);
                 assert_eq!(t.find(&req).map(|r| &r.app_id), linear, "{host} {path}");
             }

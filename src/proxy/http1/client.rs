@@ -30,6 +30,8 @@ pub struct Peer {
     pub(super) fixed_fields: String,
     /// Which listener it came in on, for routing.
     pub entry: Entry,
+    /// The TLS server name the client asked for (`ssl_fc_sni`).
+    pub sni: Option<Arc<str>>,
 }
 
 impl Peer {
@@ -45,7 +47,13 @@ impl Peer {
                 "x-forwarded-proto: {proto}\r\nx-forwarded-port: {port}\r\n{via}"
             ),
             entry: Entry::Shared,
+            sni: None,
         }
+    }
+
+    /// A TLS connection's: the name it asked for.
+    pub fn named(self, sni: Option<Arc<str>>) -> Peer {
+        Peer { sni, ..self }
     }
 
     /// A connection to another listener than the shared one.

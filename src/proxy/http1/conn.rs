@@ -183,7 +183,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = Rewind::new(c.io, c.buf.bytes());
-    crate::proxy::h2::serve_h2(io, front, (peer.addr, peer.tls, peer.port, peer.entry)).await;
+    crate::proxy::h2::serve_h2(io, front, peer).await;
 }
 
 impl Waits<'_, '_, '_> {

@@ -187,6 +187,26 @@ fn parse<'h, 'b>(
 
 /// Reads the request head in `buf` (when whole), routes it and writes the head to send into `out`; `log` gets
 /// what the access log needs, when it is on.
+/// What the rules see of the request: (method, target, path), the host, the fields, the connection's facts.
+fn acl_request<'a>(
+    peer: &'a Peer,
+    (method, target, path): (&'a str, &'a str, &'a str),
+    host: Option<&'a str>,
+    headers: &'a [httparse::Header<'a>],
+) -> AclRequest<'a> {
+    AclRequest {
+        path,
+        method,
+        host: host.map(host_name),
+        headers: Headers::Raw(headers),
+        src: Some(peer.addr.ip()),
+        url: target,
+        tls: peer.tls,
+        sni: peer.sni.as_deref(),
+        dst_port: peer.port,
+    }
+}
+
 pub(super) fn plan<'s>(
     proxy: &'s Proxy,
     snap: &'s Snapshot,
@@ -236,13 +256,7 @@ pub(super) fn plan<'s>(
     let close = f.conn.close || (http10 && !f.conn.keep_alive);
     let routed = proxy.route(
         snap,
-        &AclRequest {
-            path,
-            method,
-            host: host.map(host_name),
-            headers: Headers::Raw(headers),
-            src: Some(peer.addr.ip()),
-        },
+        &acl_request(peer, (method, target, path), host, headers),
         host,
         &path_and_query,
         (peer.tls, peer.entry),
