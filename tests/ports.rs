@@ -605,6 +605,7 @@ async fn ssl_cert_labels_join_the_sni_set() {
     )
     .expect("write cert");
     let path = file.display().to_string();
+    let own = free_port();
     app(
         &m,
         "/tls",
@@ -612,6 +613,7 @@ async fn ssl_cert_labels_join_the_sni_set() {
         &[
             ("HAPROXY_0_VHOST", "labelled.example"),
             ("HAPROXY_0_SSL_CERT", &path),
+            ("HAPROXY_0_PORT", &own.to_string()),
         ],
     )
     .await;
@@ -669,6 +671,59 @@ async fn ssl_cert_labels_join_the_sni_set() {
     assert_eq!(answer.0, 200);
     assert!(answer.1.starts_with("/tls "), "{}", answer.1);
     r.wait_log("/dev/zero", 5).await;
+
+    // The app's own port is TLS with that certificate too (marathon-lb's `bind … ssl crt`), HTTP/2 included,
+    // and its requests are marked as HTTPS for the backend.
+    let own_client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .tls_info(true)
+        .resolve(
+            "labelled.example",
+            std::net::SocketAddr::from(([127, 0, 0, 1], own)),
+        )
+        .build()
+        .expect("client");
+    let mut seen = None;
+    r.wait_until("TLS on the app's own port", async || {
+        let Ok(resp) = own_client
+            .get(format!("https://labelled.example:{own}/x"))
+            .send()
+            .await
+        else {
+            return false;
+        };
+        let served = resp
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|i| i.peer_certificate())
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        let proto = resp
+            .headers()
+            .get("x-req-x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        seen = Some((
+            resp.status().as_u16(),
+            served == want,
+            proto,
+            resp.version(),
+        ));
+        true
+    })
+    .await;
+    assert_eq!(
+        seen,
+        Some((
+            200,
+            true,
+            Some("https".to_string()),
+            reqwest::Version::HTTP_2
+        ))
+    );
+    // Never plain HTTP there.
+    let plain = get_on(own, "labelled.example").await;
+    assert!(!plain.contains("/tls "), "{plain}");
 }
 
 /// Idle HTTP ports must not hold the hand-off to the proxy away from busy ones: more ports than its places.

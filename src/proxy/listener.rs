@@ -33,6 +33,8 @@ pub struct Handoff {
     pub port: u16,
     /// How its requests are routed.
     pub entry: Entry,
+    /// TLS on that port (`HAPROXY_{n}_SSL_CERT`): its certificate.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Binds the HTTP (and HTTPS) listeners and serves them in the background until `shutdown` turns true; then they
@@ -82,9 +84,9 @@ pub async fn serve(
                 }
             };
             let (accepted, tls, handed_port, entry) = tokio::select! {
-                a = http.accept() => (a, false, None, Entry::Shared),
-                a = accept_tls => (a, true, None, Entry::Shared),
-                Some(h) = handed.recv() => (Ok((h.stream, h.peer)), false, Some(h.port), h.entry),
+                a = http.accept() => (a, None, None, Entry::Shared),
+                a = accept_tls => (a, acceptor.clone(), None, Entry::Shared),
+                Some(h) = handed.recv() => (Ok((h.stream, h.peer)), h.tls, Some(h.port), h.entry),
                 _ = stopped(&mut shutdown) => break,
             };
             let (stream, peer) = match accepted {
@@ -99,24 +101,15 @@ pub async fn serve(
             };
             let _ = stream.set_nodelay(true);
             let front = front.clone();
-            let acceptor = acceptor.clone();
             let handshake_timeout = opts.header_read_timeout;
             let port = match handed_port {
                 Some(p) => p,
-                None if tls => https_addr.map_or(443, |a| a.port()),
+                None if tls.is_some() => https_addr.map_or(443, |a| a.port()),
                 None => http_addr.port(),
             };
             let open = open.clone();
             tokio::spawn(async move {
-                connection(
-                    stream,
-                    peer,
-                    tls.then_some(acceptor).flatten(),
-                    (port, entry),
-                    front,
-                    handshake_timeout,
-                )
-                .await;
+                connection(stream, peer, tls, (port, entry), front, handshake_timeout).await;
                 drop((permit, open));
             });
         }
@@ -200,15 +193,15 @@ async fn connection(
                 .within(handshake_timeout, acceptor.accept(stream))
                 .await
             {
-                Some(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                    let p = http1::Peer::new(peer, true, port, front.proxy.opts.via)
-                        .named(s.get_ref().1.server_name().map(Arc::from));
-                    h2::serve_h2(s, &front, &p).await
-                }
                 Some(Ok(s)) => {
                     let p = http1::Peer::new(peer, true, port, front.proxy.opts.via)
+                        .entered(entry)
                         .named(s.get_ref().1.server_name().map(Arc::from));
-                    http1::serve(s, front, p).await
+                    if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        h2::serve_h2(s, &front, &p).await
+                    } else {
+                        http1::serve(s, front, p).await
+                    }
                 }
                 Some(Err(e)) => {
                     m.tls_handshake_failures.inc();

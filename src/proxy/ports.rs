@@ -23,6 +23,8 @@ use tokio::task::AbortHandle;
 struct Open {
     addr: SocketAddr,
     mode: PortMode,
+    /// `HAPROXY_{n}_SSL_CERT`: TLS with this certificate file.
+    cert: Option<String>,
 }
 
 /// Follows the snapshot's port table until `stop` turns true; then closes every listener (open TCP connections
@@ -47,6 +49,7 @@ pub async fn run(
             snap.ports.get(port).map(|s| Open {
                 addr: SocketAddr::new(s.bind.unwrap_or(shared.opts.bind), s.port),
                 mode: s.mode,
+                cert: s.ssl_cert.clone(),
             })
         };
         open.retain(|port, (now, task)| {
@@ -80,6 +83,11 @@ pub async fn run(
                             l,
                             (svc.port, Entry::Port(svc.port)),
                             http.clone(),
+                            match &want.cert {
+                                Some(file) => Some(port_tls(file.clone()).await),
+                                None => None,
+                            }
+                            .flatten(),
                         )),
                     };
                     open.insert(svc.port, (want, task.abort_handle()));
@@ -107,12 +115,37 @@ pub async fn run(
     m.http_port_listeners.set(0);
 }
 
+/// A port's own TLS (`HAPROXY_{n}_SSL_CERT`): its certificate file, re-read when it changes, the last good one kept.
+/// A file that never loaded is served by a self-signed stand-in (logged): the port stays TLS, never plain.
+async fn port_tls(file: String) -> Option<tokio_rustls::TlsAcceptor> {
+    let store = tokio::task::spawn_blocking(move || {
+        let store = super::tls::CertStore::open(None);
+        store.set_label_certs(&[file]);
+        store
+    })
+    .await
+    .ok()?;
+    store.watch(Duration::from_secs(1));
+    match store.server_config() {
+        Ok(cfg) => Some(tokio_rustls::TlsAcceptor::from(cfg)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot set up TLS for a service port");
+            None
+        }
+    }
+}
+
 /// marathon-lb's app-id frontend (`--http-appid-bind`): every request goes to the app its `X-Marathon-App-Id`
 /// names, at that app's first HTTP port.
 pub async fn appid(bind: SocketAddr, http: mpsc::Sender<Handoff>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(bind).await?;
     let addr = listener.local_addr()?;
-    tokio::spawn(accept_http(listener, (addr.port(), Entry::AppId), http));
+    tokio::spawn(accept_http(
+        listener,
+        (addr.port(), Entry::AppId),
+        http,
+        None,
+    ));
     Ok(addr)
 }
 
@@ -169,6 +202,7 @@ pub async fn accept_http(
     listener: TcpListener,
     (port, entry): (u16, Entry),
     http: mpsc::Sender<Handoff>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut backoff = crate::limits::AcceptBackoff::new("http-port");
     loop {
@@ -180,6 +214,7 @@ pub async fn accept_http(
                     peer,
                     port,
                     entry,
+                    tls: tls.clone(),
                 };
                 if http.send(handoff).await.is_err() {
                     // The proxy stopped.

@@ -251,7 +251,7 @@ impl CertStore {
                 })
                 .clone();
             tracing::warn!(
-                "no TLS certificate in --tls-cert-dir; serving a self-signed one for localhost"
+                "no usable TLS certificate (in --tls-cert-dir, or the file an SSL_CERT label names); serving a self-signed one for localhost"
             );
         }
         let names: Vec<&String> = set.exact.keys().chain(set.wildcard.keys()).collect();

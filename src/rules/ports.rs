@@ -29,6 +29,8 @@ pub struct PortService {
     pub route: Option<Arc<Route>>,
     /// TCP mode: the clients allowed (`_BACKEND_NETWORK_ALLOWED_ACL`); others are closed at once.
     pub allowed: Option<Networks>,
+    /// HTTP mode: TLS on this port with this certificate file (`_SSL_CERT`), as marathon-lb binds it.
+    pub ssl_cert: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -120,6 +122,7 @@ impl PortTable {
                         source: "env",
                         route: None,
                         allowed: None,
+                        ssl_cert: None,
                     }),
                     _ => report(
                         &mut errors,
@@ -219,6 +222,14 @@ impl PortTable {
                     source: if by_label { "label" } else { "service-port" },
                     route,
                     allowed,
+                    ssl_cert: match labels::label(app, n, "SSL_CERT") {
+                        Some(c) if by_label && mode == PortMode::Http => Some(c.to_string()),
+                        Some(_) if by_label => {
+                            report(&mut errors, id, format!("port {port}: HAPROXY_{n}_SSL_CERT on a TCP-mode port is not terminated; the port passes TLS through as bytes"));
+                            None
+                        }
+                        _ => None,
+                    },
                 });
             }
         }

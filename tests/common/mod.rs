@@ -351,7 +351,21 @@ pub struct Zk {
     dir: tempfile::TempDir,
 }
 
+/// A loopback port free now, for a listener the test names in advance. Below the kernel's ephemeral range
+/// (32768–60999 by default): a port from there can be taken meanwhile as the local end of any outgoing
+/// connection of the parallel tests, and the listener would then fail to bind.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread over the range by process, so parallel test binaries rarely try the same ports.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 500) as u16 * 24;
+    for _ in 0..12_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = 20_000 + (start - 20_000 + offset) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
