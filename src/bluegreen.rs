@@ -220,6 +220,15 @@ mod tests {
         .collect()
     }
 
+    /// Green's `HAPROXY_DEPLOYMENT_TARGET_INSTANCES`.
+    fn set_target(apps: &mut Apps, target: &str) {
+        let mut green = AppView::clone(&apps["/web-green"]);
+        let mut labels = (*green.labels).clone();
+        labels.insert(TARGET.into(), target.into());
+        green.labels = Arc::new(labels);
+        apps.insert("/web-green".into(), Arc::new(green));
+    }
+
     fn serving(apps: &Apps, id: &str) -> Vec<u16> {
         apps[id].backends[0].iter().map(|e| e.port).collect()
     }
@@ -258,16 +267,7 @@ mod tests {
     fn the_target_keeps_old_tasks_serving() {
         // Target 5: with 3 blue and 3 green serving, only one blue task may go.
         let mut apps = blue_green(3, 3);
-        let green = AppView::clone(&apps["/web-green"]);
-        let mut labels = (*green.labels).clone();
-        labels.insert(TARGET.into(), "5".into());
-        apps.insert(
-            "/web-green".into(),
-            Arc::new(AppView {
-                labels: Arc::new(labels),
-                ..green
-            }),
-        );
+        set_target(&mut apps, "5");
         merge(&mut apps);
         assert_eq!(serving(&apps, "/web"), [2, 3, 11, 12, 13]);
     }
@@ -275,16 +275,7 @@ mod tests {
     #[test]
     fn bad_labels_drain_nothing_and_never_take_another_apps_name() {
         let mut apps = blue_green(3, 3);
-        let green = AppView::clone(&apps["/web-green"]);
-        let mut labels = (*green.labels).clone();
-        labels.insert(TARGET.into(), "three".into());
-        apps.insert(
-            "/web-green".into(),
-            Arc::new(AppView {
-                labels: Arc::new(labels),
-                ..green
-            }),
-        );
+        set_target(&mut apps, "three");
         merge(&mut apps);
         assert_eq!(serving(&apps, "/web"), [1, 2, 3, 11, 12, 13]);
         let d = apps["/web"].deployment.clone().expect("deployment");

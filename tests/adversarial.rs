@@ -596,9 +596,7 @@ async fn the_api_port_cannot_starve_the_proxy() {
     ]);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
-        r2.log()
-            .matches("no usable TLS certificate")
-            .count(),
+        r2.log().matches("no usable TLS certificate").count(),
         1,
         "{}",
         r2.log()

@@ -593,6 +593,15 @@ async fn a_stored_rule_that_does_not_compile_leaves_the_app_its_route() {
     wait_metric(&r, "rattan_route_errors", 2.0).await;
 }
 
+/// The certificate the server presented (the client needs `tls_info(true)`).
+fn served_cert(resp: &reqwest::Response) -> Vec<u8> {
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ssl_cert_labels_join_the_sni_set() {
     let m = cluster().await;
@@ -652,12 +661,7 @@ async fn ssl_cert_labels_join_the_sni_set() {
         else {
             return false;
         };
-        let served = resp
-            .extensions()
-            .get::<reqwest::tls::TlsInfo>()
-            .and_then(|i| i.peer_certificate())
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
+        let served = served_cert(&resp);
         if served != want {
             return false;
         }
@@ -692,12 +696,7 @@ async fn ssl_cert_labels_join_the_sni_set() {
         else {
             return false;
         };
-        let served = resp
-            .extensions()
-            .get::<reqwest::tls::TlsInfo>()
-            .and_then(|i| i.peer_certificate())
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
+        let served = served_cert(&resp);
         let proto = resp
             .headers()
             .get("x-req-x-forwarded-proto")
