@@ -32,7 +32,7 @@ fn record(threads: usize) -> f64 {
     let m = metrics();
     per_thread(threads, |i| {
         m.http_in_flight.inc();
-        app.record(200, Duration::from_micros((i % 700) as u64));
+        app.record(0, 200, Duration::from_micros((i % 700) as u64), 0);
         m.http_in_flight.dec();
     })
 }

@@ -334,7 +334,7 @@ impl Discovery {
                     false
                 }
             }
-            Change::Connected | Change::Invalidate { .. } => false,
+            Change::Connected | Change::Invalidate { .. } | Change::Disconnected { .. } => false,
         }
     }
 }
@@ -387,7 +387,7 @@ pub async fn run(
     mut rx: mpsc::Receiver<Change>,
     timing: ResyncTiming,
 ) {
-    let (fetched_tx, mut fetched_rx) = mpsc::channel::<Option<Vec<App>>>(1);
+    let (fetched_tx, mut fetched_rx) = mpsc::channel::<Result<Vec<App>, String>>(1);
     let mut fetching = false;
     // Start with a fetch right away.
     let mut due: Option<Instant> = Some(Instant::now());
@@ -406,7 +406,20 @@ pub async fn run(
                 let Some(change) = change else { return };
                 discovery.apply_event(&change);
                 let now = Instant::now();
-                if change == Change::Connected {
+                if let Change::Disconnected { why } = &change {
+                    // Blind until the stream is back: a fetch tells whether Marathon itself is reachable (and keeps
+                    // the table fresh if it is); the stream's back-off paces these.
+                    if discovery.publisher.marathon_synced.load(std::sync::atomic::Ordering::Relaxed) {
+                        discovery.publisher.health.report(
+                            crate::health::MARATHON,
+                            crate::health::State::Degraded,
+                            format!("event stream down: {why}"),
+                        );
+                    }
+                    if !fetching {
+                        due = Some(due.map_or(now, |d| d.min(now)));
+                    }
+                } else if change == Change::Connected {
                     // Events may have been missed: fetch now, not after the debounce.
                     due = Some(now);
                     urgent = true;
@@ -418,12 +431,23 @@ pub async fn run(
             }
             result = fetched_rx.recv() => {
                 fetching = false;
-                match result.flatten() {
-                    Some(apps) => {
+                let publisher = discovery.publisher.clone();
+                let health = &publisher.health;
+                match result.unwrap_or_else(|| Err("fetch task ended".into())) {
+                    Ok(apps) => {
                         retry.reset();
+                        let n = apps.len();
                         discovery.apply_snapshot(apps);
+                        health.report(crate::health::MARATHON, crate::health::State::Ok, format!("snapshot of {n} apps"));
                     }
-                    None => {
+                    Err(e) => {
+                        let synced = publisher.marathon_synced.load(std::sync::atomic::Ordering::Relaxed);
+                        let (state, detail) = if synced {
+                            (crate::health::State::Degraded, format!("unreachable, serving the last good snapshot: {e}"))
+                        } else {
+                            (crate::health::State::Failing, format!("no snapshot yet: {e}"))
+                        };
+                        health.report(crate::health::MARATHON, state, detail);
                         // Keep serving the last good view; try again later.
                         let d = retry.next_delay();
                         due = Some(due.map_or(Instant::now() + d, |x| x.min(Instant::now() + d)));
@@ -445,7 +469,7 @@ pub async fn run(
                         let client = client.clone();
                         let tx = fetched_tx.clone();
                         tokio::spawn(async move {
-                            let r = client.fetch_apps().await.ok().map(|p| p.apps);
+                            let r = client.fetch_apps().await.map(|p| p.apps).map_err(|e| e.to_string());
                             let _ = tx.send(r).await;
                         });
                     }

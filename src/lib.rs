@@ -14,6 +14,7 @@ pub mod config;
 pub mod dev;
 pub mod discovery;
 pub mod haproxy;
+pub mod health;
 pub mod limits;
 pub mod marathon;
 pub mod metrics;

@@ -1,16 +1,15 @@
-use rattan::config::{Cli, Command, Settings};
+use rattan::config::{Cli, Command, LogFormat, LogSettings, Settings};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::read();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    match rattan::config::log_settings(&cli.opts) {
+        Ok(log) => init_logging(&log),
+        Err(e) => {
+            eprintln!("rattan: {e}");
+            return ExitCode::from(2);
+        }
+    }
 
     let runtime = match cli.opts.workers {
         Some(1) => tokio::runtime::Builder::new_current_thread()
@@ -53,5 +52,31 @@ fn main() -> ExitCode {
             eprintln!("rattan: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs go to stderr (stdout carries the access log only): text, or one JSON object per line. `--log-level` beats
+/// `RUST_LOG`, which beats `info`.
+fn init_logging(log: &LogSettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match &log.filter {
+        Some(f) => EnvFilter::new(f),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        LogFormat::Json => {
+            rattan::server::JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .init()
+        }
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub haproxy_render_duration: Histogram,
     pub haproxy_reload_duration: Histogram,
     pub haproxy_last_success: prometheus::Gauge,
+    pub zk_connected: IntGauge,
+    pub zk_session_expiries: IntCounter,
+    pub tls_cert_not_after: prometheus::GaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -115,7 +118,36 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(haproxy_last_success.clone()))
             .expect("unique metric name");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric name");
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "rattan_build_info",
+                "Always 1: the version and the commit this binary was built from",
+            ),
+            &["version", "commit"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("RATTAN_COMMIT")])
+            .set(1);
+        r.register(Box::new(build_info))
+            .expect("unique metric name");
+        let tls_cert_not_after = prometheus::GaugeVec::new(
+            Opts::new(
+                "rattan_tls_certificate_not_after_timestamp_seconds",
+                "Expiry (Unix time) of each certificate file loaded (--tls-cert-dir, SSL_CERT labels), by file and first name",
+            ),
+            &["file", "name"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(tls_cert_not_after.clone()))
+            .expect("unique metric name");
         Metrics {
+            tls_cert_not_after,
             haproxy_reloads: counter_vec(
                 &r,
                 "rattan_haproxy_reloads_total",
@@ -259,6 +291,16 @@ impl Metrics {
                 "Marathon responses or events dropped for exceeding their size cap, by kind (event, body)",
                 &["kind"],
             ),
+            zk_connected: gauge(
+                &r,
+                "rattan_zookeeper_connected",
+                "1 while the ZooKeeper session is connected and the rules watch armed, else 0 (absent without --zk)",
+            ),
+            zk_session_expiries: counter(
+                &r,
+                "rattan_zookeeper_session_expiries_total",
+                "ZooKeeper sessions that ended (expired, closed, auth failed) and were started anew",
+            ),
             snapshot_built_unix,
             fetch_duration,
             registry: r,
@@ -331,19 +373,82 @@ impl ShardedGauge {
     }
 }
 
+/// The `method` label's values: the standard methods, then `OTHER` for any other token (a client cannot grow the
+/// label set).
+pub const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "OTHER",
+];
+
+/// A method's index in [`METHODS`].
+pub fn method_index(m: &[u8]) -> u8 {
+    match m {
+        b"GET" => 0,
+        b"HEAD" => 1,
+        b"POST" => 2,
+        b"PUT" => 3,
+        b"DELETE" => 4,
+        b"CONNECT" => 5,
+        b"OPTIONS" => 6,
+        b"TRACE" => 7,
+        b"PATCH" => 8,
+        _ => 9,
+    }
+}
+
+/// (method, status code) pairs one shard of an app counts apart; an app rarely sees a dozen. Past that, requests
+/// count under `code="other"`, so the series an app can have stay bounded whatever its backends answer.
+const CODE_SLOTS: usize = 32;
+
+#[derive(Default)]
+struct CodeSlot {
+    /// `(method + 1) << 10 | status`; 0 is free.
+    key: std::sync::atomic::AtomicU32,
+    n: AtomicU64,
+}
+
 /// One shard of an app's counters.
 #[derive(Default)]
 struct AppShard {
-    /// Requests by status class, 1xx..5xx.
-    classes: [AtomicU64; 5],
+    /// Requests by (method, status code), open-addressed.
+    codes: [CodeSlot; CODE_SLOTS],
+    /// Requests whose pair found no free slot.
+    overflow: [AtomicU64; METHODS.len()],
     /// Requests per duration bucket (not cumulative; beyond the last bound: only in the count).
     buckets: [AtomicU64; HTTP_BUCKETS.len()],
     sum_ns: AtomicU64,
+    /// Backends tried again after a failed connect or a dead reused connection.
+    retries: AtomicU64,
 }
 
-/// One app's request counters by status class and its duration histogram: `rattan_http_requests_total` and
-/// `rattan_http_request_duration_seconds`. One per app for the life of the process, as a labelled prometheus
-/// child would be, so routes rebuilt for the same app keep counting on.
+impl AppShard {
+    fn count(&self, method: u8, status: u16) {
+        let key = (u32::from(method) + 1) << 10 | u32::from(status.clamp(100, 999));
+        let start = (key.wrapping_mul(0x9e37_79b1) >> 27) as usize;
+        for i in 0..CODE_SLOTS {
+            let slot = &self.codes[(start + i) % CODE_SLOTS];
+            let k = slot.key.load(Ordering::Relaxed);
+            let mine = k == key
+                || (k == 0
+                    && match slot
+                        .key
+                        .compare_exchange(0, key, Ordering::Relaxed, Ordering::Relaxed)
+                    {
+                        Ok(_) => true,
+                        Err(other) => other == key,
+                    });
+            if mine {
+                slot.n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        self.overflow[usize::from(method).min(METHODS.len() - 1)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One app's request counters by method and status code, its retries and its duration histogram:
+/// `rattan_http_requests_total`, `rattan_http_retries_total` and `rattan_http_request_duration_seconds`. One per app
+/// for the life of the process, as a labelled prometheus child would be, so routes rebuilt for the same app keep
+/// counting on.
 pub struct AppMetrics {
     app: String,
     shards: Box<[Line<AppShard>]>,
@@ -363,6 +468,16 @@ fn apps() -> &'static Mutex<BTreeMap<String, Arc<AppMetrics>>> {
     &APPS
 }
 
+/// What an app's shards add up to when scraped.
+struct Totals {
+    /// ((method, code or None for the overflow), requests)
+    codes: BTreeMap<(u8, Option<u16>), u64>,
+    buckets: [u64; HTTP_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+    retries: u64,
+}
+
 impl AppMetrics {
     /// The app's metrics (empty: requests with no route), made on first use.
     pub fn for_app(app: &str) -> Arc<AppMetrics> {
@@ -378,10 +493,12 @@ impl AppMetrics {
         m
     }
 
-    pub fn record(&self, status: u16, elapsed: std::time::Duration) {
+    pub fn record(&self, method: u8, status: u16, elapsed: std::time::Duration, retries: u32) {
         let s = &self.shards[shard()].0;
-        let class = usize::from((status / 100).clamp(1, 5) - 1);
-        s.classes[class].fetch_add(1, Ordering::Relaxed);
+        s.count(method, status);
+        if retries > 0 {
+            s.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
+        }
         let secs = elapsed.as_secs_f64();
         if let Some(b) = HTTP_BUCKETS.iter().position(|bound| secs <= *bound) {
             s.buckets[b].fetch_add(1, Ordering::Relaxed);
@@ -392,19 +509,42 @@ impl AppMetrics {
         );
     }
 
-    /// (requests by class, per-bucket counts, sum in seconds), summed over the shards.
-    fn totals(&self) -> ([u64; 5], [u64; HTTP_BUCKETS.len()], f64) {
-        let (mut classes, mut buckets, mut ns) = ([0; 5], [0; HTTP_BUCKETS.len()], 0u64);
+    fn totals(&self) -> Totals {
+        let mut t = Totals {
+            codes: BTreeMap::new(),
+            buckets: [0; HTTP_BUCKETS.len()],
+            count: 0,
+            sum: 0.0,
+            retries: 0,
+        };
+        let mut ns = 0u64;
         for Line(s) in self.shards.iter() {
-            for (t, c) in classes.iter_mut().zip(&s.classes) {
-                *t += c.load(Ordering::Relaxed);
+            for slot in &s.codes {
+                let key = slot.key.load(Ordering::Relaxed);
+                let n = slot.n.load(Ordering::Relaxed);
+                if key != 0 && n != 0 {
+                    let method = ((key >> 10) - 1) as u8;
+                    *t.codes
+                        .entry((method, Some((key & 0x3ff) as u16)))
+                        .or_default() += n;
+                    t.count += n;
+                }
             }
-            for (t, b) in buckets.iter_mut().zip(&s.buckets) {
-                *t += b.load(Ordering::Relaxed);
+            for (m, o) in s.overflow.iter().enumerate() {
+                let n = o.load(Ordering::Relaxed);
+                if n != 0 {
+                    *t.codes.entry((m as u8, None)).or_default() += n;
+                    t.count += n;
+                }
+            }
+            for (tb, b) in t.buckets.iter_mut().zip(&s.buckets) {
+                *tb += b.load(Ordering::Relaxed);
             }
             ns = ns.saturating_add(s.sum_ns.load(Ordering::Relaxed));
+            t.retries += s.retries.load(Ordering::Relaxed);
         }
-        (classes, buckets, ns as f64 / 1e9)
+        t.sum = ns as f64 / 1e9;
+        t
     }
 }
 
@@ -415,7 +555,11 @@ struct HttpCollector {
 
 const REQUESTS: (&str, &str) = (
     "rattan_http_requests_total",
-    "Proxied HTTP requests by app (empty: no route) and status class",
+    "Proxied HTTP requests by app (empty: no route), status code (`other` past 32 method/code pairs per app), method (standard ones, else OTHER) and status class",
+);
+const RETRIES: (&str, &str) = (
+    "rattan_http_retries_total",
+    "Requests sent again to another backend (connect failed) or on a new connection (a reused one was dead), by app",
 );
 const DURATION: (&str, &str) = (
     "rattan_http_request_duration_seconds",
@@ -434,7 +578,11 @@ impl HttpCollector {
             .expect("static metric definition")
         };
         HttpCollector {
-            descs: vec![desc(REQUESTS, &["app", "class"]), desc(DURATION, &["app"])],
+            descs: vec![
+                desc(REQUESTS, &["app", "class", "code", "method"]),
+                desc(RETRIES, &["app"]),
+                desc(DURATION, &["app"]),
+            ],
         }
     }
 }
@@ -471,17 +619,38 @@ impl Collector for HttpCollector {
             .values()
             .cloned()
             .collect();
-        let (mut requests, mut durations) = (Vec::new(), Vec::new());
+        let (mut requests, mut retries, mut durations) = (Vec::new(), Vec::new(), Vec::new());
+        let counter = |labels: Vec<proto::LabelPair>, n: u64| {
+            let mut c = proto::Counter::default();
+            c.set_value(n as f64);
+            let mut m = proto::Metric::default();
+            m.set_label(labels);
+            m.set_counter(c);
+            m
+        };
         for a in &all {
-            let (classes, buckets, sum) = a.totals();
-            for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(classes) {
-                let mut c = proto::Counter::default();
-                c.set_value(n as f64);
-                let mut m = proto::Metric::default();
-                m.set_label(vec![label("app", &a.app), label("class", class)]);
-                m.set_counter(c);
-                requests.push(m);
+            let t = a.totals();
+            for ((method, code), n) in &t.codes {
+                let (code, class) = match code {
+                    Some(c) => (c.to_string(), format!("{}xx", c / 100)),
+                    None => ("other".to_string(), "other".to_string()),
+                };
+                requests.push(counter(
+                    // In name order, as the prometheus crate writes its own.
+                    vec![
+                        label("app", &a.app),
+                        label("class", &class),
+                        label("code", &code),
+                        label(
+                            "method",
+                            METHODS[usize::from(*method).min(METHODS.len() - 1)],
+                        ),
+                    ],
+                    *n,
+                ));
             }
+            retries.push(counter(vec![label("app", &a.app)], t.retries));
+            let (buckets, count, sum) = (t.buckets, t.count, t.sum);
             let mut h = proto::Histogram::default();
             let mut cumulative = 0;
             h.set_bucket(
@@ -497,7 +666,7 @@ impl Collector for HttpCollector {
                     })
                     .collect(),
             );
-            h.set_sample_count(classes.iter().sum());
+            h.set_sample_count(count);
             h.set_sample_sum(sum);
             let mut m = proto::Metric::default();
             m.set_label(vec![label("app", &a.app)]);
@@ -506,6 +675,7 @@ impl Collector for HttpCollector {
         }
         vec![
             family(REQUESTS, MetricType::COUNTER, requests),
+            family(RETRIES, MetricType::COUNTER, retries),
             family(DURATION, MetricType::HISTOGRAM, durations),
         ]
     }
@@ -533,8 +703,11 @@ mod tests {
     fn sharded_http_metrics_read_as_prometheus_vectors_would() {
         let app = "/metrics-test";
         let r = Registry::new();
-        let counts =
-            IntCounterVec::new(Opts::new(REQUESTS.0, REQUESTS.1), &["app", "class"]).unwrap();
+        let counts = IntCounterVec::new(
+            Opts::new(REQUESTS.0, REQUESTS.1),
+            &["app", "code", "method", "class"],
+        )
+        .unwrap();
         let durations = prometheus::HistogramVec::new(
             HistogramOpts::new(DURATION.0, DURATION.1).buckets(HTTP_BUCKETS.to_vec()),
             &["app"],
@@ -542,9 +715,8 @@ mod tests {
         .unwrap();
         r.register(Box::new(counts.clone())).unwrap();
         r.register(Box::new(durations.clone())).unwrap();
-        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
-            counts.with_label_values(&[app, class]);
-        }
+        let retries = IntCounterVec::new(Opts::new(RETRIES.0, RETRIES.1), &["app"]).unwrap();
+        r.register(Box::new(retries.clone())).unwrap();
         let seen: Vec<(u16, Duration)> = [99u16, 101, 200, 204, 302, 404, 503, 600]
             .into_iter()
             .zip([0, 400, 500, 501, 2_500, 90_000, 10_000_000, 30_000_000])
@@ -555,10 +727,18 @@ mod tests {
                 s.spawn(|| {
                     let ours = AppMetrics::for_app(app);
                     for (status, took) in &seen {
-                        ours.record(*status, *took);
-                        let class = ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                            [usize::from((status / 100).clamp(1, 5) - 1)];
-                        counts.with_label_values(&[app, class]).inc();
+                        let method = (*status % 3) as u8;
+                        ours.record(method, *status, *took, 1);
+                        let code = status.clamp(&100, &999);
+                        counts
+                            .with_label_values(&[
+                                app,
+                                &code.to_string(),
+                                METHODS[usize::from(method)],
+                                &format!("{}xx", code / 100),
+                            ])
+                            .inc();
+                        retries.with_label_values(&[app]).inc();
                         durations
                             .with_label_values(&[app])
                             .observe(took.as_secs_f64());

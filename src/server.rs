@@ -24,7 +24,17 @@ pub struct Running {
     store: Arc<RuleStore>,
 }
 
-/// Starts every task in the background and returns once the API port is bound.
+/// `rattan: <what>` on stderr, for people and scripts that wait for a listener: stdout carries the access log
+/// and nothing else.
+fn banner(what: &str) {
+    if !JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("rattan: {what}");
+    }
+}
+
+/// With `--log-format json` stderr is JSON only: the banners are left to the log events that say the same.
+pub static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The rule store the settings name: ZooKeeper (session loop started in the background) or the local file.
 fn open_store(settings: &Settings, publisher: &Arc<Publisher>) -> Result<RuleStore, String> {
     Ok(match &settings.zk {
@@ -43,13 +53,15 @@ fn open_store(settings: &Settings, publisher: &Arc<Publisher>) -> Result<RuleSto
     })
 }
 
-fn marathon_client(settings: &Settings) -> MarathonClient {
-    MarathonClient::new(
+fn marathon_client(settings: &Settings) -> Result<MarathonClient, String> {
+    let tls = crate::marathon::tls::client_config(&settings.marathon_tls)?;
+    Ok(MarathonClient::new(
         settings.marathon.clone(),
         settings.marathon_auth.clone(),
         settings.marathon_timeout,
     )
     .with_max_body(settings.limits.marathon_max_body)
+    .with_tls(tls))
 }
 
 fn discovery(settings: &Settings, publisher: &Arc<Publisher>) -> Discovery {
@@ -102,11 +114,28 @@ pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 
 pub async fn start(settings: &Settings) -> Result<Running, String> {
     let publisher = Arc::new(Publisher::new(settings.route_options.clone()));
+    {
+        use crate::health::{State, HAPROXY, MARATHON};
+        let h = &publisher.health;
+        h.set_max_staleness(settings.max_staleness);
+        h.report(MARATHON, State::Failing, "waiting for the first snapshot");
+        if settings.haproxy.mode != Mode::Proxy {
+            h.report(
+                HAPROXY,
+                State::Failing,
+                "no config applied yet (the first waits for a Marathon snapshot and the rules)",
+            );
+        }
+    }
+    if let Some(path) = &settings.access_log_file {
+        crate::proxy::log::to_file(path)
+            .map_err(|e| format!("cannot open the access log file {}: {e}", path.display()))?;
+    }
     let store = Arc::new(open_store(settings, &publisher)?);
     if !settings.api_auth.enabled() {
         tracing::warn!("the rules API is open to anyone who reaches the API port (as Bamboo's); set --api-token or --api-basic to protect it");
     }
-    let client = Arc::new(marathon_client(settings));
+    let client = Arc::new(marathon_client(settings)?);
     let (tx, rx) = mpsc::channel(4096);
 
     let mode = settings.haproxy.mode;
@@ -146,11 +175,11 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     let api_addr = api::serve(settings.api_bind, api_state, api_limits)
         .await
         .map_err(|e| format!("cannot bind the API on {}: {e}", settings.api_bind))?;
-    println!("rattan: api listening on http://{api_addr}");
+    banner(&format!("api listening on http://{api_addr}"));
     tracing::info!(addr = %api_addr, "api listening");
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let (proxy_addr, https_addr, proxy_done) = if mode == Mode::Haproxy {
-        println!("rattan: proxy disabled (--mode haproxy)");
+        banner("proxy disabled (--mode haproxy)");
         if settings.proxy.stats_bind.is_some() {
             tracing::warn!("--stats-bind reports the built-in proxy, which --mode haproxy does not run: HAProxy's own stats listener (--haproxy-stats-bind) has them");
         }
@@ -263,10 +292,10 @@ async fn start_proxy(
     let proxy_addr = listeners.http;
     // HTTPS first: tools reading stdout may stop at the plain proxy line.
     if let Some(a) = listeners.https {
-        println!("rattan: proxy listening on https://{a}");
+        banner(&format!("proxy listening on https://{a}"));
         tracing::info!(addr = %a, "https proxy listening");
     }
-    println!("rattan: proxy listening on http://{proxy_addr}");
+    banner(&format!("proxy listening on http://{proxy_addr}"));
     tracing::info!(addr = %proxy_addr, "proxy listening");
     if let Some(bind) = ps.appid_bind {
         let addr = crate::proxy::ports::appid(bind, listeners.handoff.clone())
@@ -283,7 +312,7 @@ async fn start_proxy(
         let addr = crate::api::stats::serve(bind, publisher.clone(), balancer.clone(), limits)
             .await
             .map_err(|e| format!("cannot bind the stats port on {bind}: {e}"))?;
-        println!("rattan: stats listening on http://{addr}");
+        banner(&format!("stats listening on http://{addr}"));
         tracing::info!(%addr, "stats listening");
     }
     tokio::spawn(crate::proxy::ports::run(
@@ -342,7 +371,7 @@ pub async fn render(settings: &Settings, template: Option<&std::path::Path>) -> 
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
-    let parsed = marathon_client(settings)
+    let parsed = marathon_client(settings)?
         .fetch_apps()
         .await
         .map_err(|e| format!("cannot fetch apps from Marathon: {e}"))?;

@@ -95,6 +95,8 @@ pub struct Publisher {
     /// The version of every published snapshot, for consumers that act on change (TCP listeners, the renderer).
     changed: tokio::sync::watch::Sender<u64>,
     rules_loaded: std::sync::atomic::AtomicBool,
+    /// The state of the inputs (Marathon, the rules, HAProxy's config): what readiness is made of.
+    pub health: crate::health::Health,
 }
 
 impl Default for Publisher {
@@ -114,6 +116,7 @@ impl Publisher {
             marathon_synced: Default::default(),
             changed: tokio::sync::watch::channel(0).0,
             rules_loaded: Default::default(),
+            health: Default::default(),
         }
     }
 

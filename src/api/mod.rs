@@ -243,21 +243,29 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
             let snap = state.publisher.load();
             respond(StatusCode::OK, "application/json", ui::routes_json(&snap))
         }
+        // Bamboo's `OK`, now only when it is true; otherwise 503 with one line per reason.
         (&Method::GET | &Method::HEAD, "/status") => {
-            // Bamboo's `OK` (liveness: still 200), with what stands in the way of the HAProxy config below it.
-            let detail = state
-                .haproxy
-                .as_ref()
-                .and_then(|h| {
-                    h.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .last_error
-                        .clone()
-                })
-                .map(|e| format!("OK\nhaproxy: {}\n", e.replace('\n', " ")))
-                .unwrap_or_else(|| "OK".to_string());
-            respond(StatusCode::OK, "text/plain; charset=utf-8", detail)
+            let reasons = state.publisher.health.reasons();
+            if reasons.is_empty() {
+                respond(StatusCode::OK, "text/plain; charset=utf-8", "OK")
+            } else {
+                let mut body = String::from("NOT READY\n");
+                for r in reasons {
+                    body.push_str(&r);
+                    body.push('\n');
+                }
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain; charset=utf-8",
+                    body,
+                )
+            }
         }
+        // Liveness: the process answers. Never fails on an input's trouble (a restart would not fix it).
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
+        }
+        (&Method::GET | &Method::HEAD, "/readyz") => readyz(&state),
         (&Method::GET, "/api/haproxy") => match &state.haproxy {
             Some(h) => {
                 let st = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -284,20 +292,7 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or_default();
             let mut body = metrics().render();
-            body.extend_from_slice(
-                b"# HELP rattan_app_healthy_backends Routable backends per app (port index 0)\n\
-                  # TYPE rattan_app_healthy_backends gauge\n",
-            );
-            for (id, app) in snap.apps.iter() {
-                let id = id.replace('\\', "\\\\").replace('"', "\\\"");
-                body.extend_from_slice(
-                    format!(
-                        "rattan_app_healthy_backends{{app=\"{id}\"}} {}\n",
-                        app.healthy_backends(0).len()
-                    )
-                    .as_bytes(),
-                );
-            }
+            snapshot_metrics(&mut body, &snap, &state.publisher.health);
             body.extend_from_slice(
                 format!(
                     "# HELP rattan_snapshot_age_seconds Seconds since the current routing snapshot was built\n\
@@ -333,6 +328,113 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
             respond(StatusCode::OK, "text/plain; charset=utf-8", "Got it!")
         }
         _ => not_found(),
+    }
+}
+
+/// The families read off the snapshot and the health checks at scrape time (nothing per request).
+fn snapshot_metrics(
+    body: &mut Vec<u8>,
+    snap: &crate::snapshot::Snapshot,
+    health: &crate::health::Health,
+) {
+    use std::fmt::Write;
+    let esc = |s: &str| {
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::new();
+    out.push_str("# HELP rattan_app_healthy_backends Routable backends per app and service port index\n# TYPE rattan_app_healthy_backends gauge\n");
+    for (id, app) in snap.apps.iter() {
+        for idx in 0..app.service_ports.len().max(1) {
+            let _ = writeln!(
+                out,
+                "rattan_app_healthy_backends{{app=\"{}\",port_index=\"{idx}\"}} {}",
+                esc(id),
+                app.healthy_backends(idx).len()
+            );
+        }
+    }
+    let mut errors: std::collections::BTreeMap<&str, u64> = Default::default();
+    for e in &snap.routes.errors {
+        *errors.entry(e.app_id.as_str()).or_default() += 1;
+    }
+    for e in &snap.ports.errors {
+        *errors.entry(e.app_id.as_str()).or_default() += 1;
+    }
+    out.push_str("# HELP rattan_app_rule_errors Rules, labels and service ports of an app that do not compile or cannot be served (see /api/routes)\n# TYPE rattan_app_rule_errors gauge\n");
+    for (app, n) in errors {
+        let _ = writeln!(out, "rattan_app_rule_errors{{app=\"{}\"}} {n}", esc(app));
+    }
+    let verdicts = health.verdicts();
+    out.push_str("# HELP rattan_ready 1 when /readyz answers 200\n# TYPE rattan_ready gauge\n");
+    let _ = writeln!(
+        out,
+        "rattan_ready {}",
+        u8::from(!verdicts.iter().any(|v| v.blocks))
+    );
+    out.push_str("# HELP rattan_check_state State of each readiness input: 0 ok, 1 degraded (serving its last good data), 2 failing\n# TYPE rattan_check_state gauge\n");
+    for v in &verdicts {
+        let n = match v.check.state {
+            crate::health::State::Ok => 0,
+            crate::health::State::Degraded => 1,
+            crate::health::State::Failing => 2,
+        };
+        let _ = writeln!(out, "rattan_check_state{{check=\"{}\"}} {n}", v.name);
+    }
+    body.extend_from_slice(out.as_bytes());
+}
+
+/// Readiness as JSON: each check, its state, since when, and whether it keeps rattan from being ready.
+fn readyz(state: &ApiState) -> Resp {
+    let verdicts = state.publisher.health.verdicts();
+    let ready = !verdicts.iter().any(|v| v.blocks);
+    let age = SystemTime::now()
+        .duration_since(state.publisher.load().built_at)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default();
+    let body = serde_json::json!({
+        "ready": ready,
+        "snapshot_age_seconds": (age * 1000.0).round() / 1000.0,
+        "checks": verdicts,
+    });
+    respond(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        "application/json",
+        body.to_string(),
+    )
+}
+
+/// The address a request came from (in its extensions), for the audit log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Client(pub SocketAddr);
+
+/// Who made a request, as the audit log names them: the basic-auth user, the token holder, or the address.
+pub(crate) fn who(req: &Request<Incoming>) -> String {
+    let addr = req
+        .extensions()
+        .get::<Client>()
+        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string());
+    let auth = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let user = auth.and_then(|h| h.strip_prefix("Basic ")).and_then(|b| {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        text.split_once(':').map(|(u, _)| u.to_string())
+    });
+    match (user, auth) {
+        (Some(u), _) => format!("user {u} from {addr}"),
+        (None, Some(h)) if h.starts_with("Bearer ") => format!("token holder from {addr}"),
+        _ => addr,
     }
 }
 
@@ -383,10 +485,10 @@ where
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 return;
             };
-            let stream = match listener.accept().await {
-                Ok((s, _)) => {
+            let (stream, peer) = match listener.accept().await {
+                Ok((s, peer)) => {
                     backoff.succeeded();
-                    s
+                    (s, peer)
                 }
                 Err(e) => {
                     backoff.failed(&e).await;
@@ -400,7 +502,8 @@ where
                 let activity = Activity::new(false);
                 let a = activity.clone();
                 let d = deadlines.clone();
-                let svc = hyper::service::service_fn(move |req| {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(Client(peer));
                     let busy = a.begin();
                     let d = d.clone();
                     let answer = handler(req);

@@ -142,6 +142,26 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Resp> {
     }
 }
 
+/// One line per rule change, under the `rattan::audit` target (a log pipeline can route it apart): who, what, the
+/// rule before and after (as the API shows rules).
+fn audit(who: &str, action: &str, id: &str, before: Option<&Service>, after: Option<&Service>) {
+    let show = |s: Option<&Service>| {
+        s.map_or_else(
+            || "null".to_string(),
+            |s| String::from_utf8_lossy(&gojson::to_vec(s)).into_owned(),
+        )
+    };
+    tracing::info!(
+        target: "rattan::audit",
+        who,
+        action,
+        id,
+        before = %show(before),
+        after = %show(after),
+        "rule changed"
+    );
+}
+
 /// Handles `/api/services…`; `None` when the path is not ours.
 pub async fn route(state: &ApiState, req: Request<Incoming>) -> Option<Resp> {
     let path = req.uri().path().to_string();
@@ -152,6 +172,7 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Option<Resp> {
     }
     let method = req.method().clone();
     let snap = state.publisher.load();
+    let who = super::who(&req);
     Some(match (method, is_item) {
         (Method::GET, false) => {
             // Reads come from the snapshot: what is routing now, even while the store is unreachable. Both stores
@@ -198,13 +219,19 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Option<Resp> {
                     "no rule store configured",
                 ));
             };
+            let before = snap.rules.services.get(&id).cloned();
+            let after = service.clone();
             match store.upsert(service).await {
                 // Bamboo echoes the decoded request, not the stored form.
-                Ok(()) => json(gojson::to_vec(&Service {
-                    id,
-                    acl: d.acl,
-                    config: d.config,
-                })),
+                Ok(()) => {
+                    let action = if before.is_some() { "update" } else { "create" };
+                    audit(&who, action, &id, before.as_ref(), Some(&after));
+                    json(gojson::to_vec(&Service {
+                        id,
+                        acl: d.acl,
+                        config: d.config,
+                    }))
+                }
                 Err(e) => store_error(e),
             }
         }
@@ -219,8 +246,12 @@ pub async fn route(state: &ApiState, req: Request<Incoming>) -> Option<Resp> {
                     "no rule store configured",
                 ));
             };
+            let before = snap.rules.services.get(&id).cloned();
             match store.delete(&id).await {
-                Ok(()) => json(b"null".to_vec()),
+                Ok(()) => {
+                    audit(&who, "delete", &id, before.as_ref(), None);
+                    json(b"null".to_vec())
+                }
                 Err(e) => store_error(e),
             }
         }

@@ -48,6 +48,16 @@ pub enum Mode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
 pub enum EventMode {
     /// Server-sent events from `/v2/events`.
     #[default]
@@ -181,6 +191,28 @@ pub struct Opts {
     /// How often callback subscriptions are checked and re-registered.
     #[arg(long, global = true, env = "RATTAN_CALLBACK_CHECK_INTERVAL")]
     pub callback_check_interval: Option<String>,
+    /// Readiness (`/status`, `/readyz`) fails once Marathon has been unreachable and the last good snapshot is
+    /// older than this, e.g. `10m`; routing goes on with that snapshot either way [default: off].
+    #[arg(long, global = true, env = "RATTAN_MAX_STALENESS")]
+    pub max_staleness: Option<String>,
+    /// PEM bundle of CAs Marathon's HTTPS certificate may chain to, besides the system's trust store.
+    #[arg(long, global = true, env = "RATTAN_MARATHON_CA")]
+    pub marathon_ca: Option<PathBuf>,
+    /// Client certificate (PEM chain) rattan presents to Marathon (mutual TLS, as DC/OS strict mode asks).
+    #[arg(long, global = true, env = "RATTAN_MARATHON_CLIENT_CERT")]
+    pub marathon_client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "RATTAN_MARATHON_CLIENT_KEY")]
+    pub marathon_client_key: Option<PathBuf>,
+    /// Log lines on stderr: text, or json (one object per line).
+    #[arg(long, global = true, value_enum, env = "RATTAN_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log level or filter, e.g. `debug` or `warn,rattan=info` [default: RUST_LOG, else info].
+    #[arg(long, global = true, env = "RATTAN_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// File the access log is appended to (reopen-free: rotate with copytruncate) [default: stdout].
+    #[arg(long, global = true, env = "RATTAN_ACCESS_LOG_FILE")]
+    pub access_log_file: Option<PathBuf>,
     /// Runtime threads: 1 runs everything on one current-thread runtime (least cross-thread wake-ups); more
     /// uses a multi-thread runtime with that many workers [default: one per CPU].
     #[arg(long, global = true, env = "RATTAN_WORKERS")]
@@ -224,7 +256,8 @@ pub struct Opts {
     /// Address TCP-mode service ports listen on.
     #[arg(long, global = true, env = "RATTAN_TCP_BIND_ADDRESS")]
     pub tcp_bind_address: Option<String>,
-    /// One line per proxied request on stdout: off, json, clf (common log format).
+    /// One line per proxied request, on stdout or --access-log-file: off, json, clf (common log format), combined
+    /// (CLF with referer and user agent).
     #[arg(long, global = true, env = "RATTAN_ACCESS_LOG")]
     pub access_log: Option<String>,
     /// Client connections served at once (HTTP, HTTPS, service ports, TCP mode too); more wait in the kernel's backlog.
@@ -360,9 +393,11 @@ pub(super) fn shown_defaults() -> Vec<(&'static str, String)> {
         crate::proxy::AccessLog::Off => "off",
         crate::proxy::AccessLog::Json => "json",
         crate::proxy::AccessLog::Clf => "clf",
+        crate::proxy::AccessLog::Combined => "combined",
     };
     vec![
         ("events", name(&EventMode::default())),
+        ("log_format", name(&LogFormat::default())),
         ("api_bind", crate::api::DEFAULT_BIND.into()),
         ("http_bind", crate::proxy::DEFAULT_HTTP_BIND.into()),
         ("zk_path", crate::store::DEFAULT_ZK_PATH.into()),

@@ -14,7 +14,7 @@ mod cli;
 mod file;
 mod value;
 
-pub use cli::{Cli, Command, EventMode, HaproxyOpts, Mode, Opts};
+pub use cli::{Cli, Command, EventMode, HaproxyOpts, LogFormat, Mode, Opts};
 pub use file::load_file;
 pub use value::{parse_bind, parse_duration, parse_size, valid_callback_token, ConfigError};
 
@@ -54,6 +54,52 @@ pub struct Settings {
     pub http: crate::proxy::ProxyOptions,
     pub proxy: ProxySettings,
     pub haproxy: HaproxySettings,
+    /// `--max-staleness`: `None` is off.
+    pub max_staleness: Option<Duration>,
+    pub marathon_tls: MarathonTls,
+    /// Where the access log goes; `None` is stdout.
+    pub access_log_file: Option<PathBuf>,
+}
+
+/// How rattan trusts Marathon's HTTPS certificate and proves itself (both the REST and the event stream client).
+#[derive(Debug, Clone, Default)]
+pub struct MarathonTls {
+    /// Extra CAs beside the system's trust store.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key, for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// What the logger needs, read before anything else starts (so a bad setting is reported on stderr as text).
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `--log-level`; `None`: `RUST_LOG`, else `info`.
+    pub filter: Option<String>,
+}
+
+/// The logging settings alone, from every layer.
+pub fn log_settings(opts: &Opts) -> Result<LogSettings, ConfigError> {
+    let file = match &opts.config {
+        Some(p) => load_file(p)?,
+        None => Opts::default(),
+    };
+    let o = layered(opts, file)?;
+    let filter = nonempty(o.log_level);
+    if let Some(f) = &filter {
+        tracing_subscriber::EnvFilter::try_new(f).map_err(|e| {
+            bad(
+                "log-level",
+                format!(
+                    "'{f}' is not a level or filter ({e}); use e.g. info, debug, warn,rattan=debug"
+                ),
+            )
+        })?;
+    }
+    Ok(LogSettings {
+        format: o.log_format.unwrap_or_default(),
+        filter,
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -414,13 +460,44 @@ impl Settings {
             None | Some("off") | Some("false") => AccessLog::Off,
             Some("json") => AccessLog::Json,
             Some("clf") | Some("common") => AccessLog::Clf,
+            Some("combined") => AccessLog::Combined,
             Some(other) => {
                 return Err(bad(
                     "access-log",
-                    format!("'{other}' is not off, json or clf"),
+                    format!("'{other}' is not off, json, clf or combined"),
                 ))
             }
         };
+        let max_staleness = match nonempty(o.max_staleness).as_deref().map(str::trim) {
+            None | Some("off") => None,
+            Some(v) => {
+                let d = parse_duration("max-staleness", v)?;
+                if d.is_zero() {
+                    return Err(bad("max-staleness", "must be greater than zero (or off)"));
+                }
+                Some(d)
+            }
+        };
+        let marathon_tls = MarathonTls {
+            ca: o.marathon_ca,
+            client: match (o.marathon_client_cert, o.marathon_client_key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(bad(
+                        "marathon-client-key",
+                        "--marathon-client-cert needs its key",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(bad(
+                        "marathon-client-cert",
+                        "--marathon-client-key needs its certificate",
+                    ))
+                }
+            },
+        };
+        let access_log_file = o.access_log_file;
         let max_connections = o.max_connections.unwrap_or(proxy_d.max_connections);
         if max_connections == 0 {
             return Err(bad("max-connections", "must be greater than zero"));
@@ -585,6 +662,9 @@ impl Settings {
             http,
             proxy,
             haproxy,
+            max_staleness,
+            marathon_tls,
+            access_log_file,
         })
     }
 }

@@ -102,7 +102,7 @@ pub async fn run(opts: &Opts) -> Result<(), String> {
         .proxy_addr
         .map(|a| format!("http://{a}"))
         .unwrap_or_else(|| "(proxy disabled)".into());
-    println!(
+    eprintln!(
         "\nrattan dev is up: a simulated Marathon at {} with {apps} demo apps ({tasks} tasks, real HTTP servers).\n\
          Try:\n  curl {proxy}/demo/api          # through the proxy: Bamboo's default rule path_beg -i /demo/api\n  \
          curl {api}/api/state          # apps and tasks as Bamboo's /api/state\n  \

@@ -214,7 +214,7 @@ impl Pipeline {
         }
     }
 
-    fn record(&self, outcome: &Outcome) {
+    fn record(&self, outcome: &Outcome, health: &crate::health::Health) {
         let m = crate::metrics::metrics();
         let (label, error) = match outcome {
             Outcome::Applied => ("applied", None),
@@ -227,6 +227,11 @@ impl Pipeline {
         st.last_outcome = Some(label);
         match &error {
             Some(e) => {
+                health.report(
+                    crate::health::HAPROXY,
+                    crate::health::State::Failing,
+                    format!("{label}: {e}"),
+                );
                 tracing::error!(outcome = label, error = %e, "haproxy.cfg not applied");
                 st.last_error = Some(e.clone());
             }
@@ -242,6 +247,11 @@ impl Pipeline {
                     tracing::info!(output = %self.opts.output.display(), "haproxy.cfg applied and HAProxy reloaded");
                 }
                 st.last_error = None;
+                health.report(
+                    crate::health::HAPROXY,
+                    crate::health::State::Ok,
+                    format!("{} applied", self.opts.output.display()),
+                );
             }
         }
     }
@@ -280,7 +290,7 @@ pub async fn run(publisher: Arc<Publisher>, opts: HaproxyOptions, status: Shared
         changes.mark_unchanged();
         let started = Instant::now();
         let outcome = p.once(&publisher).await;
-        p.record(&outcome);
+        p.record(&outcome, &publisher.health);
         let retry = matches!(outcome, Outcome::Failed(_));
         if retry {
             // Retried even without a change: the render is not applied until a reload succeeds.

@@ -3,6 +3,7 @@
 use super::model::{parse_apps, ParsedApps};
 use crate::metrics::metrics;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use url::Url;
 
@@ -15,14 +16,14 @@ pub const APPS_PATH: &str = "/v2/apps?embed=apps.tasks&embed=apps.readiness&embe
 /// Why one call to one endpoint failed. Every kind moves on to the next endpoint; none empties the routing table.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("{endpoint}: connect failed: {source}")]
+    #[error("{endpoint}: request failed: {}", super::tls::chain(.source))]
     Connect {
         endpoint: String,
         source: reqwest::Error,
     },
     #[error("{endpoint}: timed out")]
     Timeout { endpoint: String },
-    #[error("{endpoint}: HTTP {status}: {body}")]
+    #[error("{endpoint}: HTTP {status} from Marathon: {body}")]
     Status {
         endpoint: String,
         status: u16,
@@ -44,6 +45,21 @@ pub struct MarathonClient {
     preferred: AtomicUsize,
     /// Largest response body read; a larger one fails the call (a hostile or broken Marathon cannot fill memory).
     max_body: usize,
+    timeout: Duration,
+    /// The TLS settings the event stream uses too.
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+fn http_client(timeout: Duration, tls: Option<Arc<rustls::ClientConfig>>) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        // Non-2xx must stay visible; redirects on REST calls are not part of Marathon's API.
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(c) = tls {
+        b = b.use_preconfigured_tls((*c).clone());
+    }
+    b.build().unwrap_or_default()
 }
 
 pub fn base(u: &Url) -> String {
@@ -56,20 +72,27 @@ impl MarathonClient {
         auth: Option<(String, String)>,
         timeout: Duration,
     ) -> MarathonClient {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            // Non-2xx must stay visible; redirects on REST calls are not part of Marathon's API.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
         MarathonClient {
             endpoints,
             auth,
-            http,
+            http: http_client(timeout, None),
             preferred: AtomicUsize::new(0),
             max_body: 512 << 20,
+            timeout,
+            tls: None,
         }
+    }
+
+    /// Talks TLS with `config` (trust and client certificate), on REST calls and the event stream alike.
+    pub fn with_tls(mut self, config: rustls::ClientConfig) -> MarathonClient {
+        let config = Arc::new(config);
+        self.http = http_client(self.timeout, Some(config.clone()));
+        self.tls = Some(config);
+        self
+    }
+
+    pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls.as_ref()
     }
 
     /// Caps response bodies at `bytes` (`--marathon-max-body`).
@@ -125,7 +148,19 @@ impl MarathonClient {
         let status = resp.status();
         let body = self.read_body(resp, &endpoint).await?;
         if !status.is_success() {
-            let text: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            // Marathon explains itself in `{"message": …}`; anything else is shown as it came, cut short.
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.get("message")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                });
+            let text: String = message
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned())
+                .chars()
+                .take(200)
+                .collect();
             return Err(CallError::Status {
                 endpoint,
                 status: status.as_u16(),

@@ -63,6 +63,10 @@ pub enum Change {
     Invalidate {
         app_id: Option<String>,
     },
+    /// The event stream is down (`why`): changes go unseen until it is back, so the snapshot is fetched meanwhile.
+    Disconnected {
+        why: String,
+    },
 }
 
 #[derive(Deserialize, Default)]
@@ -200,12 +204,22 @@ async fn stream_once(
     opts: &SseOptions,
     tx: &mpsc::Sender<Change>,
 ) -> StreamEnd {
-    let transport = match launchdarkly_sdk_transport::HyperTransport::builder()
+    let builder = launchdarkly_sdk_transport::HyperTransport::builder()
         .connect_timeout(Duration::from_secs(5))
         .read_timeout(opts.idle_timeout)
-        .disable_proxy()
-        .build_https()
-    {
+        .disable_proxy();
+    // The REST client's TLS settings (system roots, --marathon-ca, client certificate), so both trust alike.
+    let built = match client.tls() {
+        Some(config) => builder.build_with_connector(
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config((**config).clone())
+                .https_or_http()
+                .enable_http1()
+                .build(),
+        ),
+        None => builder.build_https(),
+    };
+    let transport = match built {
         Ok(t) => t,
         Err(e) => return StreamEnd::Failed(format!("transport: {e}")),
     };
@@ -354,7 +368,7 @@ fn describe(e: &es::Error) -> String {
                 }
                 cur = err.source();
             }
-            format!("transport: {t}")
+            format!("transport: {}", super::tls::chain(t.inner()))
         }
         other => format!("{other:?}"),
     }
@@ -391,6 +405,12 @@ pub async fn run_sse(client: Arc<MarathonClient>, mut opts: SseOptions, tx: mpsc
             }
         }
         metrics().sse_reconnects.inc();
+        let why = match &end {
+            StreamEnd::Ended => "closed by Marathon".to_string(),
+            StreamEnd::Failed(e) => e.clone(),
+            StreamEnd::Redirect(loc) => format!("redirected twice (to {loc})"),
+        };
+        let _ = tx.send(Change::Disconnected { why }).await;
         // Rotate only when this endpoint did not hold a stream: a leader that closes a long-lived stream is
         // still the leader.
         if lived < Duration::from_secs(5) || !matches!(end, StreamEnd::Ended) {

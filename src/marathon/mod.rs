@@ -4,3 +4,4 @@ pub mod address;
 pub mod api;
 pub mod events;
 pub mod model;
+pub mod tls;

@@ -133,6 +133,43 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the access log keeps of a request on the hyper path (taken only when it is on).
+struct H2Log {
+    method: Method,
+    uri: http::Uri,
+    version: http::Version,
+    /// `Host`, else HTTP/2's `:authority`.
+    host: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    bytes_in: Option<u64>,
+}
+
+impl H2Log {
+    fn of(req: &Request<Incoming>) -> H2Log {
+        let h = req.headers();
+        H2Log {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            host: h.get(header::HOST).cloned().or_else(|| {
+                req.uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
+            user_agent: h.get(header::USER_AGENT).cloned(),
+            referer: h.get(header::REFERER).cloned(),
+            request_id: h.get(X_REQUEST_ID).cloned(),
+            bytes_in: h
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+}
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
@@ -151,14 +188,15 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let m = crate::metrics::metrics();
         let started = Instant::now();
-        let log = (self.opts.access_log != AccessLog::Off).then(|| {
-            (
-                req.method().clone(),
-                req.uri().clone(),
-                req.version(),
-                req.headers().get(header::HOST).cloned(),
-            )
-        });
+        let method = crate::metrics::method_index(req.method().as_str().as_bytes());
+        let mut req = req;
+        if !req.headers().contains_key(X_REQUEST_ID) {
+            let id = crate::proxy::request_id::make();
+            if let Ok(v) = HeaderValue::from_bytes(&id) {
+                req.headers_mut().insert(X_REQUEST_ID, v);
+            }
+        }
+        let log = (self.opts.access_log != AccessLog::Off).then(|| H2Log::of(&req));
         m.http_in_flight.inc();
         let snap = self.publisher.load_full();
         let mut trace = Trace::default();
@@ -169,18 +207,28 @@ impl Proxy {
                 .append(header::VIA, HeaderValue::from_static("1.1 rattan"));
         }
         let status = resp.status().as_u16();
-        record(trace.route, status, started);
-        if let Some((method, uri, version, host)) = log {
+        record(trace.route, (method, status), started, 0);
+        if let Some(l) = log {
+            let text = |v: &Option<HeaderValue>| {
+                v.as_ref().and_then(|h| h.to_str().ok()).map(str::to_string)
+            };
+            let (host, ua, referer, rid) = (
+                text(&l.host),
+                text(&l.user_agent),
+                text(&l.referer),
+                text(&l.request_id),
+            );
             access_log(
                 self.opts.access_log,
                 &AccessEntry {
                     peer: conn.peer,
-                    method: &method,
-                    uri: &uri,
-                    version,
-                    host: host.as_ref().and_then(|h| h.to_str().ok()),
+                    method: &l.method,
+                    uri: &l.uri,
+                    version: l.version,
+                    host: host.as_deref(),
                     status,
-                    size: resp
+                    bytes_in: l.bytes_in,
+                    bytes_out: resp
                         .headers()
                         .get(header::CONTENT_LENGTH)
                         .and_then(|v| v.to_str().ok())
@@ -188,7 +236,13 @@ impl Proxy {
                     app: trace.route.map_or("", |r| r.app_id.as_str()),
                     backend: trace.backend,
                     tls: conn.tls,
-                    duration: started.elapsed(),
+                    timing: crate::proxy::log::Timing {
+                        total: started.elapsed(),
+                        ..Default::default()
+                    },
+                    user_agent: ua.as_deref(),
+                    referer: referer.as_deref(),
+                    request_id: rid.as_deref(),
                 },
             );
         }

@@ -28,6 +28,7 @@ pub mod log;
 pub mod options;
 pub mod pool;
 pub mod ports;
+pub mod request_id;
 pub mod rewrite;
 pub mod route;
 pub mod tcp;

@@ -21,6 +21,8 @@ const MAX_CERT_FILE: u64 = 1024 * 1024;
 struct Loaded {
     key: Arc<CertifiedKey>,
     names: Vec<String>,
+    /// The leaf's expiry, Unix seconds.
+    not_after: i64,
 }
 
 #[derive(Default)]
@@ -97,11 +99,12 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     v
 }
 
-/// DNS names a certificate covers: its SAN entries, else its CN.
-fn names_of(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+/// DNS names a certificate covers (its SAN entries, else its CN) and its expiry (Unix seconds).
+fn names_of(cert: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     use x509_parser::prelude::*;
     let (_, x) = X509Certificate::from_der(cert.as_ref())
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let not_after = x.validity().not_after.timestamp();
     let mut names = Vec::new();
     if let Ok(Some(san)) = x.subject_alternative_name() {
         for n in &san.value.general_names {
@@ -117,7 +120,7 @@ fn names_of(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
             }
         }
     }
-    Ok(names)
+    Ok((names, not_after))
 }
 
 /// Loads one certificate file: chain and key in it, or the key beside it as `<stem>.key`.
@@ -149,7 +152,7 @@ fn load_file(path: &Path) -> Result<Loaded, String> {
                 .map_err(|e| format!("{}: no usable private key: {e}", key_path.display()))?
         }
     };
-    let names = names_of(leaf)?;
+    let (names, not_after) = names_of(leaf)?;
     let signer = provider::sign::any_supported_type(&key)
         .map_err(|e| format!("unsupported private key: {e}"))?;
     let key = CertifiedKey::new(chain, signer);
@@ -158,6 +161,7 @@ fn load_file(path: &Path) -> Result<Loaded, String> {
     Ok(Loaded {
         key: Arc::new(key),
         names,
+        not_after,
     })
 }
 
@@ -256,9 +260,15 @@ impl CertStore {
         }
         let names: Vec<&String> = set.exact.keys().chain(set.wildcard.keys()).collect();
         tracing::info!(certificates = loaded.len(), names = ?names, "TLS certificates loaded");
-        crate::metrics::metrics()
-            .tls_certificates
-            .set(loaded.len() as i64);
+        let m = crate::metrics::metrics();
+        m.tls_certificates.set(loaded.len() as i64);
+        m.tls_cert_not_after.reset();
+        for (path, l) in &loaded {
+            let name = l.names.first().map_or("", String::as_str);
+            m.tls_cert_not_after
+                .with_label_values(&[&path.display().to_string(), name])
+                .set(l.not_after as f64);
+        }
         self.current.store(Arc::new(set));
         files.1 = Some(fp);
         files.0 = loaded;

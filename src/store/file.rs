@@ -2,6 +2,7 @@
 //! damaged.
 
 use super::codec::{publish, Services, StoreError};
+use crate::health::{State, RULES};
 use crate::rules::Service;
 use crate::snapshot::Publisher;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,14 @@ fn load(path: &Path) -> Result<Services, String> {
     }
 }
 
+fn report_loaded(publisher: &Publisher, path: &Path, n: usize) {
+    publisher.health.report(
+        RULES,
+        State::Ok,
+        format!("{n} rules from {}", path.display()),
+    );
+}
+
 impl FileStore {
     pub const FILE_NAME: &'static str = "rules.json";
 
@@ -65,8 +74,12 @@ impl FileStore {
         let stamp = stamp(&path);
         let rules = load(&path);
         match &rules {
-            Ok(services) => publish(&publisher, services),
+            Ok(services) => {
+                publish(&publisher, services);
+                report_loaded(&publisher, &path, services.len());
+            }
             Err(e) => {
+                publisher.health.report(RULES, State::Failing, e.clone());
                 tracing::error!(error = %e, "rules file unusable; routing without stored rules")
             }
         }
@@ -111,9 +124,13 @@ impl FileStore {
             Ok(services) => {
                 tracing::info!(file = %self.path.display(), rules = services.len(), "rules file changed on disk; loaded");
                 publish(&self.publisher, &services);
+                report_loaded(&self.publisher, &self.path, services.len());
                 state.rules = Ok(services);
             }
             Err(e) => {
+                self.publisher
+                    .health
+                    .report(RULES, State::Failing, e.clone());
                 tracing::error!(error = %e, "rules file changed on disk and is unusable; routing on with the last good rules, writes refused");
                 state.rules = Err(e);
             }

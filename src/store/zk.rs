@@ -4,6 +4,7 @@
 use super::codec::{
     decode_body, encode_v2, publish, query_escape, query_unescape, Services, StoreError,
 };
+use crate::health;
 use crate::rules::Service;
 use crate::snapshot::Publisher;
 use std::collections::BTreeMap;
@@ -279,23 +280,51 @@ impl ZkStore {
         Ok(watcher)
     }
 
+    /// Reports ZooKeeper's state: degraded while the rules it gave last still route, failing before it gave any.
+    fn report_down(&self, detail: String) {
+        let h = &self.publisher.health;
+        let loaded = h.state_of(health::RULES) == Some(health::State::Ok);
+        let state = if loaded {
+            health::State::Degraded
+        } else {
+            health::State::Failing
+        };
+        h.report(health::ZOOKEEPER, state, detail);
+        crate::metrics::metrics().zk_connected.set(0);
+    }
+
     async fn run(self: Arc<Self>) {
         let mut backoff =
             crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        let mut reported_down = false;
+        // Failures in a row; logged at 1, 2, 4, 8, …: at once, then ever more rarely while it lasts.
+        let mut failures: u64 = 0;
         let mut stop = self.stop.subscribe();
+        self.publisher.health.report(
+            health::RULES,
+            health::State::Failing,
+            format!("waiting for ZooKeeper {}", self.hosts),
+        );
+        self.report_down("connecting".into());
         loop {
             if *stop.borrow() {
                 return;
             }
-            let client = match self.connect().await {
+            // The client library retries a dead ensemble silently until its session timeout: a direct look at
+            // each host first names the cause (DNS, refused, timeout) the moment it is there.
+            let reached = match probe(&self.hosts).await {
+                Ok(()) => self.connect().await.map_err(|e| e.to_string()),
+                Err(why) => Err(why),
+            };
+            let client = match reached {
                 Ok(c) => c,
                 Err(e) => {
-                    if !reported_down {
-                        tracing::warn!(hosts = %self.hosts, error = %e, "ZooKeeper unreachable; routing with the last known rules");
-                        reported_down = true;
+                    failures += 1;
+                    let delay = backoff.next_delay();
+                    if failures.is_power_of_two() {
+                        tracing::warn!(hosts = %self.hosts, error = %e, attempts = failures, retry_in = ?delay, "ZooKeeper unreachable; routing with the last known rules");
                     }
-                    tokio::time::sleep(backoff.next_delay()).await;
+                    self.report_down(format!("unreachable: {e}"));
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
             };
@@ -306,6 +335,7 @@ impl ZkStore {
                     Ok(w) => w,
                     Err(e) => {
                         tracing::warn!(hosts = %self.hosts, path = %self.base, error = %e, "ZooKeeper setup failed");
+                        self.report_down(format!("setup of {} failed: {e}", self.base));
                         if states.peek_state().is_terminated() || client_gone(&e) {
                             break 'session;
                         }
@@ -315,7 +345,15 @@ impl ZkStore {
                 };
                 let n = self.rules.lock().unwrap_or_else(|p| p.into_inner()).len();
                 tracing::info!(hosts = %self.hosts, path = %self.base, rules = n, "ZooKeeper connected; rules loaded");
-                reported_down = false;
+                failures = 0;
+                let h = &self.publisher.health;
+                h.report(
+                    health::RULES,
+                    health::State::Ok,
+                    format!("{n} rules from ZooKeeper {}{}", self.hosts, self.base),
+                );
+                h.report(health::ZOOKEEPER, health::State::Ok, "connected");
+                crate::metrics::metrics().zk_connected.set(1);
                 backoff.reset();
                 self.set_current(Some(client.clone()));
                 loop {
@@ -333,9 +371,12 @@ impl ZkStore {
                             }
                             zk::SessionState::Disconnected => {
                                 tracing::warn!("ZooKeeper disconnected; routing with the last known rules");
+                                self.report_down("disconnected; the client reconnects".into());
                             }
                             s if s.is_terminated() => {
                                 tracing::warn!(state = ?s, "ZooKeeper session ended; starting a new one");
+                                crate::metrics::metrics().zk_session_expiries.inc();
+                                self.report_down(format!("session ended ({s:?}); starting a new one"));
                                 break 'session;
                             }
                             _ => {}
@@ -528,4 +569,48 @@ async fn next_event(w: &mut zk::PersistentWatcher) -> Option<zk::WatchedEvent> {
         .catch_unwind()
         .await
         .ok()
+}
+
+/// Looks at each host of a connect string (`h1:2181,h2:2181/chroot`): `Ok` as soon as one accepts a TCP
+/// connection, else every host's cause (DNS failure, refused, timed out).
+async fn probe(hosts: &str) -> Result<(), String> {
+    let list = hosts.split('/').next().unwrap_or(hosts);
+    let mut causes = Vec::new();
+    for host in list.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let target = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host.to_string()
+        } else {
+            format!("{host}:2181")
+        };
+        let addrs =
+            match tokio::time::timeout(Duration::from_secs(3), tokio::net::lookup_host(&target))
+                .await
+            {
+                Ok(Ok(a)) => a.collect::<Vec<_>>(),
+                Ok(Err(e)) => {
+                    causes.push(format!("{target}: DNS lookup failed: {e}"));
+                    continue;
+                }
+                Err(_) => {
+                    causes.push(format!("{target}: DNS lookup timed out"));
+                    continue;
+                }
+            };
+        for addr in addrs {
+            match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+                .await
+            {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => causes.push(format!("{target} ({addr}): {e}")),
+                Err(_) => causes.push(format!("{target} ({addr}): connect timed out")),
+            }
+        }
+    }
+    if causes.is_empty() {
+        return Err(format!("no host in {hosts:?}"));
+    }
+    Err(causes.join("; "))
 }

@@ -33,6 +33,29 @@ pub const FAST: &[&str] = &[
     "1s",
 ];
 
+/// A listener banner on stderr: (what, address).
+fn banner(line: &str) -> Option<(&'static str, String)> {
+    if line.starts_with("rattan: proxy disabled") {
+        return Some(("proxy", "disabled".to_string()));
+    }
+    if let Some(addr) = line.strip_prefix("rattan: proxy listening on https://") {
+        return Some(("https", format!("https://{addr}")));
+    }
+    for what in ["api", "proxy"] {
+        if let Some(addr) = line.strip_prefix(&format!("rattan: {what} listening on ")) {
+            return Some((what, addr.to_string()));
+        }
+    }
+    let v: Value = serde_json::from_str(line).ok()?;
+    let addr = v["addr"].as_str()?;
+    match v["message"].as_str()? {
+        "api listening" => Some(("api", format!("http://{addr}"))),
+        "proxy listening" => Some(("proxy", format!("http://{addr}"))),
+        "https proxy listening" => Some(("https", format!("https://{addr}"))),
+        _ => None,
+    }
+}
+
 impl Rattan {
     pub fn start(args: &[&str]) -> Rattan {
         Self::start_with_env(args, &[])
@@ -42,12 +65,26 @@ impl Rattan {
         Self::start_full(args, env, None)
     }
 
+    /// Runs the binary without requiring it to come up (a start that must fail): the addresses stay empty.
+    pub fn try_start(args: &[&str]) -> Rattan {
+        Self::start_inner(args, &[], None, false)
+    }
+
     /// With `RLIMIT_NOFILE` set to (soft, hard) before the binary runs.
     pub fn start_with_nofile(args: &[&str], soft: u64, hard: u64) -> Rattan {
         Self::start_full(args, &[], Some((soft, hard)))
     }
 
     fn start_full(args: &[&str], env: &[(&str, &str)], nofile: Option<(u64, u64)>) -> Rattan {
+        Self::start_inner(args, env, nofile, true)
+    }
+
+    fn start_inner(
+        args: &[&str],
+        env: &[(&str, &str)],
+        nofile: Option<(u64, u64)>,
+        must_start: bool,
+    ) -> Rattan {
         let data = tempfile::tempdir().expect("tempdir");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rattan"));
         cmd.args(["--api-bind", "127.0.0.1:0", "--http-bind", "127.0.0.1:0"])
@@ -94,38 +131,29 @@ impl Rattan {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("stderr");
         let l2 = log.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The listener banners are on stderr (stdout is the access log's alone): `rattan: api listening on …`, or
+        // with --log-format json the log event that says the same.
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut l = l2.lock().unwrap();
-                l.push_str(&line);
-                l.push('\n');
+                {
+                    let mut l = l2.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+                if let Some(found) = banner(&line) {
+                    let _ = tx.send(found);
+                }
             }
         });
         let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
         let out = Arc::new(Mutex::new(String::new()));
         let o2 = out.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                {
-                    let mut o = o2.lock().unwrap();
-                    o.push_str(&line);
-                    o.push('\n');
-                }
-                if line.starts_with("rattan: proxy disabled") {
-                    let _ = tx.send(("proxy", "disabled".to_string()));
-                    continue;
-                }
-                if let Some(addr) = line.strip_prefix("rattan: proxy listening on https://") {
-                    let _ = tx.send(("https", format!("https://{addr}")));
-                    continue;
-                }
-                for what in ["api", "proxy"] {
-                    if let Some(addr) = line.strip_prefix(&format!("rattan: {what} listening on "))
-                    {
-                        let _ = tx.send((what, addr.to_string()));
-                    }
-                }
+                let mut o = o2.lock().unwrap();
+                o.push_str(&line);
+                o.push('\n');
             }
         });
         let (mut api, mut proxy, mut https) = (String::new(), String::new(), None);
@@ -134,6 +162,7 @@ impl Rattan {
                 Ok(("api", a)) => api = a,
                 Ok(("https", a)) => https = Some(a),
                 Ok((_, p)) => proxy = p,
+                Err(_) if !must_start => break,
                 Err(_) => {
                     let _ = child.kill();
                     panic!("rattan did not start; log:\n{}", log.lock().unwrap());
@@ -195,10 +224,29 @@ impl Rattan {
         serde_json::from_str(&body).expect("/api/state is JSON")
     }
 
-    pub async fn metric(&self, name: &str) -> f64 {
+    /// The sum of every series of `name{label="value",…}` that carries those labels (others may be there too).
+    pub async fn metric(&self, selector: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;
+        let (name, labels) = match selector.split_once('{') {
+            Some((n, l)) => (n, l.trim_end_matches('}')),
+            None => (selector, ""),
+        };
+        let wanted: Vec<&str> = labels.split("\",").filter(|p| !p.is_empty()).collect();
         body.lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                let series = l.rsplit_once(' ').map_or(*l, |(s, _)| s);
+                let (n, ls) = series.split_once('{').unwrap_or((series, ""));
+                let have: Vec<String> = ls
+                    .trim_end_matches('}')
+                    .split("\",")
+                    .map(|p| p.trim_end_matches('"').to_string())
+                    .collect();
+                n == name
+                    && wanted
+                        .iter()
+                        .all(|w| have.iter().any(|h| h == w.trim_end_matches('"')))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }

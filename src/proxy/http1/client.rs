@@ -8,7 +8,7 @@ use crate::proxy::backend::Slot;
 use crate::proxy::deadline::Timeouts;
 use crate::proxy::error::{Blame, Error};
 use crate::proxy::front::Front;
-use crate::proxy::log::{access_log, record, AccessEntry};
+use crate::proxy::log::{access_log, record, AccessEntry, Marks};
 use crate::proxy::route::Entry;
 use crate::rules::table::Route;
 use std::net::SocketAddr;
@@ -156,16 +156,41 @@ pub(super) enum Next {
     Close,
 }
 
+/// What the planner saw of a request head for the metrics and the access log.
+#[derive(Default)]
+pub(super) struct Seen {
+    /// The method's index in `metrics::METHODS`.
+    pub method: u8,
+    /// Only when the access log is on.
+    pub log: Option<LogInfo>,
+}
+
 /// What the access log keeps of a request (taken only when it is on).
 pub(super) struct LogInfo {
     pub method: http::Method,
     pub uri: http::Uri,
     pub host: Option<String>,
     pub version: http::Version,
+    pub bytes_in: Option<u64>,
+    pub user_agent: Option<String>,
+    pub referer: Option<String>,
+    pub request_id: String,
 }
 
 impl LogInfo {
-    pub(super) fn new(method: &str, target: &str, host: Option<&str>, http10: bool) -> LogInfo {
+    pub(super) fn new(
+        (method, target, host): (&str, &str, Option<&str>),
+        http10: bool,
+        (headers, f): (&[httparse::Header<'_>], &super::fields::Fields<'_>),
+        request_id: &[u8],
+    ) -> LogInfo {
+        let content_length = f.content_length;
+        let field = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        };
         LogInfo {
             method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
             uri: target.parse().unwrap_or_default(),
@@ -175,6 +200,12 @@ impl LogInfo {
             } else {
                 http::Version::HTTP_11
             },
+            bytes_in: content_length
+                .and_then(|v| std::str::from_utf8(v.trim_ascii()).ok())
+                .and_then(|v| v.parse().ok()),
+            user_agent: field("user-agent"),
+            referer: field("referer"),
+            request_id: String::from_utf8_lossy(request_id).into_owned(),
         }
     }
 }
@@ -184,8 +215,12 @@ pub(super) struct Req<'a> {
     pub front: &'a Front,
     pub peer: &'a Peer,
     pub log: Option<&'a LogInfo>,
+    /// The method's index in `metrics::METHODS`.
+    pub method: u8,
     pub started: Instant,
     pub t: Timeouts<'a>,
+    /// Backend connect, first byte, retries, as the exchange meets them.
+    pub marks: Marks,
 }
 
 impl Req<'_> {
@@ -197,7 +232,12 @@ impl Req<'_> {
         backend: Option<&Endpoint>,
         size: Option<u64>,
     ) -> Instant {
-        let now = record(route, status, self.started);
+        let now = record(
+            route,
+            (self.method, status),
+            self.started,
+            self.marks.retries(),
+        );
         if let Some(l) = self.log {
             access_log(
                 self.front.proxy.opts.access_log,
@@ -208,11 +248,17 @@ impl Req<'_> {
                     version: l.version,
                     host: l.host.as_deref(),
                     status,
-                    size,
+                    bytes_in: l.bytes_in,
+                    bytes_out: size,
                     app: route.map_or("", |r| r.app_id.as_str()),
                     backend,
                     tls: self.peer.tls,
-                    duration: now.saturating_duration_since(self.started),
+                    timing: self
+                        .marks
+                        .timing(now.saturating_duration_since(self.started)),
+                    user_agent: l.user_agent.as_deref(),
+                    referer: l.referer.as_deref(),
+                    request_id: Some(&l.request_id),
                 },
             );
         }

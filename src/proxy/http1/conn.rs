@@ -2,7 +2,7 @@
 //! what needs no backend, and hands the rest to the exchange.
 
 use super::buf::{write, CLIENT_BUF};
-use super::client::{Client, LogInfo, Next, Peer, Req};
+use super::client::{Client, Next, Peer, Req, Seen};
 use super::exchange;
 use super::framing::Rewind;
 use super::request::{plan, Plan};
@@ -82,7 +82,7 @@ where
         }
         // Loaded when the head is here: a keep-alive connection may have waited through many swaps.
         front.proxy.publisher.refresh(&mut snap);
-        let (mut head_len, mut log) = (0, None);
+        let (mut head_len, mut seen) = (0, Seen::default());
         let Some(plan) = read_head(
             &mut c,
             &mut w,
@@ -90,7 +90,7 @@ where
             &snap,
             first,
             &mut head_len,
-            &mut log,
+            &mut seen,
         )
         .await
         else {
@@ -100,9 +100,11 @@ where
         let r = Req {
             front: &front,
             peer: &peer,
-            log: log.as_ref(),
+            log: seen.log.as_ref(),
+            method: seen.method,
             started: Instant::now(),
             t,
+            marks: Default::default(),
         };
         c.buf.consume(head_len);
         let next = match plan {
@@ -136,7 +138,7 @@ async fn read_head<'s, S>(
     snap: &'s Arc<Snapshot>,
     first: bool,
     head_len: &mut usize,
-    log: &mut Option<LogInfo>,
+    seen: &mut Seen,
 ) -> Option<Plan<'s>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -154,7 +156,7 @@ where
                 w.peer,
                 &mut c.out,
                 head_len,
-                log,
+                seen,
             ) {
                 Plan::More if c.buf.len() >= w.max_head => return Some(Plan::too_large()),
                 Plan::More => {}

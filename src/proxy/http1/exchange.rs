@@ -323,6 +323,7 @@ impl<'s> Exchange<'_, 's> {
                     .await
                     .map_err(Error::Connect)?,
             };
+            self.r.marks.connected(started);
             c.rbuf.clear();
             match t.within(opts.backend_timeout, s.write_all(&c.out)).await {
                 Some(Ok(())) => {}
@@ -336,7 +337,10 @@ impl<'s> Exchange<'_, 's> {
             // The first byte of the response within the backend timeout (each backend tried has its own).
             let max = BACKEND_BUF.max(opts.max_header_bytes);
             let error = match backend_read(c, &mut s, pump, max, opts, t).await {
-                Ok(n) if n > 0 => return Ok(s),
+                Ok(n) if n > 0 => {
+                    self.r.marks.first_byte(started);
+                    return Ok(s);
+                }
                 Ok(_) => "connection closed before any response".to_string(),
                 Err(Error::Failed(e)) => e,
                 Err(e) => return Err(e),
@@ -344,6 +348,7 @@ impl<'s> Exchange<'_, 's> {
             match Error::unanswered(reused, self.bodyless, error) {
                 Error::Reused(error) => {
                     tracing::debug!(backend = %backend, %error, "reused connection failed; sending again on a new one");
+                    self.r.marks.retried();
                     fresh_only = true;
                 }
                 e => return Err(e),
@@ -384,6 +389,7 @@ impl<'s> Exchange<'_, 's> {
                     if let Err(a) = picker.connect_failed(backend, &error) {
                         return Err(r.answer(c, &a, Some(self.route), Some(backend), how).await);
                     }
+                    r.marks.retried();
                 }
                 Err(e) => {
                     let how = (self.close || pump.unfinished(), self.http10);

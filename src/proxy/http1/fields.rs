@@ -60,6 +60,8 @@ pub(super) struct Fields<'a> {
     pub x_forwarded_for: Lines,
     /// X-Forwarded-Host, -Proto, -Port: replaced by the proxy's own.
     pub x_forwarded: Lines,
+    /// The client's (or a proxy in front's) X-Request-Id: forwarded as it is; one is made when there is none.
+    pub request_id: Option<&'a [u8]>,
 }
 
 impl<'a> Fields<'a> {
@@ -95,6 +97,7 @@ impl<'a> Fields<'a> {
                     f.hop_by_hop |= bit;
                 }
                 10 if is(n, b"keep-alive") => f.hop_by_hop |= bit,
+                12 if is(n, b"x-request-id") => f.request_id = f.request_id.or(Some(h.value)),
                 14 if is(n, b"content-length") => {
                     match f.content_length {
                         Some(prev) if prev.trim_ascii() != h.value.trim_ascii() => {

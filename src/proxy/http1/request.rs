@@ -3,7 +3,7 @@
 //! forwarded ones).
 
 use super::buf::MAX_HEADERS;
-use super::client::{LogInfo, Peer};
+use super::client::{LogInfo, Peer, Seen};
 use super::fields::{copy_lines, header, Fields};
 use super::framing::{self, BodyState};
 use super::head;
@@ -207,6 +207,17 @@ fn acl_request<'a>(
     }
 }
 
+/// The client's X-Request-Id, else a new one (made into `made`; the head gets it).
+fn request_id<'a>(f: &Fields<'a>, made: &'a mut [u8; 16]) -> &'a [u8] {
+    match f.request_id {
+        Some(v) => v,
+        None => {
+            *made = crate::proxy::request_id::make();
+            made
+        }
+    }
+}
+
 pub(super) fn plan<'s>(
     proxy: &'s Proxy,
     snap: &'s Snapshot,
@@ -214,7 +225,7 @@ pub(super) fn plan<'s>(
     peer: &Peer,
     out: &mut Vec<u8>,
     head_len: &mut usize,
-    log: &mut Option<LogInfo>,
+    seen: &mut Seen,
 ) -> Plan<'s> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
@@ -233,6 +244,7 @@ pub(super) fn plan<'s>(
         Err(a) => return refuse(a),
     };
     let http10 = minor == 0;
+    seen.method = crate::metrics::method_index(method.as_bytes());
     let (authority, path_and_query) = match split_target(target) {
         Ok(t) => t,
         Err(why) => return refuse(Answer::bad_request(why)),
@@ -249,8 +261,11 @@ pub(super) fn plan<'s>(
         .bytes()
         .position(|b| b == b'?')
         .unwrap_or(path_and_query.len())];
+    let mut made = [0; 16];
+    let request_id = request_id(&f, &mut made);
     if proxy.opts.access_log != AccessLog::Off {
-        *log = Some(LogInfo::new(method, target, host, http10));
+        let l = LogInfo::new((method, target, host), http10, (headers, &f), request_id);
+        seen.log = Some(l);
     }
     // HTTP/1.0 closes after each request unless it asks to keep alive.
     let close = f.conn.close || (http10 && !f.conn.keep_alive);
@@ -288,6 +303,7 @@ pub(super) fn plan<'s>(
             host,
             authority,
             upgrade,
+            request_id: f.request_id.is_none().then_some(request_id),
         },
         &f,
         peer,
@@ -321,6 +337,8 @@ struct Sent<'a> {
     host: Option<&'a str>,
     authority: Option<&'a str>,
     upgrade: Option<&'a [u8]>,
+    /// A made X-Request-Id to add (the client's own goes on with its lines).
+    request_id: Option<&'a [u8]>,
 }
 
 /// The head to send, into `out`: the request line (origin-form, HTTP/1.1 to every backend), the client's lines as
@@ -363,6 +381,9 @@ fn write_head(out: &mut Vec<u8>, s: Sent<'_>, f: &Fields<'_>, peer: &Peer) -> Op
         header(out, b"x-forwarded-host", h.as_bytes());
     }
     out.extend_from_slice(peer.fixed_fields.as_bytes());
+    if let Some(id) = s.request_id {
+        header(out, b"x-request-id", id);
+    }
     if let Some(proto) = s.upgrade {
         header(out, b"upgrade", proto);
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -457,8 +478,8 @@ mod tests {
                 }
             }
             let mut out = Vec::new();
-            let (mut head_len, mut log) = (0, None);
-            let body = match plan(&proxy, &snap, &h, &peer, &mut out, &mut head_len, &mut log) {
+            let (mut head_len, mut seen) = (0, Seen::default());
+            let body = match plan(&proxy, &snap, &h, &peer, &mut out, &mut head_len, &mut seen) {
                 Plan::Forward(f) => {
                     // As `forward` gives a client without Host its backend's.
                     if let Some(at) = f.host_at {
