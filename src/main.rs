@@ -3,6 +3,23 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::read();
+    match &cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut cmd = Cli::full_command();
+            clap_complete::generate(*shell, &mut cmd, "rattan", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => {
+            return match clap_mangen::Man::new(Cli::full_command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("rattan: cannot write the man page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     match rattan::config::log_settings(&cli.opts) {
         Ok(log) => init_logging(&log),
         Err(e) => {
@@ -37,6 +54,7 @@ fn main() -> ExitCode {
                 let settings = Settings::resolve(&cli.opts, false).map_err(|e| e.to_string())?;
                 rattan::server::render(&settings, template.as_deref()).await
             }
+            Command::Completions { .. } | Command::Man => Ok(()),
             Command::Run => {
                 let settings = Settings::resolve(&cli.opts, false).map_err(|e| e.to_string())?;
                 let running = rattan::server::start(&settings).await?;

@@ -356,6 +356,7 @@ pub async fn render(settings: &Settings, template: Option<&std::path::Path>) -> 
     // Rendering is for HAProxy: an ACL the built-in proxy cannot compile is passed on for HAProxy to judge.
     let publisher = Arc::new(Publisher::new(crate::rules::table::RouteOptions {
         pass_through_acls: true,
+        no_https: false,
         ..settings.route_options.clone()
     }));
     // Fills the publisher's rules: the file store at open, ZooKeeper's session loop (its own task) in the background.

@@ -571,3 +571,82 @@ fn bad_logging_settings_are_refused_by_name() {
         assert!(err.contains(key), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn completions_and_man_page() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_rattan"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(run(&["completions", "bash"]).contains("--marathon-client-cert"));
+    assert!(run(&["completions", "zsh"]).contains("#compdef rattan"));
+    assert!(run(&["completions", "fish"]).contains("complete -c rattan"));
+    let man = run(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH rattan"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
+    assert!(man.contains("max\\-staleness") || man.contains("max-staleness"));
+}
+
+/// A config file's relative paths name files beside it: the example Bamboo config starts from any directory.
+#[test]
+fn a_config_file_works_from_another_directory() {
+    let example = format!("{}/config/bamboo.example.json", env!("CARGO_MANIFEST_DIR"));
+    let elsewhere = tempfile::tempdir().unwrap();
+    for mode in [&["--mode", "proxy"][..], &[][..]] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rattan"))
+            .current_dir(elsewhere.path())
+            .args([
+                "--config",
+                &example,
+                "--api-bind",
+                "127.0.0.1:0",
+                "--http-bind",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--haproxy-output",
+                elsewhere.path().join("haproxy.cfg").to_str().unwrap(),
+            ])
+            .args(["--data-dir", elsewhere.path().to_str().unwrap()])
+            .args(mode)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(l);
+            }
+        });
+        let mut seen = String::new();
+        let started = loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(l) if l.starts_with("rattan: api listening") => break true,
+                Ok(l) => {
+                    seen.push_str(&l);
+                    seen.push('\n');
+                }
+                Err(_) => break false,
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            started,
+            "{mode:?}: did not start from another directory:\n{seen}"
+        );
+    }
+}

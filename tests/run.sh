@@ -13,6 +13,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # pgrep/pkill: the HAProxy tests check that a killed command's processes are gone and stop the HAProxy they start.
 command -v pkill >/dev/null 2>&1 || need+=(procps)
+# systemd-analyze: the packaging test verifies the systemd unit.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=""

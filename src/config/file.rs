@@ -29,8 +29,41 @@ pub(super) fn is_bamboo_json(path: &Path) -> bool {
     std::fs::read_to_string(path).is_ok_and(|t| t.trim_start().starts_with('{'))
 }
 
-/// Reads the config file: TOML, or Bamboo's JSON when it starts with `{` (keys matched case-insensitively).
+/// Reads the config file (TOML, or Bamboo's JSON), its relative paths resolved: see [`anchor_paths`].
 pub fn load_file(path: &Path) -> Result<Opts, ConfigError> {
+    let mut o = parse_file(path)?;
+    anchor_paths(&mut o, path.parent().unwrap_or(Path::new(".")));
+    Ok(o)
+}
+
+/// A relative path in a config file names a file beside the config file, so rattan starts the same from any
+/// directory. Bamboo resolved them against its working directory (its example has `config/haproxy_template.cfg`
+/// in `config/production.json`): a path that exists from there and not beside the file keeps Bamboo's meaning.
+fn anchor_paths(o: &mut Opts, dir: &Path) {
+    let anchor = |p: &mut Option<PathBuf>| {
+        if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
+            let beside = dir.join(rel);
+            if beside.exists() || !rel.exists() {
+                *p = Some(beside);
+            }
+        }
+    };
+    for p in [
+        &mut o.data_dir,
+        &mut o.tls_cert_dir,
+        &mut o.marathon_ca,
+        &mut o.marathon_client_cert,
+        &mut o.marathon_client_key,
+        &mut o.access_log_file,
+        &mut o.haproxy.template_path,
+        &mut o.haproxy.output_path,
+    ] {
+        anchor(p);
+    }
+}
+
+/// Parses the config file: TOML, or Bamboo's JSON when it starts with `{` (keys matched case-insensitively).
+fn parse_file(path: &Path) -> Result<Opts, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| bad("config", format!("cannot read {}: {e}", path.display())))?;
     if text.trim_start().starts_with('{') {

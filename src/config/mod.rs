@@ -431,6 +431,7 @@ impl Settings {
                 .collect(),
             tcp_service_ports: o.tcp_service_ports.unwrap_or(false),
             pass_through_acls: false,
+            no_https: o.https_bind.is_none(),
         };
 
         let https_bind = match o.https_bind {
@@ -505,6 +506,18 @@ impl Settings {
         let max_header_size = o.max_header_size.unwrap_or(proxy_d.max_header_bytes);
         if max_header_size < 1024 {
             return Err(bad("max-header-size", "must be at least 1024"));
+        }
+        if max_header_size > crate::proxy::MAX_HEADER_LIMIT {
+            return Err(bad(
+                "max-header-size",
+                format!(
+                    "must be at most {} (a head is held whole in memory, per connection)",
+                    crate::proxy::MAX_HEADER_LIMIT
+                ),
+            ));
+        }
+        if o.workers == Some(0) {
+            return Err(bad("workers", "must be at least 1"));
         }
         let eject_after = o.eject_after.unwrap_or(crate::proxy::balance::EJECT_AFTER);
         if eject_after == 0 {
@@ -616,7 +629,13 @@ impl Settings {
         if haproxy.pipeline.command_timeout.is_zero() {
             return Err(bad("haproxy-command-timeout", "must be greater than zero"));
         }
-        if let Some(t) = &haproxy.pipeline.template {
+        // Read only where HAProxy is driven (`render` reads it itself and says so when it cannot).
+        if let Some(t) = haproxy
+            .pipeline
+            .template
+            .as_ref()
+            .filter(|_| haproxy.mode != Mode::Proxy)
+        {
             if !t.is_file() {
                 return Err(bad(
                     "haproxy-template",
@@ -640,6 +659,8 @@ impl Settings {
             limits,
             route_options: RouteOptions {
                 pass_through_acls: haproxy.mode == Mode::Haproxy,
+                // HAProxy redirects by its own config (the template's HTTPS frontend).
+                no_https: route_options.no_https && haproxy.mode == Mode::Proxy,
                 ..route_options
             },
             data_dir: o

@@ -36,5 +36,8 @@ pub mod tls;
 
 pub use listener::{serve, Listeners};
 pub use log::AccessLog;
+
+/// The largest `--max-header-size` accepted: every connection may hold a head this large in memory.
+pub const MAX_HEADER_LIMIT: usize = 1 << 20;
 pub use options::{ProxyOptions, DEFAULT_HTTP_BIND, MAX_BACKEND_PER_CLIENT};
 pub use route::{MAX_CONNECT_ATTEMPTS, STICKY_COOKIE};

@@ -78,6 +78,9 @@ pub struct RouteOptions {
     pub tcp_service_ports: bool,
     /// `--mode haproxy`: a stored ACL the proxy cannot compile is still a route, for HAProxy to judge.
     pub pass_through_acls: bool,
+    /// The built-in proxy has no HTTPS listener (no `--https-bind`): an HTTPS redirect would send clients to a
+    /// port where nothing listens, so it is reported and not made.
+    pub no_https: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -462,6 +465,15 @@ impl RouteTable {
                 Err(error) => errors.push(RouteError { app_id, error }),
             }
         }
+        if opts.no_https {
+            for r in routes.iter_mut().filter(|r| r.redirect_https) {
+                r.redirect_https = false;
+                errors.push(RouteError {
+                    app_id: r.app_id.clone(),
+                    error: "redirect_https is set but this proxy has no HTTPS listener (--https-bind): served over HTTP, not redirected".into(),
+                });
+            }
+        }
         routes.sort_by(|a, b| {
             (
                 Reverse(a.host_rank),
@@ -680,6 +692,24 @@ pub(super) mod tests {
         };
         assert_eq!(flags("/on"), (Source::Api, true, true));
         assert_eq!(flags("/off"), (Source::Api, false, false));
+        // No HTTPS listener: the redirect would lead nowhere; reported, and the route serves over HTTP.
+        let t = RouteTable::build(
+            &a,
+            &s,
+            &RouteOptions {
+                no_https: true,
+                ..RouteOptions::default()
+            },
+        );
+        let r = t.for_app("/on").next().unwrap();
+        assert_eq!((r.redirect_https, r.sticky), (false, true));
+        assert!(
+            t.errors
+                .iter()
+                .any(|e| e.app_id == "/on" && e.error.contains("--https-bind")),
+            "{:?}",
+            t.errors
+        );
     }
 
     #[test]
