@@ -290,13 +290,6 @@ async fn start_proxy(
         )
     })?;
     let proxy_addr = listeners.http;
-    // HTTPS first: tools reading stdout may stop at the plain proxy line.
-    if let Some(a) = listeners.https {
-        banner(&format!("proxy listening on https://{a}"));
-        tracing::info!(addr = %a, "https proxy listening");
-    }
-    banner(&format!("proxy listening on http://{proxy_addr}"));
-    tracing::info!(addr = %proxy_addr, "proxy listening");
     if let Some(bind) = ps.appid_bind {
         let addr = crate::proxy::ports::appid(bind, listeners.handoff.clone())
             .await
@@ -315,6 +308,14 @@ async fn start_proxy(
         banner(&format!("stats listening on http://{addr}"));
         tracing::info!(%addr, "stats listening");
     }
+    // Last, once every listener is bound: scripts (and the tests) take the proxy line as "up". HTTPS first: a
+    // reader may stop at the plain proxy line.
+    if let Some(a) = listeners.https {
+        banner(&format!("proxy listening on https://{a}"));
+        tracing::info!(addr = %a, "https proxy listening");
+    }
+    banner(&format!("proxy listening on http://{proxy_addr}"));
+    tracing::info!(addr = %proxy_addr, "proxy listening");
     tokio::spawn(crate::proxy::ports::run(
         publisher.clone(),
         balancer,

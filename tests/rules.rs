@@ -464,8 +464,15 @@ async fn file_store_api_like_bamboo_with_optional_auth() {
             .0,
         401
     );
+    // The page is static and loads (it asks for credentials itself); its data stays protected.
     assert_eq!(
         send("GET", &format!("{}/", all.api), None, None).await.0,
+        200
+    );
+    assert_eq!(
+        send("GET", &format!("{}/api/routes", all.api), None, None)
+            .await
+            .0,
         401
     );
     assert_eq!(
@@ -479,12 +486,11 @@ async fn file_store_api_like_bamboo_with_optional_auth() {
         .0,
         200
     );
-    assert_eq!(
-        send("GET", &format!("{}/status", all.api), None, None)
-            .await
-            .0,
-        200
-    );
+    // Health endpoints are never behind credentials (a load balancer in front has none).
+    for path in ["/status", "/readyz", "/healthz"] {
+        let (s, _) = send("GET", &format!("{}{path}", all.api), None, None).await;
+        assert_ne!(s, 401, "{path}");
+    }
 }
 
 async fn rule_count(r: &Rattan) -> usize {

@@ -205,3 +205,129 @@ async fn ui_lists_apps_creates_rules_and_shows_errors() {
     );
     assert_eq!(r.get("/api/services").await.1, services);
 }
+
+/// Opens `url` in a new headless Chromium: the browser (kept alive) and the page's DevTools session.
+async fn open(url: &str) -> (Browser, Page) {
+    let (browser, port) = chromium();
+    let targets: Value = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ws_url = targets
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["type"] == "page"))
+        .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+        .expect("a page target")
+        .to_string();
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let mut page = Page { ws, next: 0 };
+    page.call("Page.navigate", json!({"url": url})).await;
+    (browser, page)
+}
+
+/// With reads protected the page still loads and asks for credentials; editing a rule keeps every key the form
+/// does not show (sticky, hsts, weight); the filter hides what does not match; backends and inputs are shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn ui_asks_for_credentials_keeps_keys_and_filters() {
+    let m = Simulator::start(SimOptions::default()).await.unwrap();
+    for id in ["/web", "/api"] {
+        m.create_app(AppSpec {
+            id: id.into(),
+            instances: 1,
+            ..AppSpec::default()
+        })
+        .await;
+    }
+    let url = m.url();
+    let mut args = vec![
+        "--marathon",
+        url.as_str(),
+        "--api-basic",
+        "ops:pw",
+        "--api-auth-reads",
+        "true",
+    ];
+    args.extend_from_slice(FAST);
+    let r = Rattan::start(&args);
+    let rule = r#"{"id":"/web","config":{"Acl":"path_beg /web","sticky":"true","hsts":"true","weight":"5"}}"#;
+    let (s, body) = common::send(
+        "PUT",
+        &format!("{}/api/services/web", r.api),
+        Some(rule),
+        Some("Basic b3BzOnB3"),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+
+    let (_browser, mut page) = open(&format!("{}/", r.api)).await;
+    // The page loads without credentials and asks for them; signing in shows the routes.
+    let listed = page
+        .eval(&format!(
+            "(async () => {{ {HELPERS}
+                await until(() => document.body.dataset.auth === 'asked' && !document.getElementById('login').hidden);
+                document.getElementById('login-user').value = 'ops';
+                document.getElementById('login-password').value = 'pw';
+                document.getElementById('login-go').click();
+                await until(() => document.body.dataset.auth === 'ok' && row('/web') && row('/api'));
+                await until(() => document.getElementById('inputs').textContent.includes('marathon: ok'));
+                return row('/web').textContent + ' | ' + document.getElementById('inputs').textContent; }})()"
+        ))
+        .await;
+    assert!(
+        listed.contains("path_beg /web")
+            && listed.contains("sticky")
+            && listed.contains("127.0.0.1:"),
+        "{listed}"
+    );
+
+    // The filter hides rows that do not match.
+    let filtered = page
+        .eval(&format!(
+            "(async () => {{ {HELPERS}
+                const f = document.getElementById('filter');
+                f.value = '/api'; f.dispatchEvent(new Event('input'));
+                const shown = [row('/web').hidden, row('/api').hidden].join(',');
+                f.value = ''; f.dispatchEvent(new Event('input'));
+                return shown + ';' + [row('/web').hidden, row('/api').hidden].join(','); }})()"
+        ))
+        .await;
+    assert_eq!(filtered, "true,false;false,false");
+
+    // Edit: the form shows sticky, the other keys are kept, "saved" is said.
+    let saved = page
+        .eval(&format!(
+            "(async () => {{ {HELPERS}
+                row('/web').querySelector('button[data-edit]').click();
+                await until(() => document.body.dataset.editing === '/web');
+                const sticky = document.getElementById('sticky').checked;
+                document.getElementById('acl').value = 'path_beg /w2';
+                document.getElementById('redirect').checked = false;
+                document.getElementById('save').click();
+                await until(() => document.body.dataset.lastSave);
+                return sticky + ',' + document.body.dataset.lastSave + ',' + document.getElementById('saved').textContent
+                  + ',' + document.getElementById('error').textContent; }})()"
+        ))
+        .await;
+    assert_eq!(saved, "true,ok,saved,", "{saved}");
+    let (_, stored) = common::send(
+        "GET",
+        &format!("{}/api/services/web", r.api),
+        None,
+        Some("Basic b3BzOnB3"),
+    )
+    .await;
+    let v: Value = serde_json::from_str(&stored).unwrap();
+    let c = &v["Config"];
+    assert_eq!(
+        (
+            c["Acl"].as_str(),
+            c["sticky"].as_str(),
+            c["hsts"].as_str(),
+            c["weight"].as_str()
+        ),
+        (Some("path_beg /w2"), Some("true"), Some("true"), Some("5")),
+        "{stored}"
+    );
+}

@@ -189,8 +189,13 @@ pub(crate) fn not_found() -> Resp {
     )
 }
 
-fn unauthorized(auth: &ApiAuth) -> Resp {
+fn unauthorized(auth: &ApiAuth, from_ui: bool) -> Resp {
     let mut r = services::text_error(StatusCode::UNAUTHORIZED, "authentication required");
+    // The web UI asks for credentials in the page: a `Basic` challenge would make the browser open its own
+    // dialog over it (or, headless, wait for one).
+    if from_ui {
+        return r;
+    }
     let challenge = if auth.basic.is_some() {
         "Basic realm=\"rattan\""
     } else {
@@ -207,16 +212,19 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
     let path = req.uri().path().to_string();
     let is_read = matches!(*req.method(), Method::GET | Method::HEAD);
     let guarded = (path.starts_with("/api/services") && (!is_read || state.auth.reads))
-        || (state.auth.reads
-            && is_read
-            && (path == "/" || path == "/index.html" || path.starts_with("/api/")));
+        // The page itself is static and holds no data: it loads, and asks for credentials when the API does.
+        || (state.auth.reads && is_read && path.starts_with("/api/"));
     if guarded {
         let header = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if !state.auth.allows(header) {
-            return unauthorized(&state.auth);
+            let from_ui = req
+                .headers()
+                .get("x-requested-with")
+                .is_some_and(|v| v.as_bytes() == b"rattan-ui");
+            return unauthorized(&state.auth, from_ui);
         }
     }
     if path.starts_with("/api/services") && !is_read {
@@ -241,7 +249,11 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
         }
         (&Method::GET, "/api/routes") => {
             let snap = state.publisher.load();
-            respond(StatusCode::OK, "application/json", ui::routes_json(&snap))
+            respond(
+                StatusCode::OK,
+                "application/json",
+                ui::routes_json(&snap, &state.publisher.health),
+            )
         }
         // Bamboo's `OK`, now only when it is true; otherwise 503 with one line per reason.
         (&Method::GET | &Method::HEAD, "/status") => {
@@ -266,6 +278,7 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
             respond(StatusCode::OK, "text/plain; charset=utf-8", "ok\n")
         }
         (&Method::GET | &Method::HEAD, "/readyz") => readyz(&state),
+        (&Method::GET, "/api/openapi.json") => respond(StatusCode::OK, "application/json", OPENAPI),
         (&Method::GET, "/api/haproxy") => match &state.haproxy {
             Some(h) => {
                 let st = h.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -384,6 +397,9 @@ fn snapshot_metrics(
     }
     body.extend_from_slice(out.as_bytes());
 }
+
+/// The API's OpenAPI 3 description (`tests/openapi.rs` checks the real answers against it).
+const OPENAPI: &str = include_str!("../../config/openapi.json");
 
 /// Readiness as JSON: each check, its state, since when, and whether it keeps rattan from being ready.
 fn readyz(state: &ApiState) -> Resp {
