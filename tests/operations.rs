@@ -650,3 +650,84 @@ fn a_config_file_works_from_another_directory() {
         );
     }
 }
+
+/// A stored rule this proxy cannot compile (written by Bamboo or a sidecar instance) does not silently take the
+/// app's label route away: the label route serves, and the route list says which source and why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stored_rule_that_does_not_compile_keeps_the_label_route_and_says_so() {
+    let m = cluster().await;
+    common::labeled_app(&m, "/web", 1, &[("HAPROXY_0_VHOST", "web.example.com")]).await;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("rules.json"),
+        r#"{"/web":{"Id":"/web","Acl":"nbsrv(web) gt 0","Config":{"Acl":"nbsrv(web) gt 0"}}}"#,
+    )
+    .unwrap();
+    let r = start_against(&m.url(), &["--data-dir", data.path().to_str().unwrap()]);
+    wait_api(&r, "/status", |s, _| s == 200).await;
+    let (_, body) = wait_api(&r, "/api/routes", |_, b| b.contains("web.example.com")).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let route = v["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["app"] == "/web")
+        .unwrap();
+    assert_eq!(route["source"], "label", "{v}");
+    let why = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["app_id"] == "/web")
+        .unwrap_or_else(|| panic!("no error for /web: {v}"));
+    let why = why["error"].as_str().unwrap();
+    assert!(
+        why.contains("stored rule not used") && why.contains("nbsrv"),
+        "{why}"
+    );
+    assert!(r.metric("rattan_app_rule_errors{app=\"/web\"}").await >= 1.0);
+    let resp = reqwest::Client::new()
+        .get(format!("{}/", r.proxy))
+        .header("host", "web.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().starts_with("/web "));
+}
+
+/// `redirect_https` without an HTTPS listener would send clients where nothing listens: reported, not done.
+#[tokio::test(flavor = "multi_thread")]
+async fn redirect_https_without_an_https_listener_is_reported() {
+    let m = cluster().await;
+    plain_app(&m, "/web", 1).await;
+    let r = start_against(&m.url(), &[]);
+    wait_api(&r, "/status", |s, _| s == 200).await;
+    let (s, body) = common::send(
+        "POST",
+        &format!("{}/api/services", r.api),
+        Some(r#"{"id":"/web","acl":"path_beg /web","config":{"redirect_https":"true"}}"#),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    let (_, body) = wait_api(&r, "/api/routes", |_, b| b.contains("--https-bind")).await;
+    assert!(
+        body.contains("redirect_https is set but this proxy has no HTTPS listener"),
+        "{body}"
+    );
+    r.wait_log("redirect_https is set", 5).await;
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/web", r.proxy))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "served, not redirected to a closed port"
+    );
+}

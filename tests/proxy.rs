@@ -897,6 +897,11 @@ async fn tls_by_sni_with_reload_redirect_and_h2() {
         .parse()
         .unwrap();
     let port = https.port();
+    // Each certificate's expiry is exported (rcgen's default validity runs to 4096).
+    let not_after = r
+        .metric("rattan_tls_certificate_not_after_timestamp_seconds")
+        .await;
+    assert!(not_after > 4.0e9, "{not_after}");
     let names = [
         "a.example.com",
         "b.example.com",

@@ -271,6 +271,7 @@ async fn zookeeper_outage_keeps_rules_and_idles() {
         post_rule(&a, "/svc", "path_beg /svc-rule").await == 200
     })
     .await;
+    assert_eq!(a.metric("rattan_zookeeper_connected").await, 1.0);
 
     zk.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -292,6 +293,7 @@ async fn zookeeper_outage_keeps_rules_and_idles() {
         "path_beg /svc-rule"
     );
 
+    common::wait_metric(&a, "rattan_zookeeper_connected", 0.0).await;
     // Near-idle while ZooKeeper is gone (zookeeper-async spun both cores here).
     let before = cpu_seconds(a.pid());
     tokio::time::sleep(Duration::from_secs(4)).await;

@@ -136,23 +136,7 @@ async fn ui_lists_apps_creates_rules_and_shows_errors() {
     args.extend_from_slice(FAST);
     let r = Rattan::start(&args);
 
-    let (_browser, port) = chromium();
-    let targets: Value = reqwest::get(format!("http://127.0.0.1:{port}/json/list"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let ws_url = targets
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["type"] == "page"))
-        .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-        .expect("a page target")
-        .to_string();
-    let (ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
-    let mut page = Page { ws, next: 0 };
-    page.call("Page.navigate", json!({"url": format!("{}/", r.api)}))
-        .await;
+    let (_browser, mut page) = open(&format!("{}/", r.api)).await;
 
     // Loaded: the app is listed with Bamboo's default rule and its health.
     let listed = page
