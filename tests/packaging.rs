@@ -101,3 +101,101 @@ fn licence_and_changelog() {
     assert!(read("Cargo.toml").contains("license = \"Apache-2.0\""));
     assert!(read("CHANGELOG.md").contains("## [Unreleased]"));
 }
+
+/// Every process below `pid` (its children, theirs, …) with its state letter (`Z`: a zombie nobody reaped).
+fn descendants(pid: u32) -> Vec<(u32, char)> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for c in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
+                let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).unwrap_or_default();
+                // The state follows the command name in parentheses.
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next())
+                    .unwrap_or('?');
+                out.push((c, state));
+                todo.push(c);
+            }
+        }
+    }
+    out
+}
+
+/// The image runs rattan under tini: a reload command that daemonizes (as `haproxy -D` does) leaves an orphan,
+/// which becomes PID 1's child; tini reaps it. Checked in a PID namespace of its own, as in a container, beside
+/// rattan itself as PID 1, which does not (why the image has an init).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_init_reaps_what_reload_commands_leave_behind() {
+    let m = rattan::dev::simulator::Simulator::start(rattan::dev::simulator::SimOptions {
+        serve_tasks: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    m.create_app(rattan::dev::simulator::AppSpec {
+        id: "/web".into(),
+        instances: 1,
+        ..Default::default()
+    })
+    .await;
+    let mut zombies = Vec::new();
+    for with_tini in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("haproxy.cfg");
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args(["--fork", "--pid", "--mount-proc"]);
+        if with_tini {
+            cmd.args(["tini", "--"]);
+        }
+        let mut child = cmd
+            .arg(env!("CARGO_BIN_EXE_rattan"))
+            .args(["run", "--mode", "haproxy", "--marathon", &m.url()])
+            .args([
+                "--api-bind",
+                "127.0.0.1:0",
+                "--haproxy-min-interval",
+                "100ms",
+            ])
+            .args(["--data-dir", dir.path().to_str().unwrap()])
+            .args(["--haproxy-output", out.to_str().unwrap()])
+            // Daemonizes: the shell exits at once, its background child lives on and ends 200 ms later.
+            .args(["--haproxy-reload-cmd", "sh -c 'sleep 0.2 & exit 0'"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux)");
+        let t = std::time::Instant::now();
+        while !out.exists() {
+            assert!(t.elapsed().as_secs() < 15, "no config written");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // A second reload, then time for both orphans to end.
+        m.scale("/web", 2).await;
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        let below = descendants(child.id());
+        zombies.push(below.iter().filter(|(_, s)| *s == 'Z').count());
+        // The namespace's init first: its end takes every process of the namespace with it.
+        for (pid, _) in &below {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(zombies[0], 0, "under tini: {zombies:?}");
+    assert!(
+        zombies[1] > 0,
+        "rattan as PID 1 reaps orphans after all? {zombies:?}"
+    );
+}

@@ -15,6 +15,9 @@ command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v pkill >/dev/null 2>&1 || need+=(procps)
 # systemd-analyze: the packaging test verifies the systemd unit.
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# tini and unshare: the packaging test runs rattan under the image's init in a PID namespace.
+command -v tini >/dev/null 2>&1 || need+=(tini)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=""

@@ -208,6 +208,28 @@ async fn open(url: &str) -> (Browser, Page) {
     let (ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
     let mut page = Page { ws, next: 0 };
     page.call("Page.navigate", json!({"url": url})).await;
+    // Navigation is asynchronous: wait for the new document (an evaluation may meet the old one, or none).
+    let t = std::time::Instant::now();
+    loop {
+        let v = page
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": "location.href + ' ' + document.readyState", "returnByValue": true}),
+            )
+            .await;
+        let state = v["result"]["result"]["value"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if state == format!("{url} complete") {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "page never loaded: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     (browser, page)
 }
 
