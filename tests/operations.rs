@@ -401,6 +401,7 @@ async fn access_log_request_ids_json_logs_and_metrics() {
             .is_some_and(|id| id.len() == 16),
         "{h2_line}"
     );
+    assert!(h2_line["first_byte_ms"].as_f64().is_some(), "{h2_line}");
 
     // Nothing on stdout (the access log went to the file); every stderr line is a JSON object.
     assert_eq!(r.out.lock().unwrap().as_str(), "");
@@ -446,6 +447,32 @@ async fn access_log_request_ids_json_logs_and_metrics() {
             .await,
             2.0
         );
+    }
+
+    // A backend that refuses connections: the request goes to the other one, counted as a retry.
+    let live = m.tasks("/web")[0]["ports"][0].as_u64().unwrap() as u16;
+    common::app_at(&m, "/retry", free_port(), &[free_port(), live]);
+    m.emit(serde_json::json!({"eventType": "api_post_event", "appDefinition": {"id": "/retry"}}));
+    let retry_url = format!("{}/retry", r.proxy);
+    let t = Instant::now();
+    while r.metric("rattan_http_retries_total{app=\"/retry\"}").await < 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "no retry counted");
+        let _ = c.get(&retry_url).send().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = Instant::now();
+    while !std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            l.contains("\"/retry\"") && l.contains("\"retries\":1") && l.contains("\"status\":200")
+        })
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no retry in the access log"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // An audit line for every rule change: who, what, before and after.

@@ -61,14 +61,7 @@ pub struct Settings {
     pub access_log_file: Option<PathBuf>,
 }
 
-/// How rattan trusts Marathon's HTTPS certificate and proves itself (both the REST and the event stream client).
-#[derive(Debug, Clone, Default)]
-pub struct MarathonTls {
-    /// Extra CAs beside the system's trust store.
-    pub ca: Option<PathBuf>,
-    /// Client certificate chain and key, for mutual TLS.
-    pub client: Option<(PathBuf, PathBuf)>,
-}
+pub use crate::marathon::tls::MarathonTls;
 
 /// What the logger needs, read before anything else starts (so a bad setting is reported on stderr as text).
 #[derive(Debug, Clone)]

@@ -2,12 +2,20 @@
 //! the system's trust store plus `--marathon-ca`, and a client certificate for mutual TLS (DC/OS strict mode). A
 //! certificate that fails verification is reported with its subject and the reason.
 
-use crate::config::MarathonTls;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use std::sync::Arc;
+
+/// How rattan trusts Marathon's HTTPS certificate and proves itself (both the REST and the event stream client).
+#[derive(Debug, Clone, Default)]
+pub struct MarathonTls {
+    /// Extra CAs beside the system's trust store.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate chain and key, for mutual TLS.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
 
 /// The client config, or why it cannot be made (a file that does not read or parse; named in the error).
 pub fn client_config(settings: &MarathonTls) -> Result<rustls::ClientConfig, String> {

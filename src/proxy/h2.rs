@@ -34,6 +34,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 struct Trace<'s> {
     route: Option<&'s Route>,
     backend: Option<&'s Endpoint>,
+    /// Backends tried again after a failed connect.
+    retries: u32,
+    /// When the backend's response head arrived (hyper's client connects and sends in one call: no separate
+    /// connect time on this path).
+    head_at: Option<Instant>,
 }
 
 /// What a request's connection tells about it.
@@ -207,7 +212,7 @@ impl Proxy {
                 .append(header::VIA, HeaderValue::from_static("1.1 rattan"));
         }
         let status = resp.status().as_u16();
-        record(trace.route, (method, status), started, 0);
+        record(trace.route, (method, status), started, trace.retries);
         if let Some(l) = log {
             let text = |v: &Option<HeaderValue>| {
                 v.as_ref().and_then(|h| h.to_str().ok()).map(str::to_string)
@@ -237,8 +242,10 @@ impl Proxy {
                     backend: trace.backend,
                     tls: conn.tls,
                     timing: crate::proxy::log::Timing {
+                        connect: None,
+                        first_byte: trace.head_at.map(|t| t.saturating_duration_since(started)),
                         total: started.elapsed(),
-                        ..Default::default()
+                        retries: trace.retries,
                     },
                     user_agent: ua.as_deref(),
                     referer: referer.as_deref(),
@@ -377,6 +384,7 @@ impl Proxy {
             };
             match result {
                 Ok(resp) => {
+                    trace.head_at = Some(Instant::now());
                     guard.connected();
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
@@ -389,7 +397,10 @@ impl Proxy {
                 }
                 Err((Error::Connect(error), Some(back))) => {
                     match picker.connect_failed(backend, &error) {
-                        Ok(()) => out = *back,
+                        Ok(()) => {
+                            trace.retries += 1;
+                            out = *back;
+                        }
                         Err(answer) => return answer.into_response(),
                     }
                 }
