@@ -32,3 +32,5 @@ cargo clippy --all-targets --locked -- -D warnings
 long=$(cargo clippy --lib --locked -- -W clippy::too_many_lines 2>&1 | grep -A1 'too many lines' | grep -- '--> src/proxy/' || true)
 if [ -n "$long" ]; then echo "$long"; exit 1; fi
 cargo test --locked --all-targets
+# The Dockerfile's build stage, replayed without Docker.
+bash tests/docker-steps.sh
