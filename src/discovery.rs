@@ -252,6 +252,37 @@ impl Discovery {
         self.publish();
     }
 
+    /// Replaces one app (`None`: it is gone) from its own fetch, as a snapshot would; the others stay as they are.
+    pub fn apply_app(&mut self, id: &str, app: Option<App>) {
+        let id = bamboo_id(id);
+        match app {
+            Some(mut app) => {
+                let tasks = std::mem::take(&mut app.tasks);
+                let mut known_health = self
+                    .entries
+                    .remove(&id)
+                    .map(|e| e.known_health)
+                    .unwrap_or_default();
+                let view = derive_view(&app, &tasks, &mut known_health, self.policy);
+                self.entries.insert(
+                    id,
+                    Entry {
+                        app,
+                        tasks,
+                        known_health,
+                        view,
+                    },
+                );
+            }
+            None => {
+                if self.entries.remove(&id).is_none() {
+                    return;
+                }
+            }
+        }
+        self.publish();
+    }
+
     /// Applies what an event says on its own. Returns whether the snapshot changed.
     pub fn apply_event(&mut self, change: &Change) -> bool {
         match change {
@@ -380,6 +411,23 @@ impl Default for ResyncTiming {
     }
 }
 
+/// One app's own fetches in flight at most; past it, events wait for the full snapshot.
+const APP_FETCHES: usize = 8;
+
+/// The app an event calls for a fetch of, at once: a task that is running but not yet listed (or moved), which
+/// an event alone never routes to; an app whose definition changed. The debounced full snapshot still follows.
+fn app_to_fetch(change: &Change, applied: bool) -> Option<String> {
+    match change {
+        Change::TaskStatus { app_id, state, .. }
+            if !applied && !address::is_terminal_or_leaving(state) =>
+        {
+            Some(bamboo_id(app_id))
+        }
+        Change::Invalidate { app_id: Some(id) } => Some(bamboo_id(id)),
+        _ => None,
+    }
+}
+
 /// Runs discovery: applies changes from `rx`, schedules debounced full snapshots, publishes.
 pub async fn run(
     client: Arc<MarathonClient>,
@@ -387,7 +435,15 @@ pub async fn run(
     mut rx: mpsc::Receiver<Change>,
     timing: ResyncTiming,
 ) {
-    let (fetched_tx, mut fetched_rx) = mpsc::channel::<Result<Vec<App>, String>>(1);
+    let (fetched_tx, mut fetched_rx) = mpsc::channel::<(u64, Result<Vec<App>, String>)>(1);
+    // One app's own fetches (an event about an app that cannot apply alone): (app id, the full fetches started
+    // before it, the app).
+    let (app_tx, mut app_rx) =
+        mpsc::channel::<(String, u64, Result<Option<App>, String>)>(APP_FETCHES);
+    let mut app_fetching: std::collections::HashSet<String> = Default::default();
+    // Full fetches started, and the one whose result is in: an app fetched before a full snapshot that came in
+    // after it is older than that snapshot, and is dropped.
+    let (mut full_started, mut full_applied) = (0u64, 0u64);
     let mut fetching = false;
     // Start with a fetch right away.
     let mut due: Option<Instant> = Some(Instant::now());
@@ -404,8 +460,17 @@ pub async fn run(
         tokio::select! {
             change = rx.recv() => {
                 let Some(change) = change else { return };
-                discovery.apply_event(&change);
+                let applied = discovery.apply_event(&change);
                 let now = Instant::now();
+                if let Some(id) = app_to_fetch(&change, applied) {
+                    if app_fetching.len() < APP_FETCHES && app_fetching.insert(id.clone()) {
+                        let (client, tx, started) = (client.clone(), app_tx.clone(), full_started);
+                        tokio::spawn(async move {
+                            let r = client.fetch_app(&id).await;
+                            let _ = tx.send((id, started, r)).await;
+                        });
+                    }
+                }
                 if let Change::Disconnected { why } = &change {
                     // Blind until the stream is back: a fetch tells whether Marathon itself is reachable (and keeps
                     // the table fresh if it is); the stream's back-off paces these.
@@ -429,12 +494,22 @@ pub async fn run(
                     due = Some((now + timing.debounce).min(first + timing.max_wait));
                 }
             }
+            Some((id, started, result)) = app_rx.recv() => {
+                app_fetching.remove(&id);
+                match result {
+                    Ok(app) if started >= full_applied => discovery.apply_app(&id, app),
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(app = %id, error = %e, "app fetch failed; the full snapshot follows"),
+                }
+            }
             result = fetched_rx.recv() => {
                 fetching = false;
                 let publisher = discovery.publisher.clone();
                 let health = &publisher.health;
-                match result.unwrap_or_else(|| Err("fetch task ended".into())) {
+                let (gen, result) = result.unwrap_or((0, Err("fetch task ended".into())));
+                match result {
                     Ok(apps) => {
+                        full_applied = full_applied.max(gen);
                         retry.reset();
                         let n = apps.len();
                         discovery.apply_snapshot(apps);
@@ -468,9 +543,11 @@ pub async fn run(
                         fetching = true;
                         let client = client.clone();
                         let tx = fetched_tx.clone();
+                        full_started += 1;
+                        let gen = full_started;
                         tokio::spawn(async move {
                             let r = client.fetch_apps().await.map(|p| p.apps).map_err(|e| e.to_string());
-                            let _ = tx.send(r).await;
+                            let _ = tx.send((gen, r)).await;
                         });
                     }
                 }

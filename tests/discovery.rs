@@ -705,3 +705,60 @@ async fn bamboo_environment_and_json_config_work_unchanged() {
     r.wait_stream().await;
     assert!(events_requests(&m) >= 1);
 }
+
+/// A task Marathon starts routes from its app's own fetch, at once: the debounced full snapshot (here an hour
+/// away) is not waited for. The fetch is of that one app.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_task_routes_from_its_apps_own_fetch() {
+    let m = sim().await;
+    m.create_app(AppSpec {
+        id: "/web".into(),
+        instances: 1,
+        ..AppSpec::default()
+    })
+    .await;
+    let url = m.url();
+    let slow_full = [
+        "--resync-debounce",
+        "1h",
+        "--resync-max-wait",
+        "1h",
+        "--resync-interval",
+        "1h",
+    ];
+    let r = Rattan::start(&args(&url, &slow_full));
+    r.wait_state("the first snapshot", 10, |s| task_count(s, "/web") == 1)
+        .await;
+    r.wait_stream().await;
+    let full = |m: &Simulator| {
+        m.requests()
+            .iter()
+            .filter(|q| q.path_and_query.starts_with("/v2/apps?"))
+            .count()
+    };
+    let before = full(&m);
+    m.scale("/web", 3).await;
+    r.wait_state("the new tasks", 10, |s| task_count(s, "/web") == 3)
+        .await;
+    assert_eq!(full(&m), before, "a full snapshot was fetched");
+    assert!(
+        m.requests()
+            .iter()
+            .any(|q| q.path_and_query.starts_with("/v2/apps/web?embed=app.tasks")),
+        "{:?}",
+        m.requests()
+    );
+    // A hostile event naming a path, not an app, is never fetched.
+    m.emit(
+        json!({"eventType": "status_update_event", "appId": "/../v2/eventSubscriptions",
+        "taskId": "x.1", "taskStatus": "TASK_RUNNING", "host": "h", "ports": [1]}),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !m.requests()
+            .iter()
+            .any(|q| q.path_and_query.contains("eventSubscriptions")),
+        "{:?}",
+        m.requests()
+    );
+}

@@ -261,6 +261,42 @@ impl MarathonClient {
         Err(AllFailed(errors))
     }
 
+    /// One app with its tasks (`GET /v2/apps/<id>?embed=app.tasks…`), from the first endpoint that answers: `None`
+    /// when Marathon says it does not exist. For an event about one app, so it applies without waiting for the
+    /// debounced full snapshot. An id that is not a Marathon path (a hostile event) is refused, never sent.
+    pub async fn fetch_app(&self, id: &str) -> Result<Option<super::model::App>, String> {
+        let valid = id.starts_with('/')
+            && id.len() > 1
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-./_".contains(&b))
+            && !id.split('/').any(|seg| seg == "." || seg == "..");
+        if !valid {
+            return Err(format!("{id:?} is not a Marathon app id"));
+        }
+        let path =
+            format!("/v2/apps{id}?embed=app.tasks&embed=app.readiness&embed=app.deployments");
+        let n = self.endpoints.len();
+        let start = self.preferred();
+        let mut errors = Vec::new();
+        for k in 0..n {
+            let idx = (start + k) % n;
+            match self.call(idx, reqwest::Method::GET, &path).await {
+                Ok(body) => {
+                    let parsed = parse_apps(&body)
+                        .map_err(|e| format!("{}: {e}", base(&self.endpoints[idx])))?;
+                    return Ok(parsed
+                        .apps
+                        .into_iter()
+                        .find(|a| format!("/{}", a.id.trim_start_matches('/')) == id));
+                }
+                Err(CallError::Status { status: 404, .. }) => return Ok(None),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
     /// Callback URLs Marathon at endpoint `idx` currently delivers to.
     pub async fn subscriptions(&self, idx: usize) -> Result<Vec<String>, CallError> {
         let body = self
