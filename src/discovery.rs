@@ -414,6 +414,9 @@ impl Default for ResyncTiming {
 /// One app's own fetches in flight at most; past it, events wait for the full snapshot.
 const APP_FETCHES: usize = 8;
 
+/// One app is fetched on its own at most this often (or once per debounce, when that is shorter).
+const APP_REFETCH: Duration = Duration::from_millis(250);
+
 /// The app an event calls for a fetch of, at once: a task that is running but not yet listed (or moved), which
 /// an event alone never routes to; an app whose definition changed. The debounced full snapshot still follows.
 fn app_to_fetch(change: &Change, applied: bool) -> Option<String> {
@@ -441,6 +444,9 @@ pub async fn run(
     let (app_tx, mut app_rx) =
         mpsc::channel::<(String, u64, Result<Option<App>, String>)>(APP_FETCHES);
     let mut app_fetching: std::collections::HashSet<String> = Default::default();
+    // When each app was last fetched on its own: at most once per debounce interval, so a storm of events about
+    // one app costs a few fetches, and the rest waits for the (debounced) full snapshot.
+    let mut app_fetched: HashMap<String, Instant> = HashMap::new();
     // Full fetches started, and the one whose result is in: an app fetched before a full snapshot that came in
     // after it is older than that snapshot, and is dropped.
     let (mut full_started, mut full_applied) = (0u64, 0u64);
@@ -463,7 +469,15 @@ pub async fn run(
                 let applied = discovery.apply_event(&change);
                 let now = Instant::now();
                 if let Some(id) = app_to_fetch(&change, applied) {
-                    if app_fetching.len() < APP_FETCHES && app_fetching.insert(id.clone()) {
+                    let every = timing.debounce.min(APP_REFETCH);
+                    let recent = app_fetched
+                        .get(&id)
+                        .is_some_and(|t| now.saturating_duration_since(*t) < every);
+                    if !recent && app_fetching.len() < APP_FETCHES && app_fetching.insert(id.clone()) {
+                        if app_fetched.len() >= 4096 {
+                            app_fetched.retain(|_, t| now.saturating_duration_since(*t) < every);
+                        }
+                        app_fetched.insert(id.clone(), now);
                         let (client, tx, started) = (client.clone(), app_tx.clone(), full_started);
                         tokio::spawn(async move {
                             let r = client.fetch_app(&id).await;
