@@ -228,23 +228,26 @@ impl Discovery {
         self.publisher.set_apps(Arc::new(apps));
     }
 
+    /// An app as Marathon lists it, its tasks taken out, with the health its tasks reported before.
+    fn entry(&self, mut app: App, mut known_health: HashMap<String, bool>) -> Entry {
+        let tasks = std::mem::take(&mut app.tasks);
+        let view = derive_view(&app, &tasks, &mut known_health, self.policy);
+        Entry {
+            app,
+            tasks,
+            known_health,
+            view,
+        }
+    }
+
     /// Replaces the whole view with a fresh Marathon snapshot.
     pub fn apply_snapshot(&mut self, apps: Vec<App>) {
         let mut old = std::mem::take(&mut self.entries);
-        for mut app in apps {
-            let tasks = std::mem::take(&mut app.tasks);
+        for app in apps {
             let id = bamboo_id(&app.id);
-            let mut known_health = old.remove(&id).map(|e| e.known_health).unwrap_or_default();
-            let view = derive_view(&app, &tasks, &mut known_health, self.policy);
-            self.entries.insert(
-                id,
-                Entry {
-                    app,
-                    tasks,
-                    known_health,
-                    view,
-                },
-            );
+            let known_health = old.remove(&id).map(|e| e.known_health).unwrap_or_default();
+            let entry = self.entry(app, known_health);
+            self.entries.insert(id, entry);
         }
         self.publisher
             .marathon_synced
@@ -256,23 +259,14 @@ impl Discovery {
     pub fn apply_app(&mut self, id: &str, app: Option<App>) {
         let id = bamboo_id(id);
         match app {
-            Some(mut app) => {
-                let tasks = std::mem::take(&mut app.tasks);
-                let mut known_health = self
+            Some(app) => {
+                let known_health = self
                     .entries
                     .remove(&id)
                     .map(|e| e.known_health)
                     .unwrap_or_default();
-                let view = derive_view(&app, &tasks, &mut known_health, self.policy);
-                self.entries.insert(
-                    id,
-                    Entry {
-                        app,
-                        tasks,
-                        known_health,
-                        view,
-                    },
-                );
+                let entry = self.entry(app, known_health);
+                self.entries.insert(id, entry);
             }
             None => {
                 if self.entries.remove(&id).is_none() {

@@ -164,6 +164,11 @@ impl Health {
     }
 }
 
+/// Whether nothing in `verdicts` keeps rattan from being ready.
+pub fn ready(verdicts: &[Verdict]) -> bool {
+    !verdicts.iter().any(|v| v.blocks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

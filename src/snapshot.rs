@@ -24,6 +24,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Seconds since this snapshot was built.
+    pub fn age_secs(&self) -> f64 {
+        SystemTime::now()
+            .duration_since(self.built_at)
+            .map_or(0.0, |d| d.as_secs_f64())
+    }
+
     pub fn empty() -> Snapshot {
         Snapshot {
             version: 0,

@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -300,10 +300,7 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Resp {
         }
         (&Method::GET, "/metrics") => {
             let snap = state.publisher.load();
-            let age = SystemTime::now()
-                .duration_since(snap.built_at)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or_default();
+            let age = snap.age_secs();
             let mut body = metrics().render();
             snapshot_metrics(&mut body, &snap, &state.publisher.health);
             body.extend_from_slice(
@@ -404,11 +401,8 @@ const OPENAPI: &str = include_str!("../../config/openapi.json");
 /// Readiness as JSON: each check, its state, since when, and whether it keeps rattan from being ready.
 fn readyz(state: &ApiState) -> Resp {
     let verdicts = state.publisher.health.verdicts();
-    let ready = !verdicts.iter().any(|v| v.blocks);
-    let age = SystemTime::now()
-        .duration_since(state.publisher.load().built_at)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default();
+    let ready = crate::health::ready(&verdicts);
+    let age = state.publisher.load().age_secs();
     let body = serde_json::json!({
         "ready": ready,
         "snapshot_age_seconds": (age * 1000.0).round() / 1000.0,

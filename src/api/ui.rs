@@ -127,9 +127,7 @@ pub fn routes_json(snap: &Snapshot, checks: &crate::health::Health) -> Vec<u8> {
         apps,
         orphans,
         checks: checks.verdicts(),
-        snapshot_age_seconds: std::time::SystemTime::now()
-            .duration_since(snap.built_at)
-            .map_or(0.0, |d| d.as_secs_f64()),
+        snapshot_age_seconds: snap.age_secs(),
     })
 }
 
