@@ -697,6 +697,40 @@ mod tests {
         String::from_utf8(buf).unwrap()
     }
 
+    /// A backend answering every status code there is, to every method, cannot grow an app's series without end:
+    /// past 32 (method, code) pairs per shard the rest count as `code="other"`, and nothing is lost.
+    #[test]
+    fn codes_per_app_are_bounded_and_counted() {
+        let app = "/hostile-codes";
+        let m = AppMetrics::for_app(app);
+        let mut n = 0u64;
+        for status in 0..1200u16 {
+            for method in 0..12u8 {
+                m.record(method, status, std::time::Duration::from_micros(1), 0);
+                n += 1;
+            }
+        }
+        let r = Registry::new();
+        r.register(Box::new(HttpCollector::new())).unwrap();
+        let out = text(&r.gather());
+        let series: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("rattan_http_requests_total{") && l.contains(app))
+            .collect();
+        // One shard here: 32 pairs, plus one overflow series per method label.
+        assert!(
+            series.len() <= CODE_SLOTS + METHODS.len(),
+            "{}",
+            series.len()
+        );
+        assert!(series.iter().any(|l| l.contains("code=\"other\"")));
+        let total: f64 = series
+            .iter()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(total as u64, n);
+    }
+
     /// The sharded counters read exactly as the prometheus vectors they replace would, for requests recorded
     /// from several threads: same names, help, types, labels, buckets and counts.
     #[test]

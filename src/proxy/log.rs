@@ -254,6 +254,17 @@ fn access_line(
 mod tests {
     use super::*;
 
+    /// A client's header cannot forge a CLF line or a field: quotes and backslashes escaped, control bytes as
+    /// `\xNN`.
+    #[test]
+    fn quoted_fields_are_escaped() {
+        assert_eq!(
+            quoted(Some("a\tb\"c\\d\u{1b}[31m")),
+            "\"a\\x09b\\\"c\\\\d\\x1b[31m\""
+        );
+        assert_eq!(quoted(None), "\"-\"");
+    }
+
     #[test]
     fn access_log_lines() {
         let uri: http::Uri = "/shop/cart?x=1".parse().unwrap();
